@@ -1,0 +1,29 @@
+# `make demo` and `make test` work on a fresh machine with only Python 3.11.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test,events]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/spikformers train --epochs 30 --out runs/demo
+	$(VENV)/bin/spikformers energy --checkpoint runs/demo --data digits
+
+test: $(STAMP)
+	$(PY) -m pytest -x
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_lif.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

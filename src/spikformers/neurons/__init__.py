@@ -1,0 +1,125 @@
+"""Spiking neurons. Each maps a whole sequence ``x: [T, ...]`` to outputs ``[T, ...]`` in one call.
+
+The membrane state lives only inside that call, so nothing leaks from one forward pass to the next and no
+``reset_net`` exists. ``create_neuron(kind, **kwargs)`` builds any of them from a string.
+
+| kind      | output values  | used for                                   |
+|-----------|----------------|--------------------------------------------|
+| "lif"     | {0, 1}         | every paper's default neuron (SPEC 1)      |
+| "ternary" | {-1, 0, +1}    | A2OS2A's V                                 |
+| "relu"    | [0, inf)       | A2OS2A's K (real-valued, no threshold)     |
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .kernels import lif_multistep, ternary_lif_reference, ternary_reference
+
+__all__ = ["Neuron", "LIF", "TernaryNeuron", "ReLUNeuron", "create_neuron", "NEURONS"]
+
+
+class Neuron(nn.Module):
+    """Base class: ``forward(x: [T, ...]) -> [T, ...]``; ``values`` names the output set for energy counting."""
+
+    values: str = "binary"  # "binary" | "ternary" | "real"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class LIF(Neuron):
+    """Multi-step leaky integrate-and-fire neuron (SPEC 1): hard reset, sigmoid surrogate, ``>=`` fires.
+
+    Args:
+        tau: membrane time constant (decay_input form: ``h = v + (x - (v - v_reset)) / tau``).
+        v_th: firing threshold.
+        v_reset: reset potential and initial membrane.
+        alpha: steepness of the sigmoid surrogate gradient.
+        detach_reset: do not back-propagate through the reset's dependence on the spike.
+        backend: ``"auto"`` (fastest for the device), ``"fused"`` or ``"reference"`` (plain per-step loop).
+
+    Shape: ``x: [T, ...]`` -> spikes ``[T, ...]`` of the same dtype, values in {0, 1}.
+    """
+
+    values = "binary"
+
+    def __init__(
+        self,
+        tau: float = 2.0,
+        v_th: float = 1.0,
+        v_reset: float = 0.0,
+        alpha: float = 4.0,
+        detach_reset: bool = True,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        if tau <= 1.0 and tau != 1.0:
+            raise ValueError(f"LIF tau must be >= 1, got {tau}")
+        self.tau, self.v_th, self.v_reset, self.alpha = float(tau), float(v_th), float(v_reset), float(alpha)
+        self.detach_reset = detach_reset
+        self.backend = backend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return lif_multistep(
+            x, self.tau, self.v_th, self.v_reset, self.alpha, self.detach_reset, backend=self.backend
+        )
+
+    def extra_repr(self) -> str:
+        return f"tau={self.tau}, v_th={self.v_th}, v_reset={self.v_reset}, alpha={self.alpha}"
+
+
+class TernaryNeuron(Neuron):
+    """Ternary spiking neuron emitting {-1, 0, +1} (SPEC 1).
+
+    ``form="guo"`` (default, Ternary Spike, Guo et al. 2024): ``u = decay * u + x``; fire ``sign(u)`` where
+    ``|u| >= v_th / 2``; hard reset; straight-through gradient inside [-1, 1].
+    ``form="lif"``: LIF charge with ``+-v_th`` thresholds and the sigmoid surrogate. Which form A2OS2A uses is
+    not confirmed from its text; hence the option.
+    """
+
+    values = "ternary"
+
+    def __init__(
+        self, form: str = "guo", decay: float = 0.25, v_th: float = 1.0, tau: float = 2.0, alpha: float = 4.0
+    ) -> None:
+        super().__init__()
+        if form not in ("guo", "lif"):
+            raise ValueError(f"TernaryNeuron form must be 'guo' or 'lif', got {form!r}")
+        self.form, self.decay, self.v_th, self.tau, self.alpha = form, decay, v_th, tau, alpha
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.form == "guo":
+            return ternary_reference(x, self.decay, self.v_th)
+        return ternary_lif_reference(x, self.tau, self.v_th, self.alpha)
+
+    def extra_repr(self) -> str:
+        return f"form={self.form!r}, v_th={self.v_th}"
+
+
+class ReLUNeuron(Neuron):
+    """Real-valued non-negative 'neuron' (A2OS2A's K): ``ReLU(x)`` at every step, no threshold, no state."""
+
+    values = "real"
+
+    def __init__(self, **_: Any) -> None:
+        super().__init__()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x)
+
+
+NEURONS: dict[str, type[Neuron]] = {"lif": LIF, "ternary": TernaryNeuron, "relu": ReLUNeuron}
+
+
+def create_neuron(kind: str | type[Neuron] = "lif", **kwargs: Any) -> Neuron:
+    """Build a neuron from its kind string (``"lif"``, ``"ternary"``, ``"relu"``) or class."""
+    if isinstance(kind, type):
+        return kind(**kwargs)
+    try:
+        return NEURONS[kind](**kwargs)
+    except KeyError:
+        raise ValueError(f"unknown neuron kind {kind!r}; expected one of {sorted(NEURONS)}") from None
