@@ -1,0 +1,35 @@
+"""Attention mechanisms, one file each, all ``Attention(dim, heads, **opts)(x: [T, B, N, C]) -> [T, B, N, C]``.
+
+Backbones take ``attn="ssa" | ...`` (a name in :data:`ATTENTIONS`) or a class, and never branch on which.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from torch import nn
+
+from .ssa import SSA
+
+ATTENTIONS: dict[str, type[nn.Module]] = {"ssa": SSA}
+
+
+def create_attention(
+    attn: str | type[nn.Module], dim: int, heads: int, defaults: dict[str, Any] | None = None, **opts: Any
+) -> nn.Module:
+    """Build an attention module from its name (see :data:`ATTENTIONS`) or class.
+
+    ``opts`` are passed as given (an option the mechanism lacks is an error). ``defaults`` are a backbone
+    variant's soft defaults (e.g. the DVS code's ``scale=0.25``), passed only to mechanisms that take them.
+    """
+    if isinstance(attn, str):
+        if attn not in ATTENTIONS:
+            raise ValueError(f"unknown attention {attn!r}; expected one of {sorted(ATTENTIONS)}")
+        attn = ATTENTIONS[attn]
+    accepted = inspect.signature(attn.__init__).parameters
+    soft = {k: v for k, v in (defaults or {}).items() if k in accepted and k not in opts}
+    return attn(dim, heads, **soft, **opts)
+
+
+__all__ = ["ATTENTIONS", "SSA", "create_attention"]

@@ -1,0 +1,145 @@
+"""Spikformer (Zhou et al., ICLR 2023): spiking patch splitting, L encoder blocks, a linear head.
+
+    x [B, C, H, W] or [T, B, C, H, W]
+    -> SPS: 4 x (Conv3x3-BN-LIF [-MaxPool]) + relative position embedding     -> tokens [T, B, N, D]
+    -> L x Block: x = x + Attn(x); x = x + MLP(x)
+    -> mean over tokens, mean over T, Linear                                  -> logits [B, num_classes]
+
+Any attention mechanism in :mod:`spikformers.attention` plugs in through ``attn=``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..attention import create_attention
+from ..layers import MLP, ConvBN, ConvBNSpike, time_input
+from ..neurons import LIF
+
+# Which of the four SPS convs is followed by a max-pool, per published variant (ARCH 1.2).
+SPS_POOLS: dict[str, tuple[bool, bool, bool, bool]] = {
+    "cifar": (False, False, True, True),
+    "imagenet": (True, True, True, True),
+    "dvs": (True, True, True, True),
+}
+
+
+class SPS(nn.Module):
+    """Spiking patch splitting ``[T, B, C_in, H, W] -> [T, B, N, D]`` with relative position embedding.
+
+    Channel progression D/8, D/4, D/2, D; pools after the LIF as ``SPS_POOLS[variant]`` says; then
+    ``x = LIF(BN(Conv3x3(x))) + x``.
+    """
+
+    def __init__(self, in_chans: int, dim: int, variant: str = "cifar") -> None:
+        super().__init__()
+        if variant not in SPS_POOLS:
+            raise ValueError(f"unknown SPS variant {variant!r}; expected one of {sorted(SPS_POOLS)}")
+        if dim % 8:
+            raise ValueError(f"Spikformer dim must be divisible by 8, got {dim}")
+        widths = [in_chans, dim // 8, dim // 4, dim // 2, dim]
+        self.stages = nn.Sequential(
+            *(ConvBNSpike(widths[i], widths[i + 1], pool=p) for i, p in enumerate(SPS_POOLS[variant]))
+        )
+        self.rpe = ConvBN(dim, dim, 3)
+        self.rpe_neuron = LIF()
+        self.downsample = 2 ** sum(SPS_POOLS[variant])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stages(x)
+        x = self.rpe_neuron(self.rpe(x)) + x
+        return x.flatten(3).transpose(2, 3)  # [T, B, D, H, W] -> [T, B, N, D]
+
+
+class Block(nn.Module):
+    """Spikformer encoder block ``[T, B, N, D] -> [T, B, N, D]``: ``x + Attn(x)``, then ``x + MLP(x)``."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        attn: str | type[nn.Module] = "ssa",
+        attn_defaults: dict[str, Any] | None = None,
+        **attn_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self.attn = create_attention(attn, dim, heads, defaults=attn_defaults, **attn_kwargs)
+        self.mlp = MLP(dim, mlp_ratio)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(x)
+        return x + self.mlp(x)
+
+
+BLOCKS: dict[str, type[nn.Module]] = {"spikformer": Block}
+
+
+class Spikformer(nn.Module):
+    """Flat spiking transformer: SPS, ``depth`` blocks of width ``dim``, mean-pool head.
+
+    Args:
+        img_size: input height and width; in_chans: input channels; num_classes: head outputs.
+        dim, depth, heads, mlp_ratio: transformer shape. T: time steps a static image is repeated over.
+        sps: SPS variant (``"cifar"``, ``"imagenet"``, ``"dvs"``); qkv_bias: bias on Q/K/V projections.
+        attn: attention name or class; attn_kwargs: options passed to every attention module as given;
+        attn_defaults: the variant's soft attention defaults (passed where the mechanism takes them).
+        block: block form, a key of :data:`BLOCKS`.
+
+    Shape: ``[B, C, H, W]`` or ``[T, B, C, H, W]`` -> logits ``[B, num_classes]`` (mean over time).
+    """
+
+    def __init__(
+        self,
+        img_size: int = 32,
+        in_chans: int = 3,
+        num_classes: int = 10,
+        dim: int = 384,
+        depth: int = 4,
+        heads: int = 12,
+        mlp_ratio: float = 4.0,
+        T: int = 4,
+        sps: str = "cifar",
+        qkv_bias: bool = True,
+        attn: str | type[nn.Module] = "ssa",
+        attn_kwargs: dict[str, Any] | None = None,
+        attn_defaults: dict[str, Any] | None = None,
+        block: str = "spikformer",
+    ) -> None:
+        super().__init__()
+        self.T, self.img_size, self.in_chans, self.num_classes = T, img_size, in_chans, num_classes
+        self.embed = SPS(in_chans, dim, sps)
+        if img_size % self.embed.downsample:
+            raise ValueError(
+                f"img_size {img_size} is not divisible by the {sps} SPS downsampling factor {self.embed.downsample}"
+            )
+        if block not in BLOCKS:
+            raise ValueError(f"unknown block {block!r}; expected one of {sorted(BLOCKS)}")
+        kwargs = {"qkv_bias": qkv_bias, **(attn_kwargs or {})}
+        self.blocks = nn.ModuleList(
+            BLOCKS[block](dim, heads, mlp_ratio, attn, attn_defaults, **kwargs) for _ in range(depth)
+        )
+        self.head = nn.Linear(dim, num_classes)
+
+    def check_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``x`` as ``[T, B, C, H, W]``, or raise naming the expected and found shape."""
+        x = time_input(x, self.T, self.in_chans)
+        if x.shape[2] != self.in_chans or x.shape[-2:] != (self.img_size, self.img_size):
+            raise ValueError(
+                f"{type(self).__name__} expects images of {self.in_chans} x {self.img_size} x {self.img_size} "
+                f"(channels x height x width), got {tuple(x.shape[2:])} in an input of shape {tuple(x.shape)}"
+            )
+        return x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens after the last block, ``[T, B, N, D]``."""
+        x = self.embed(self.check_input(x))
+        for blk in self.blocks:
+            x = blk(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x).mean(2).mean(0))

@@ -1,0 +1,210 @@
+"""Model names -> builders with their published defaults. The one place where configurations live.
+
+A name is ``{family}_{L}_{D}[_{variant}]``: ``spikformer_8_768`` (ImageNet), ``spikformer_4_384_cifar``,
+``spikformer_2_256_dvs``. Any depth L and width D build; :func:`list_models` lists the published ones.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+
+@dataclass
+class Family:
+    """A model family: a builder, per-variant defaults and the published (depth, dim) pairs per variant."""
+
+    name: str
+    builder: Callable[..., nn.Module]
+    variants: dict[str, Callable[[int, int], dict[str, Any]]]
+    published: dict[str, list[tuple[int, int]]]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+_FAMILIES: dict[str, Family] = {}
+_NAME = re.compile(r"^(?P<family>[a-z0-9]+)_(?P<depth>\d+)_(?P<dim>\d+)(?:_(?P<variant>[a-z0-9]+))?$")
+
+
+def register_family(family: Family) -> Family:
+    """Add a family of models; its published names become visible to :func:`list_models` and to timm."""
+    _FAMILIES[family.name] = family
+    _register_with_timm_if_loaded()
+    return family
+
+
+def model_name(family: str, depth: int, dim: int, variant: str) -> str:
+    """The registry name of a configuration (variant ``"imagenet"`` has no suffix)."""
+    suffix = "" if variant == "imagenet" else f"_{variant}"
+    return f"{family}_{depth}_{dim}{suffix}"
+
+
+def parse_name(name: str) -> tuple[Family, int, int, str]:
+    """Split a model name into (family, depth, dim, variant), or raise listing what exists."""
+    m = _NAME.match(name)
+    if not m or m["family"] not in _FAMILIES:
+        raise ValueError(
+            f"unknown model {name!r}: names look like 'spikformer_4_384_cifar'; "
+            f"families are {sorted(_FAMILIES)}; run `spikformers models` for the published ones"
+        )
+    fam = _FAMILIES[m["family"]]
+    variant = m["variant"] or "imagenet"
+    if variant not in fam.variants:
+        raise ValueError(
+            f"model {name!r}: family {fam.name!r} has variants {sorted(fam.variants)}, not {variant!r}"
+        )
+    return fam, int(m["depth"]), int(m["dim"]), variant
+
+
+def model_config(name: str, **overrides: Any) -> dict[str, Any]:
+    """The full keyword configuration that :func:`create_model` passes to the builder."""
+    fam, depth, dim, variant = parse_name(name)
+    cfg: dict[str, Any] = {**fam.defaults, **fam.variants[variant](depth, dim), "depth": depth, "dim": dim}
+    cfg.update(overrides)
+    return cfg
+
+
+def create_model(name: str, pretrained: bool = False, **overrides: Any) -> nn.Module:
+    """Build a model by name, e.g. ``create_model("spikformer_4_384_cifar", num_classes=100, T=2)``.
+
+    Overrides are any builder argument (``num_classes``, ``img_size``, ``in_chans``, ``T``, ``attn``, ...).
+    ``model.default_cfg`` records the name and the full configuration so checkpoints can rebuild it.
+    """
+    if pretrained:
+        raise ValueError("spikformers ships no pretrained weights; load a checkpoint with `spikformers eval`")
+    fam = parse_name(name)[0]
+    cfg = model_config(name, **overrides)
+    try:
+        model = fam.builder(**cfg)
+    except TypeError as e:
+        raise TypeError(f"create_model({name!r}): {e}") from None
+    model.default_cfg = {"architecture": name, "overrides": dict(overrides), "config": cfg}
+    return model
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Published model names matching a shell-style pattern, sorted."""
+    import fnmatch
+
+    names = {
+        model_name(fam.name, depth, dim, variant)
+        for fam in _FAMILIES.values()
+        for variant, pairs in fam.published.items()
+        for depth, dim in pairs
+    }
+    return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# timm registration: done as soon as timm's registry is importable, without importing timm ourselves
+# (importing timm costs seconds, and `import spikformers` must stay fast).
+
+_timm_done: set[str] = set()
+_TIMM_ONLY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+
+
+def register_with_timm() -> None:
+    """Register every published name with timm so that ``timm.create_model(name)`` works."""
+    from timm.models import register_model
+
+    for name in list_models():
+        if name in _timm_done:
+            continue
+
+        def entry(pretrained: bool = False, _name: str = name, **kwargs: Any) -> nn.Module:
+            for key in _TIMM_ONLY_KWARGS:  # timm's factory adds these; our builders take none of them
+                kwargs.pop(key, None)
+            return create_model(_name, pretrained=pretrained, **kwargs)
+
+        entry.__name__ = entry.__qualname__ = name
+        entry.__module__ = __name__
+        register_model(entry)
+        _timm_done.add(name)
+
+
+def _register_with_timm_if_loaded() -> None:
+    import sys
+
+    if "timm.models" in sys.modules and hasattr(sys.modules["timm.models"], "register_model"):
+        register_with_timm()
+
+
+def _install_timm_hook() -> None:
+    """Register with timm right after ``timm.models`` finishes importing, whenever that happens."""
+    import importlib.abc
+    import importlib.machinery
+    import sys
+
+    if "timm.models" in sys.modules:
+        _register_with_timm_if_loaded()
+        return
+
+    class _Finder(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path, target=None):  # type: ignore[no-untyped-def]
+            if fullname != "timm.models":
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+            if spec is None or spec.loader is None:
+                return spec
+            exec_module = spec.loader.exec_module
+
+            def exec_and_register(module):  # type: ignore[no-untyped-def]
+                exec_module(module)
+                register_with_timm()
+
+            spec.loader.exec_module = exec_and_register  # type: ignore[method-assign]
+            return spec
+
+    sys.meta_path.insert(0, _Finder())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Spikformer (ARCH 1): ImageNet 224 px / 1000 classes, CIFAR 32 px / 10 classes, DVS 128 px / 2 ch / T=16.
+
+
+def _spikformer_imagenet(depth: int, dim: int) -> dict[str, Any]:
+    return dict(img_size=224, in_chans=3, num_classes=1000, T=4, sps="imagenet", heads=8, qkv_bias=False)
+
+
+def _spikformer_cifar(depth: int, dim: int) -> dict[str, Any]:
+    return dict(img_size=32, in_chans=3, num_classes=10, T=4, sps="cifar", heads=max(1, dim // 32), qkv_bias=True)
+
+
+def _spikformer_dvs(depth: int, dim: int) -> dict[str, Any]:
+    return dict(
+        img_size=128, in_chans=2, num_classes=10, T=16, sps="dvs", heads=16, qkv_bias=False,
+        attn_defaults={"scale": 0.25},
+    )
+
+
+SPIKFORMER_VARIANTS = {"imagenet": _spikformer_imagenet, "cifar": _spikformer_cifar, "dvs": _spikformer_dvs}
+SPIKFORMER_PUBLISHED = {
+    "imagenet": [(8, 384), (6, 512), (8, 512), (10, 512), (8, 768)],
+    "cifar": [(4, 384), (4, 256), (2, 384)],
+    "dvs": [(2, 256)],
+}
+
+
+def _build_spikformer(**cfg: Any) -> nn.Module:
+    from .models.spikformer import Spikformer
+
+    return Spikformer(**cfg)
+
+
+register_family(
+    Family(
+        "spikformer", _build_spikformer, SPIKFORMER_VARIANTS, SPIKFORMER_PUBLISHED,
+        description="Spikformer with SSA (Zhou et al., ICLR 2023)",
+    )
+)
+_install_timm_hook()
