@@ -207,4 +207,45 @@ register_family(
         description="Spikformer with SSA (Zhou et al., ICLR 2023)",
     )
 )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A2OS2A / EST / SDT presets: the Spikformer backbone and variants with another attention (and block form).
+# Same published L-D pairs as Spikformer, plus the pairs these papers' own tables name (A2OS2A's CIFAR
+# ablations use 2-256; SDT publishes CIFAR 2-512).
+
+
+def _with_pairs(extra: dict[str, list[tuple[int, int]]]) -> dict[str, list[tuple[int, int]]]:
+    return {v: SPIKFORMER_PUBLISHED[v] + extra.get(v, []) for v in SPIKFORMER_PUBLISHED}
+
+
+register_family(
+    Family(
+        "a2os2a", _build_spikformer, SPIKFORMER_VARIANTS, _with_pairs({"cifar": [(2, 256)]}),
+        defaults={"attn": "a2os2a", "block": "spikformer"},
+        description="Spikformer backbone with A2OS2A (Guo et al., CVPR 2025); block='membrane' for SDT shortcuts",
+    )
+)
+register_family(
+    Family(
+        "est", _build_spikformer, SPIKFORMER_VARIANTS, _with_pairs({}),
+        defaults={"attn": "psa"},
+        description="Spikformer backbone with EST's partial-information attention PSA (arXiv 2210.01208)",
+    )
+)
+
+
+def _no_qkv_bias(variant: Callable[[int, int], dict[str, Any]]) -> Callable[[int, int], dict[str, Any]]:
+    return lambda depth, dim: {**variant(depth, dim), "qkv_bias": False}  # SDT's Q/K/V convs have no bias
+
+
+register_family(
+    Family(
+        "sdt", _build_spikformer, {k: _no_qkv_bias(f) for k, f in SPIKFORMER_VARIANTS.items()},
+        _with_pairs({"cifar": [(2, 512)]}),
+        defaults={"attn": "sdsa", "block": "membrane"},
+        description="Spike-driven Transformer: SDSA with membrane shortcuts (Yao et al., NeurIPS 2023)",
+    )
+)
+# end of A2OS2A / EST / SDT presets
 _install_timm_hook()

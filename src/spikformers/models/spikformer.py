@@ -18,6 +18,7 @@ from torch import nn
 from ..attention import create_attention
 from ..layers import MLP, ConvBN, ConvBNSpike, time_input
 from ..neurons import LIF
+from .blocks import MembraneBlock
 
 # Which of the four SPS convs is followed by a max-pool, per published variant (ARCH 1.2).
 SPS_POOLS: dict[str, tuple[bool, bool, bool, bool]] = {
@@ -76,6 +77,7 @@ class Block(nn.Module):
 
 
 BLOCKS: dict[str, type[nn.Module]] = {"spikformer": Block}
+BLOCKS["membrane"] = MembraneBlock  # Spike-driven Transformer membrane shortcuts (models/blocks.py)
 
 
 class Spikformer(nn.Module):
@@ -87,7 +89,8 @@ class Spikformer(nn.Module):
         sps: SPS variant (``"cifar"``, ``"imagenet"``, ``"dvs"``); qkv_bias: bias on Q/K/V projections.
         attn: attention name or class; attn_kwargs: options passed to every attention module as given;
         attn_defaults: the variant's soft attention defaults (passed where the mechanism takes them).
-        block: block form, a key of :data:`BLOCKS`.
+        block: block form, a key of :data:`BLOCKS`: ``"spikformer"`` (spike residuals) or ``"membrane"``
+            (Spike-driven Transformer membrane shortcuts, :class:`~spikformers.models.blocks.MembraneBlock`).
 
     Shape: ``[B, C, H, W]`` or ``[T, B, C, H, W]`` -> logits ``[B, num_classes]`` (mean over time).
     """

@@ -1,0 +1,68 @@
+"""Block forms beside Spikformer's: the membrane-shortcut block of Spike-driven Transformer (ARCH 4).
+
+Spikformer's block adds spike tensors (``x + Attn(x)`` with ``Attn`` ending in a LIF). The membrane-shortcut
+block instead carries real-valued membrane input along the residual stream and spikes it at the start of
+each branch:
+
+    x = x + BN(Linear(Attn'(LIF(x))))         Attn' = the attention without its final LIF
+    x = x + BN(Linear(LIF(BN(Linear(LIF(x))))))
+
+Same parameters as the Spikformer block. Any attention whose output projection is a
+:class:`~spikformers.layers.LinearBNSpike` named ``proj`` (SSA, PSA, A2OS2A, SDSA) fits: the block replaces
+that projection's neuron by the identity.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..attention import create_attention
+from ..layers import LinearBN, LinearBNSpike
+from ..neurons import LIF
+
+
+class MembraneMLP(nn.Module):
+    """``[T, B, N, C] -> [T, B, N, C]``: LIF, Linear-BN to ``ratio * C``, LIF, Linear-BN back (no final LIF)."""
+
+    def __init__(self, dim: int, ratio: float = 4.0) -> None:
+        super().__init__()
+        hidden = int(dim * ratio)
+        self.fc1_neuron = LIF()
+        self.fc1 = LinearBN(dim, hidden, bias=True)
+        self.fc2_neuron = LIF()
+        self.fc2 = LinearBN(hidden, dim, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.fc2_neuron(self.fc1(self.fc1_neuron(x))))
+
+
+class MembraneBlock(nn.Module):
+    """Spike-driven Transformer block ``[T, B, N, D] -> [T, B, N, D]`` with membrane shortcuts (see module doc)."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        attn: str | type[nn.Module] = "sdsa",
+        attn_defaults: dict[str, Any] | None = None,
+        **attn_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self.shortcut_neuron = LIF()
+        self.attn = create_attention(attn, dim, heads, defaults=attn_defaults, **attn_kwargs)
+        proj = getattr(self.attn, "proj", None)
+        if not isinstance(proj, LinearBNSpike):
+            raise ValueError(
+                f"block='membrane' needs an attention whose output projection `proj` is a LinearBNSpike; "
+                f"{type(self.attn).__name__} has {type(proj).__name__}"
+            )
+        proj.neuron = nn.Identity()  # the residual adds membrane input, not spikes
+        self.mlp = MembraneMLP(dim, mlp_ratio)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.shortcut_neuron(x))
+        return x + self.mlp(x)
