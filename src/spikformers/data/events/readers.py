@@ -316,6 +316,9 @@ def read_aedat4(path: PathLike) -> np.ndarray:
             if packet.get("stream_id") == sid and "events" in packet:
                 ev = packet["events"]
                 part = np.empty(len(ev), dtype=EVENT_DTYPE)
+                if len(ev) and int(ev["t"].max()) > np.iinfo(np.int64).max:
+                    raise EventFileError(path, packets[done][0] if done < len(packets) else None,
+                                         "timestamps below 2**63 us", f"t={int(ev['t'].max())}")
                 part["t"] = ev["t"]
                 part["x"] = ev["x"]
                 part["y"] = ev["y"]
