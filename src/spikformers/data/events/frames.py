@@ -20,7 +20,8 @@ def slice_indices(events: np.ndarray, T: int, split_by: str = "number") -> np.nd
     t0 + i*span/T <= t < t0 + (i+1)*span/T, i.e. index = floor((t - t0) * T / span) in exact integer
     arithmetic. The T half-open windows have equal length and cover [t0, t1], so every event is counted
     and the last event lands in slice T-1. Each event is placed by its own timestamp, so unsorted input
-    needs no sorting; when all events share one timestamp they all land in slice 0.
+    needs no sorting; when all events share one timestamp they all land in slice 0. (Unlike SpikingJelly,
+    whose window is (t_last - t_first) // T from the first and last events in recorded order.)
     """
     if T < 1:
         raise ValueError(f"T must be >= 1, got {T}")
@@ -38,7 +39,7 @@ def slice_indices(events: np.ndarray, T: int, split_by: str = "number") -> np.nd
         span = int(t.max()) - t0 + 1
         if span * T < 2**62:
             return (t - t0) * T // span
-        # huge spans: exact Python-int arithmetic would be slow, float64 is exact enough here
+        # spans beyond 2**62 / T us (centuries) would overflow int64: float64, exact up to rounding
         return np.minimum(np.floor((t - t0).astype(np.float64) * (T / span)).astype(np.int64), T - 1)
     raise ValueError(f"split_by must be one of {SPLIT_MODES}, got {split_by!r}")
 

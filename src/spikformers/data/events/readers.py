@@ -262,6 +262,22 @@ def _aedat4_layout(path: PathLike, data: bytes) -> list[tuple[int, int]]:
                 raise EventFileError(path, vtable + 6, "an IOHeader dataTablePosition field inside the header",
                                      f"field offset {foff}")
             (table_pos,) = struct.unpack_from("<q", data, table + foff)
+    if vlen >= 10 and vtable + 10 <= hstart + hsize:  # field 2: infoNode, an XML string (must be UTF-8)
+        (foff,) = struct.unpack_from("<H", data, vtable + 8)
+        if foff and table + foff + 4 <= hstart + hsize:
+            sref = table + foff
+            sstart = sref + struct.unpack_from("<I", data, sref)[0]
+            if sstart + 4 > hstart + hsize:
+                raise EventFileError(path, sref, "an IOHeader infoNode string inside the header", f"at {sstart}")
+            (slen,) = struct.unpack_from("<I", data, sstart)
+            if sstart + 4 + slen > hstart + hsize:
+                raise EventFileError(path, sstart, "an IOHeader infoNode string inside the header",
+                                     f"length {slen}")
+            try:
+                data[sstart + 4 : sstart + 4 + slen].decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise EventFileError(path, sstart + 4 + err.start, "UTF-8 XML text in the IOHeader infoNode",
+                                     "an invalid byte") from None
     pos = hstart + hsize
     stop = table_pos if table_pos >= 0 else n
     if not pos <= stop <= n:
@@ -286,7 +302,8 @@ def read_aedat4(path: PathLike) -> np.ndarray:
 
     The framing is checked here first (so truncation is reported with its byte offset); decoding is done
     by ``aedat`` (imported lazily: ``pip install aedat``). The events stream with the lowest id is read;
-    coordinates outside the stream's width x height are rejected.
+    coordinates outside the stream's width x height are rejected. The trailing data table (an index written
+    after the last packet) is not needed, so a file cut inside it still decodes all its events.
     """
     try:
         import aedat
