@@ -252,8 +252,9 @@ class EventFrameDataset(Dataset):
     def _check_layout(self) -> None:
         missing = [d for d in self._expected_dirs() if not d.is_dir()]
         if missing:
-            raise FileNotFoundError(f"{type(self).__name__}: folder {missing[0]} not found under root "
-                                    f"{self.root}.\n{self.layout_help.format(root=self.root)}")
+            what = (f"dataset root {self.root} does not exist" if missing[0] == self.root
+                    else f"folder {missing[0]} not found under root {self.root}")
+            raise FileNotFoundError(f"{type(self).__name__}: {what}.\n{self.layout_help.format(root=self.root)}")
 
     def _tasks(self) -> list[CacheTask]:
         reader, kwargs = self._reader()
