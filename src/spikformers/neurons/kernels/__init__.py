@@ -1,17 +1,41 @@
-"""Multi-step neuron kernels. ``lif_multistep`` picks the fastest path for the tensor's device.
+"""Multi-step neuron kernels. ``lif_multistep`` / ``ternary_multistep`` pick the fastest path for the device.
 
-Paths (all give the same spikes and, to 1e-6, the same gradients as :func:`reference.lif_reference`):
-an eager fused autograd function that stores spikes as 1-byte masks and recomputes the membrane in backward.
+Paths (all give the same spikes and, to 1e-6, the same gradients as the loops in :mod:`.reference`):
+
+| backend     | where                          | what                                                          |
+|-------------|--------------------------------|---------------------------------------------------------------|
+| "cpp"       | CPU, float32/float64           | C++ kernel built on first use with the system compiler        |
+| "triton"    | CUDA (or TRITON_INTERPRET=1)   | Triton kernels, imported lazily                                |
+| "eager"     | anywhere                       | the same algorithm in torch ops; fallback when nothing else   |
+| "reference" | anywhere                       | the plain per-step autograd loop (the oracle)                  |
+| "auto"      | -                              | triton on CUDA, else cpp, else eager (``"fused"`` is an alias) |
+
+Every fused path is one autograd node that saves only what backward needs: spikes as bits and the
+surrogate gradient in 23-bit fixed point (3 bytes per element and step) by default; see :mod:`.common`.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .fused import lif_fused
+from .common import NeuronParams, choose_save
+from .fused import BACKENDS, lif_fused, run_neuron, select_impl
 from .reference import lif_reference, ternary_lif_reference, ternary_reference
 
-__all__ = ["lif_multistep", "lif_fused", "lif_reference", "ternary_reference", "ternary_lif_reference"]
+__all__ = [
+    "BACKENDS",
+    "NeuronParams",
+    "available_backends",
+    "choose_save",
+    "lif_multistep",
+    "lif_fused",
+    "lif_reference",
+    "run_neuron",
+    "select_impl",
+    "ternary_multistep",
+    "ternary_reference",
+    "ternary_lif_reference",
+]
 
 
 def lif_multistep(
@@ -22,10 +46,50 @@ def lif_multistep(
     alpha: float = 4.0,
     detach_reset: bool = True,
     backend: str = "auto",
+    saved: str = "auto",
 ) -> torch.Tensor:
-    """Run the LIF neuron over ``x: [T, ...]``; ``backend`` is ``"auto"``, ``"fused"`` or ``"reference"``."""
+    """Run the LIF neuron over ``x: [T, ...]``; ``backend`` is one of :data:`BACKENDS`.
+
+    ``saved`` picks the backward state of the fused paths (``"auto"``, ``"exact"``, ``"q24"``, ``"q16"``).
+    """
     if backend == "reference":
         return lif_reference(x, tau, v_th, v_reset, alpha, detach_reset)
-    if backend in ("auto", "fused"):
-        return lif_fused(x, tau, v_th, v_reset, alpha, detach_reset)
-    raise ValueError(f"unknown LIF backend {backend!r}; expected 'auto', 'fused' or 'reference'")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown LIF backend {backend!r}; expected one of {BACKENDS}")
+    return run_neuron(x, "lif", NeuronParams(tau, v_th, v_reset, alpha, 0.25, detach_reset), backend, saved)
+
+
+def ternary_multistep(
+    x: torch.Tensor,
+    form: str = "guo",
+    decay: float = 0.25,
+    v_th: float = 1.0,
+    tau: float = 2.0,
+    alpha: float = 4.0,
+    backend: str = "auto",
+    saved: str = "auto",
+) -> torch.Tensor:
+    """Run the ternary neuron over ``x: [T, ...]`` in ``form`` ``"guo"`` or ``"lif"`` (see ``TernaryNeuron``)."""
+    if form not in ("guo", "lif"):
+        raise ValueError(f"ternary form must be 'guo' or 'lif', got {form!r}")
+    if backend == "reference":
+        return ternary_reference(x, decay, v_th) if form == "guo" else ternary_lif_reference(x, tau, v_th, alpha)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown ternary backend {backend!r}; expected one of {BACKENDS}")
+    kind = "ternary_guo" if form == "guo" else "ternary_lif"
+    params = NeuronParams(tau=tau, v_th=v_th, v_reset=0.0, alpha=alpha, decay=decay, detach_reset=True)
+    return run_neuron(x, kind, params, backend, saved)
+
+
+def available_backends(device: str | torch.device = "cpu") -> list[str]:
+    """The backends that can run on ``device`` here (``"reference"`` and ``"eager"`` always can)."""
+    from . import cpu
+    from .fused import triton_importable, triton_interpret
+
+    dev = torch.device(device)
+    found = ["reference", "eager"]
+    if dev.type == "cpu" and cpu.available():
+        found.append("cpp")
+    if triton_importable() and (dev.type == "cuda" or triton_interpret()):
+        found.append("triton")
+    return found

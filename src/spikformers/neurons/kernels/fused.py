@@ -1,54 +1,100 @@
-"""Eager fused LIF: one autograd node for all T steps, spikes saved as uint8, membrane recomputed in backward."""
+"""One autograd node for a whole multi-step neuron call, over any implementation (C++, Triton, eager torch).
+
+Forward runs all T steps in one kernel and saves only the compact state of :mod:`.common` through
+``ctx.save_for_backward``; backward walks the steps in reverse from that state. Without autograd
+(inference, ``torch.no_grad``, inputs not requiring grad) nothing is saved at all.
+"""
 
 from __future__ import annotations
 
+import os
+from types import ModuleType
+
 import torch
 
-from ..surrogate import sigmoid_grad
+from . import cpu, eager
+from .common import NeuronParams, choose_save
+
+BACKENDS = ("auto", "fused", "cpp", "triton", "eager", "reference")
 
 
-def _charge(v: torch.Tensor, x: torch.Tensor, tau: float, v_reset: float) -> torch.Tensor:
-    return v + (x - (v - v_reset)) / tau
+def triton_importable() -> bool:
+    """True when ``import triton`` works (checked without importing the Triton kernels themselves)."""
+    try:
+        import triton  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means: no Triton
+        return False
+    return True
 
 
-class _LIFFused(torch.autograd.Function):
+def triton_interpret() -> bool:
+    """True when ``TRITON_INTERPRET=1``: Triton kernels then run on CPU tensors through the interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "") not in ("", "0")
+
+
+def _triton_impl() -> ModuleType:
+    from . import gpu
+
+    return gpu
+
+
+def select_impl(x: torch.Tensor, backend: str) -> ModuleType:
+    """The implementation module that runs ``backend`` for tensor ``x`` (``auto``/``fused``: best for its device)."""
+    if backend in ("auto", "fused"):
+        if x.is_cuda and x.dtype != torch.float64 and triton_importable():
+            return _triton_impl()
+        if cpu.supports(x):
+            return cpu
+        return eager
+    if backend == "cpp":
+        if not cpu.supports(x):
+            raise RuntimeError(
+                f"backend 'cpp' needs a CPU float32/float64 tensor and a built library; got {x.device}/{x.dtype}"
+                + (f" ({cpu.error})" if cpu.error else "")
+            )
+        return cpu
+    if backend == "triton":
+        if not triton_importable():
+            raise RuntimeError("backend 'triton' needs the triton package")
+        if not (x.is_cuda or triton_interpret()):
+            raise RuntimeError("backend 'triton' needs a CUDA tensor (or TRITON_INTERPRET=1 for CPU tensors)")
+        return _triton_impl()
+    if backend == "eager":
+        return eager
+    raise ValueError(f"unknown neuron backend {backend!r}; expected one of {BACKENDS}")
+
+
+class NeuronFunction(torch.autograd.Function):
+    """Autograd node: ``impl.forward`` saves compact state, ``impl.backward`` recomputes the rest."""
+
     @staticmethod
-    def forward(ctx, x, tau, v_th, v_reset, alpha, detach_reset):  # type: ignore[override]
-        v = torch.full_like(x[0], v_reset)
-        spikes = torch.empty_like(x)
-        for t in range(x.shape[0]):
-            h = _charge(v, x[t], tau, v_reset)
-            s = h >= v_th
-            spikes[t] = s
-            v = torch.where(s, torch.full_like(h, v_reset), h)
-        ctx.save_for_backward(x, spikes.to(torch.uint8))
-        ctx.params = (tau, v_th, v_reset, alpha, detach_reset)
+    def forward(ctx, x, kind, params, save, impl):  # type: ignore[override]
+        spikes, state = impl.forward(x, kind, params, save)
+        ctx.save_for_backward(state)
+        ctx.meta = (kind, params, save, impl)
         return spikes
 
     @staticmethod
-    def backward(ctx, grad_s):  # type: ignore[override]
-        x, spikes = ctx.saved_tensors
-        tau, v_th, v_reset, alpha, detach_reset = ctx.params
-        T = x.shape[0]
-        # recompute the membrane before firing, h[t]
-        hs = torch.empty_like(x)
-        v = torch.full_like(x[0], v_reset)
-        for t in range(T):
-            h = _charge(v, x[t], tau, v_reset)
-            hs[t] = h
-            v = torch.where(spikes[t].bool(), torch.full_like(h, v_reset), h)
-        grad_x = torch.empty_like(x)
-        grad_v = torch.zeros_like(x[0])
-        for t in reversed(range(T)):
-            s = spikes[t].to(x.dtype)
-            sg = sigmoid_grad(hs[t] - v_th, alpha)
-            dv_dh = 1.0 - s
-            if not detach_reset:
-                dv_dh = dv_dh + (v_reset - hs[t]) * sg
-            grad_h = grad_s[t] * sg + grad_v * dv_dh
-            grad_x[t] = grad_h / tau
-            grad_v = grad_h * (1.0 - 1.0 / tau)
-        return grad_x, None, None, None, None, None
+    def backward(ctx, grad):  # type: ignore[override]
+        (state,) = ctx.saved_tensors
+        kind, params, save, impl = ctx.meta
+        return impl.backward(grad.contiguous(), state, kind, params, save), None, None, None, None
+
+
+def run_neuron(x: torch.Tensor, kind: str, params: NeuronParams, backend: str = "auto",
+               saved: str = "auto") -> torch.Tensor:
+    """Run neuron ``kind`` (``lif``, ``ternary_lif``, ``ternary_guo``) over ``x: [T, ...]`` on a fused path."""
+    if x.dim() < 1 or x.shape[0] == 0 or x.numel() == 0:
+        return x.clone()
+    impl = select_impl(x, backend)
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xc = x.to(compute).contiguous()
+    if torch.is_grad_enabled() and xc.requires_grad:
+        save = choose_save(kind, compute, params.detach_reset, saved)
+        out = NeuronFunction.apply(xc, kind, params, save, impl)
+    else:
+        out, _ = impl.forward(xc, kind, params, "none")
+    return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
 def lif_fused(
@@ -59,5 +105,5 @@ def lif_fused(
     alpha: float = 4.0,
     detach_reset: bool = True,
 ) -> torch.Tensor:
-    """Fused multi-step LIF over ``x: [T, ...]`` with a hand-written backward (see module docstring)."""
-    return _LIFFused.apply(x, tau, v_th, v_reset, alpha, detach_reset)
+    """Fused multi-step LIF over ``x: [T, ...]`` on the best path for the device (see :func:`run_neuron`)."""
+    return run_neuron(x, "lif", NeuronParams(tau, v_th, v_reset, alpha, 0.25, detach_reset))

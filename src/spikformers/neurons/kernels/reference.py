@@ -46,7 +46,10 @@ def ternary_reference(x: torch.Tensor, decay: float = 0.25, v_th: float = 1.0) -
 def ternary_lif_reference(
     x: torch.Tensor, tau: float = 2.0, v_th: float = 1.0, alpha: float = 4.0
 ) -> torch.Tensor:
-    """LIF-style ternary neuron: LIF charge, +1 at ``h >= v_th``, -1 at ``h <= -v_th``, hard reset, sigmoid surrogate."""
+    """LIF-style ternary neuron: LIF charge, +1 at ``h >= v_th``, -1 at ``h <= -v_th``, hard reset.
+
+    Backward: sigmoid surrogate for both thresholds.
+    """
     v = torch.zeros_like(x[0])
     spikes = []
     for t in range(x.shape[0]):

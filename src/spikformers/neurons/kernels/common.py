@@ -1,0 +1,67 @@
+"""Shared definitions of the fused neuron kernels: parameters, kinds and formats of the state saved for backward.
+
+Saved-state formats (``save``), chosen by :func:`choose_save`:
+
+| save   | bytes/element/step | content                                               | surrogate error   |
+|--------|--------------------|-------------------------------------------------------|-------------------|
+| "q24"  | 3                  | surrogate, 23-bit fixed point, + spike/reset bit      | <= 1.2e-7 alpha/4 |
+| "q16"  | 2                  | surrogate, 15-bit fixed point, + spike/reset bit      | <= 3.1e-5 alpha/4 |
+| "h"    | dtype size         | membrane before firing; surrogate recomputed          | exact             |
+| "code" | 1                  | ternary "guo": straight-through mask bit, reset bit   | exact             |
+
+The spike bit is all the reset needs and the surrogate value all the charge needs, so nothing else is kept.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+KIND_IDS = {"lif": 0, "ternary_lif": 1, "ternary_guo": 2}
+SAVE_IDS = {"none": 0, "code": 1, "q16": 2, "q24": 3, "h": 4}
+SAVED_CHOICES = ("auto", "exact", "q24", "q16")
+Q_MAX = {"q16": (1 << 15) - 1, "q24": (1 << 23) - 1}
+
+
+class NeuronParams(NamedTuple):
+    """Hyper-parameters of one neuron call (unused ones keep their defaults)."""
+
+    tau: float = 2.0
+    v_th: float = 1.0
+    v_reset: float = 0.0
+    alpha: float = 4.0
+    decay: float = 0.25
+    detach_reset: bool = True
+
+
+def surrogate_scale(kind: str, alpha: float) -> float:
+    """Upper bound of the saved surrogate value: ``alpha/4`` for one sigmoid, ``alpha/2`` for the ternary pair."""
+    return alpha / 4.0 if kind == "lif" else alpha / 2.0
+
+
+def choose_save(kind: str, dtype: torch.dtype, detach_reset: bool, saved: str = "auto") -> str:
+    """Pick the saved-state format: the smallest one whose gradient stays within 1e-6 of the reference loop.
+
+    ``saved="auto"``: ``q24`` for float32 (and lower), ``h`` (exact) for float64 or when the reset is not
+    detached (its gradient needs the membrane itself); ``"exact"`` forces ``h``; ``"q16"`` trades gradient
+    precision (about 3e-5) for 2 bytes per element and step.
+    """
+    if saved not in SAVED_CHOICES:
+        raise ValueError(f"saved must be one of {SAVED_CHOICES}, got {saved!r}")
+    if kind == "ternary_guo":
+        return "code"
+    if saved == "exact" or (kind == "lif" and not detach_reset):
+        return "h"
+    if saved == "auto":
+        return "h" if dtype == torch.float64 else "q24"
+    return saved
+
+
+def saved_shape(save: str, x: torch.Tensor) -> tuple[tuple[int, ...], torch.dtype]:
+    """Shape and dtype of the saved-state tensor for input ``x`` in format ``save``."""
+    if save == "h":
+        return tuple(x.shape), x.dtype
+    if save == "code":
+        return (x.numel(),), torch.uint8
+    return (3 if save == "q24" else 2, x.numel()), torch.uint8

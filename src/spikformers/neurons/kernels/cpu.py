@@ -1,0 +1,172 @@
+"""CPU fused path: a small C++ file (``csrc/neurons.cpp``) compiled on first use and called through ctypes.
+
+The source needs no torch headers, so the build takes about a second with any g++/clang++. The library is
+cached under ``$SPIKFORMERS_CACHE`` (default ``~/.cache/spikformers``) keyed by a hash of the source, the
+flags, the compiler and the CPU. Set ``SPIKFORMERS_NO_CPP=1`` to disable it; when no compiler is found or
+the build fails, :func:`available` is False and the dispatcher uses the eager torch path instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+from .common import KIND_IDS, SAVE_IDS, NeuronParams, saved_shape
+
+SOURCE = Path(__file__).with_name("csrc") / "neurons.cpp"
+BASE_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno", "-fno-trapping-math",
+              "-ffp-contract=off"]
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_tried = False
+error: str | None = None
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("SPIKFORMERS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "spikformers")
+    path = Path(root) / "kernels"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    except OSError:
+        path = Path(tempfile.gettempdir()) / "spikformers-kernels"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def _cpu_id() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _compile(compiler: str, flags: list[str], target: Path) -> None:
+    tmp = target.with_name(f"{target.stem}.{os.getpid()}.{threading.get_ident()}.tmp.so")
+    cmd = [compiler, *flags, str(SOURCE), "-o", str(tmp)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    os.replace(tmp, target)  # atomic: concurrent builders never see a half-written library
+
+
+def _build() -> ctypes.CDLL:
+    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++") or shutil.which("c++")
+    if compiler is None:
+        raise RuntimeError("no C++ compiler found (looked for $CXX, g++, clang++, c++)")
+    source = SOURCE.read_bytes()
+    last: Exception | None = None
+    for flags in (BASE_FLAGS + ["-march=native"], BASE_FLAGS):
+        key = hashlib.sha256(
+            source + " ".join([compiler, *flags, platform.machine(), _cpu_id()]).encode()
+        ).hexdigest()[:16]
+        target = _cache_dir() / f"spikformers_neurons_{key}.so"
+        try:
+            if not target.exists():
+                _compile(compiler, flags, target)
+            lib = ctypes.CDLL(str(target))
+            break
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            last = exc
+    else:
+        raise RuntimeError(str(last))
+    args = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+            ctypes.c_int64, ctypes.c_int, ctypes.c_int] + [ctypes.c_double] * 5 + [ctypes.c_int, ctypes.c_int]
+    for name in ("spk_forward", "spk_backward"):
+        fn = getattr(lib, name)
+        fn.argtypes = args
+        fn.restype = ctypes.c_int
+    return lib
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernel library, building it on first call; None when it cannot be built."""
+    global _lib, _tried, error
+    if _tried:
+        return _lib
+    with _lock:
+        if not _tried:
+            if os.environ.get("SPIKFORMERS_NO_CPP", "") not in ("", "0"):
+                error = "disabled by SPIKFORMERS_NO_CPP"
+            else:
+                try:
+                    _lib = _build()
+                except Exception as exc:  # noqa: BLE001 - any build failure means: use the eager path
+                    error = str(exc)
+                    warnings.warn(f"spikformers: C++ neuron kernels unavailable, using eager torch ({exc})",
+                                  RuntimeWarning, stacklevel=3)
+            _tried = True
+    return _lib
+
+
+def available() -> bool:
+    """True when the compiled CPU kernels can be used."""
+    return library() is not None
+
+
+def supports(x: torch.Tensor) -> bool:
+    """True when ``x`` can go through the compiled kernels (a CPU floating tensor and the library built)."""
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and available()
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def forward(x: torch.Tensor, kind: str, p: NeuronParams, save: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Spikes for contiguous ``x: [T, ...]`` (float32/64) and the saved state for backward (``save`` format)."""
+    lib = library()
+    assert lib is not None
+    T = x.shape[0]
+    N = x.numel() // max(T, 1)
+    out = torch.empty_like(x)
+    saved = None
+    planes = hsave = None
+    if save != "none":
+        shape, dtype = saved_shape(save, x)
+        saved = torch.empty(shape, dtype=dtype)
+        if save == "h":
+            hsave = saved
+        else:
+            planes = saved
+    rc = lib.spk_forward(
+        int(x.dtype == torch.float64), _ptr(x), _ptr(out), _ptr(planes), _ptr(hsave), T, N, KIND_IDS[kind],
+        SAVE_IDS[save], p.tau, p.v_th, p.v_reset, p.alpha, p.decay, int(p.detach_reset), torch.get_num_threads(),
+    )
+    if rc != 0:
+        raise RuntimeError(f"spk_forward: unsupported kind/save combination {kind!r}/{save!r}")
+    return out, saved
+
+
+def backward(grad: torch.Tensor, saved: torch.Tensor, kind: str, p: NeuronParams, save: str) -> torch.Tensor:
+    """Gradient w.r.t. the input from the gradient w.r.t. the spikes and the state saved by :func:`forward`."""
+    lib = library()
+    assert lib is not None
+    T = grad.shape[0]
+    N = grad.numel() // max(T, 1)
+    grad_x = torch.empty_like(grad)
+    planes, hsave = (None, saved) if save == "h" else (saved, None)
+    rc = lib.spk_backward(
+        int(grad.dtype == torch.float64), _ptr(grad), _ptr(grad_x), _ptr(planes), _ptr(hsave), T, N,
+        KIND_IDS[kind], SAVE_IDS[save], p.tau, p.v_th, p.v_reset, p.alpha, p.decay, int(p.detach_reset),
+        torch.get_num_threads(),
+    )
+    if rc != 0:
+        raise RuntimeError(f"spk_backward: unsupported kind/save combination {kind!r}/{save!r}")
+    return grad_x
