@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .kernels import lif_multistep, ternary_lif_reference, ternary_reference
+from .kernels import BACKENDS, lif_multistep, ternary_multistep
 
 __all__ = ["Neuron", "LIF", "TernaryNeuron", "ReLUNeuron", "create_neuron", "NEURONS"]
 
@@ -40,7 +40,8 @@ class LIF(Neuron):
         v_reset: reset potential and initial membrane.
         alpha: steepness of the sigmoid surrogate gradient.
         detach_reset: do not back-propagate through the reset's dependence on the spike.
-        backend: ``"auto"`` (fastest for the device), ``"fused"`` or ``"reference"`` (plain per-step loop).
+        backend: ``"auto"`` (fastest for the device: Triton on CUDA, the C++ kernel on CPU, else eager torch),
+            ``"fused"`` (same), ``"cpp"``, ``"triton"``, ``"eager"`` or ``"reference"`` (plain per-step loop).
 
     Shape: ``x: [T, ...]`` -> spikes ``[T, ...]`` of the same dtype, values in {0, 1}.
     """
@@ -78,23 +79,30 @@ class TernaryNeuron(Neuron):
     ``form="guo"`` (default, Ternary Spike, Guo et al. 2024): ``u = decay * u + x``; fire ``sign(u)`` where
     ``|u| >= v_th / 2``; hard reset; straight-through gradient inside [-1, 1].
     ``form="lif"``: LIF charge with ``+-v_th`` thresholds and the sigmoid surrogate. Which form A2OS2A uses is
-    not confirmed from its text; hence the option.
+    not confirmed from its text; hence the option. ``backend`` as for :class:`LIF`.
     """
 
     values = "ternary"
 
     def __init__(
-        self, form: str = "guo", decay: float = 0.25, v_th: float = 1.0, tau: float = 2.0, alpha: float = 4.0
+        self,
+        form: str = "guo",
+        decay: float = 0.25,
+        v_th: float = 1.0,
+        tau: float = 2.0,
+        alpha: float = 4.0,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
         if form not in ("guo", "lif"):
             raise ValueError(f"TernaryNeuron form must be 'guo' or 'lif', got {form!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"TernaryNeuron backend must be one of {BACKENDS}, got {backend!r}")
         self.form, self.decay, self.v_th, self.tau, self.alpha = form, decay, v_th, tau, alpha
+        self.backend = backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.form == "guo":
-            return ternary_reference(x, self.decay, self.v_th)
-        return ternary_lif_reference(x, self.tau, self.v_th, self.alpha)
+        return ternary_multistep(x, self.form, self.decay, self.v_th, self.tau, self.alpha, backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"form={self.form!r}, v_th={self.v_th}"

@@ -1,0 +1,237 @@
+"""GPU fused path: Triton kernels, one program per block of elements walking all T steps.
+
+Imported only when first needed (``import spikformers`` never imports triton). Runs on CUDA tensors, or on
+CPU tensors through Triton's interpreter when ``TRITON_INTERPRET=1`` (how the test suite checks it without a
+GPU). Saved state and arithmetic follow :mod:`.cpu` and the reference loops; on CUDA the charge uses
+round-to-nearest multiply/add intrinsics (never contracted into an FMA) and the reciprocal of tau, because
+that is what torch's CUDA ops compute for ``x / tau``, so spikes stay bit-identical to the reference there too.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from . import eager
+from .common import KIND_IDS, Q_MAX, SAVE_IDS, NeuronParams, saved_shape, surrogate_scale
+
+BLOCK = 1024
+
+
+def _forward_kernel(x_ptr, out_ptr, planes_ptr, h_ptr, prm_ptr, T, N, KIND: tl.constexpr, SAVE: tl.constexpr,
+                    QMAX: tl.constexpr, RN: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    tau = tl.load(prm_ptr + 0)
+    inv_tau = tl.load(prm_ptr + 1)
+    v_th = tl.load(prm_ptr + 2)
+    v_reset = tl.load(prm_ptr + 3)
+    alpha = tl.load(prm_ptr + 4)
+    decay = tl.load(prm_ptr + 5)
+    half_th = tl.load(prm_ptr + 6)
+    to_q = tl.load(prm_ptr + 7)
+    TN = T * N
+    zero = tl.zeros([BLOCK], dtype=x_ptr.dtype.element_ty)
+    if KIND == 0:
+        v = zero + v_reset
+    else:
+        v = zero
+    for t in range(T):
+        idx = t * N + offs
+        xv = tl.load(x_ptr + idx, mask=mask, other=0.0)
+        if KIND == 2:
+            if RN:
+                u = tl.extra.cuda.libdevice.add_rn(tl.extra.cuda.libdevice.mul_rn(v, decay), xv)
+            else:
+                u = decay * v + xv
+            a = tl.abs(u)
+            fired = (a >= half_th) & (u != 0.0)
+            s = tl.where(fired, tl.where(u > 0.0, 1.0, -1.0), 0.0)
+            tl.store(out_ptr + idx, s.to(x_ptr.dtype.element_ty), mask=mask)
+            v = tl.where(fired, zero, u)
+            if SAVE == 1:
+                code = (a <= 1.0).to(tl.uint8) | (fired.to(tl.uint8) << 1)
+                tl.store(planes_ptr + idx, code, mask=mask)
+        else:
+            if KIND == 0:
+                d = xv - (v - v_reset)
+            else:
+                d = xv - v
+            if RN:
+                h = tl.extra.cuda.libdevice.add_rn(v, tl.extra.cuda.libdevice.mul_rn(d, inv_tau))
+            else:
+                h = v + d / tau
+            up = h - v_th
+            if KIND == 0:
+                fired = up >= 0.0
+                s = tl.where(fired, 1.0, 0.0)
+                v = tl.where(fired, zero + v_reset, h)
+            else:
+                un = -h - v_th
+                pos = tl.where(up >= 0.0, 1.0, 0.0)
+                neg = tl.where(un >= 0.0, 1.0, 0.0)
+                s = pos - neg
+                fired = pos != neg
+                v = tl.where(fired, zero, h)
+            tl.store(out_ptr + idx, s.to(x_ptr.dtype.element_ty), mask=mask)
+            if SAVE == 4:
+                tl.store(h_ptr + idx, h, mask=mask)
+            if SAVE == 2 or SAVE == 3:
+                z = alpha * up
+                e = tl.exp(-tl.abs(z))
+                dd = 1.0 + e
+                sg = alpha * e / (dd * dd)
+                if KIND == 1:
+                    z2 = alpha * un
+                    e2 = tl.exp(-tl.abs(z2))
+                    dd2 = 1.0 + e2
+                    sg = sg + alpha * e2 / (dd2 * dd2)
+                q = tl.minimum((sg * to_q + 0.5).to(tl.int32), QMAX)
+                bit = fired.to(tl.int32) << 7
+                tl.store(planes_ptr + idx, (q & 0xFF).to(tl.uint8), mask=mask)
+                if SAVE == 2:
+                    tl.store(planes_ptr + TN + idx, (((q >> 8) & 0x7F) | bit).to(tl.uint8), mask=mask)
+                else:
+                    tl.store(planes_ptr + TN + idx, ((q >> 8) & 0xFF).to(tl.uint8), mask=mask)
+                    tl.store(planes_ptr + 2 * TN + idx, (((q >> 16) & 0x7F) | bit).to(tl.uint8), mask=mask)
+
+
+def _backward_kernel(gs_ptr, gx_ptr, planes_ptr, h_ptr, prm_ptr, T, N, KIND: tl.constexpr, SAVE: tl.constexpr,
+                     DETACH: tl.constexpr, RN: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    tau = tl.load(prm_ptr + 0)
+    inv_tau = tl.load(prm_ptr + 1)
+    v_th = tl.load(prm_ptr + 2)
+    v_reset = tl.load(prm_ptr + 3)
+    alpha = tl.load(prm_ptr + 4)
+    decay = tl.load(prm_ptr + 5)
+    from_q = tl.load(prm_ptr + 8)
+    TN = T * N
+    gv = tl.zeros([BLOCK], dtype=gs_ptr.dtype.element_ty)
+    for i in range(T):
+        t = T - 1 - i
+        idx = t * N + offs
+        g_spike = tl.load(gs_ptr + idx, mask=mask, other=0.0)
+        if KIND == 2:
+            code = tl.load(planes_ptr + idx, mask=mask, other=0).to(tl.int32)
+            ste = (code & 1).to(gv.dtype)
+            keep = (1 - ((code >> 1) & 1)).to(gv.dtype)
+            gu = g_spike * ste + gv * keep
+            tl.store(gx_ptr + idx, gu, mask=mask)
+            gv = decay * gu
+        else:
+            if SAVE == 4:
+                h = tl.load(h_ptr + idx, mask=mask, other=0.0)
+                up = h - v_th
+                z = alpha * up
+                e = tl.exp(-tl.abs(z))
+                dd = 1.0 + e
+                sg = alpha * e / (dd * dd)
+                if KIND == 0:
+                    keep = tl.where(up >= 0.0, 0.0, 1.0)
+                    if not DETACH:
+                        g_spike = g_spike + gv * (v_reset - h)
+                else:
+                    un = -h - v_th
+                    z2 = alpha * un
+                    e2 = tl.exp(-tl.abs(z2))
+                    dd2 = 1.0 + e2
+                    sg = sg + alpha * e2 / (dd2 * dd2)
+                    keep = tl.where((up >= 0.0) != (un >= 0.0), 0.0, 1.0)
+            else:
+                q = tl.load(planes_ptr + idx, mask=mask, other=0).to(tl.int32)
+                if SAVE == 2:
+                    top = tl.load(planes_ptr + TN + idx, mask=mask, other=0).to(tl.int32)
+                    q = q | ((top & 0x7F) << 8)
+                else:
+                    mid = tl.load(planes_ptr + TN + idx, mask=mask, other=0).to(tl.int32)
+                    top = tl.load(planes_ptr + 2 * TN + idx, mask=mask, other=0).to(tl.int32)
+                    q = q | (mid << 8) | ((top & 0x7F) << 16)
+                sg = q.to(gv.dtype) * from_q
+                keep = (1 - (top >> 7)).to(gv.dtype)
+            gh = g_spike * sg + gv * keep
+            if RN:
+                g = gh * inv_tau
+            else:
+                g = gh / tau
+            tl.store(gx_ptr + idx, g, mask=mask)
+            gv = gh - g
+
+
+@functools.cache
+def _kernels(interpret: bool):
+    # decorated here, not at import, so that TRITON_INTERPRET can be switched on by tests before first use
+    return triton.jit(_forward_kernel), triton.jit(_backward_kernel)
+
+
+def _interpret() -> bool:
+    from .fused import triton_interpret
+
+    return triton_interpret()
+
+
+_param_cache: dict[tuple, torch.Tensor] = {}
+
+
+def _params(kind: str, p: NeuronParams, save: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    key = (kind, p, save, dtype, str(device))
+    prm = _param_cache.get(key)
+    if prm is None:
+        tau = torch.tensor(p.tau, dtype=dtype)
+        qmax = Q_MAX.get(save, 1)
+        scale = surrogate_scale(kind, p.alpha)
+        values = [p.tau, float(1.0 / tau), p.v_th, p.v_reset, p.alpha, p.decay, 0.5 * p.v_th, qmax / scale,
+                  scale / qmax]
+        prm = torch.tensor(values, dtype=dtype).to(device)
+        if len(_param_cache) > 256:
+            _param_cache.clear()
+        _param_cache[key] = prm
+    return prm
+
+
+def _use_eager(x: torch.Tensor) -> bool:
+    return x.is_cuda and x.dtype == torch.float64
+
+
+def forward(x: torch.Tensor, kind: str, p: NeuronParams, save: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Spikes for contiguous ``x: [T, ...]`` and the state saved for backward (format ``save``)."""
+    if _use_eager(x):
+        return eager.forward(x, kind, p, save)
+    fwd, _ = _kernels(_interpret())
+    T = x.shape[0]
+    N = x.numel() // T
+    out = torch.empty_like(x)
+    state = None
+    planes = hsave = x  # placeholders for unused pointers
+    if save != "none":
+        shape, dtype = saved_shape(save, x)
+        state = torch.empty(shape, dtype=dtype, device=x.device)
+        if save == "h":
+            hsave = state
+        else:
+            planes = state
+    grid = (triton.cdiv(N, BLOCK),)
+    fwd[grid](x, out, planes, hsave, _params(kind, p, save, x.dtype, x.device), T, N, KIND=KIND_IDS[kind],
+              SAVE=SAVE_IDS[save], QMAX=Q_MAX.get(save, 1), RN=x.is_cuda, BLOCK=BLOCK)
+    return out, state
+
+
+def backward(grad: torch.Tensor, state: torch.Tensor, kind: str, p: NeuronParams, save: str) -> torch.Tensor:
+    """Gradient w.r.t. the input from the gradient w.r.t. the spikes and the saved state."""
+    if _use_eager(grad):
+        return eager.backward(grad, state, kind, p, save)
+    _, bwd = _kernels(_interpret())
+    T = grad.shape[0]
+    N = grad.numel() // T
+    grad_x = torch.empty_like(grad)
+    planes, hsave = (grad, state) if save == "h" else (state, grad)
+    grid = (triton.cdiv(N, BLOCK),)
+    bwd[grid](grad, grad_x, planes, hsave, _params(kind, p, save, grad.dtype, grad.device), T, N,
+              KIND=KIND_IDS[kind], SAVE=SAVE_IDS[save], DETACH=bool(p.detach_reset), RN=grad.is_cuda, BLOCK=BLOCK)
+    return grad_x
