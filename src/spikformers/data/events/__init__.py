@@ -4,7 +4,7 @@ Readers and frames are numpy-only; the torch dataset classes (``CIFAR10DVS``, ``
 ``NCaltech101``, ``NMNIST``, ``create_event_dataset``) are imported on first use.
 """
 
-from .cache import FrameCache, build_frame_cache
+from .cache import CacheTask, FrameCache, build_frame_cache
 from .frames import events_to_frames
 from .readers import (
     EVENT_DTYPE,
@@ -23,6 +23,7 @@ _DATASET_NAMES = ("CIFAR10DVS", "DVSGesture", "NCaltech101", "NMNIST", "create_e
 __all__ = [
     "EVENT_DTYPE",
     "EventFileError",
+    "CacheTask",
     "FrameCache",
     "build_frame_cache",
     "events_to_frames",

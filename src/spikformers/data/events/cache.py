@@ -116,8 +116,8 @@ class FrameCache:
         return len(pieces)
 
 
-def _run_task(cache: FrameCache, task: CacheTask) -> int:
-    return cache.convert(task)
+def _run_tasks(cache: FrameCache, tasks: list[CacheTask]) -> int:
+    return sum(cache.convert(task) for task in tasks)
 
 
 def build_frame_cache(cache: FrameCache, tasks: Sequence[CacheTask], workers: int | None = None,
@@ -144,12 +144,15 @@ def build_frame_cache(cache: FrameCache, tasks: Sequence[CacheTask], workers: in
                 written += cache.convert(task)
                 bar.update(1)
         else:
+            # a few chunks per worker: amortises process round trips, keeps the progress bar moving
+            n_chunks = min(len(todo), 4 * workers)
+            chunks = [todo[i::n_chunks] for i in range(n_chunks)]
             with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
-                futures = [pool.submit(_run_task, cache, task) for task in todo]
+                futures = {pool.submit(_run_tasks, cache, chunk): len(chunk) for chunk in chunks}
                 try:
                     for fut in as_completed(futures):
                         written += fut.result()
-                        bar.update(1)
+                        bar.update(futures[fut])
                 except BaseException:
                     pool.shutdown(wait=True, cancel_futures=True)
                     raise

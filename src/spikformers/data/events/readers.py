@@ -101,18 +101,21 @@ def read_atis_bin(path: PathLike, size: tuple[int, int] | None = None) -> np.nda
     if rest:
         raise EventFileError(path, 5 * n_words, "a whole number of 5-byte ATIS words",
                              f"a partial word of {rest} byte(s) at the end (file truncated?)")
-    words = data.reshape(n_words, 5).astype(np.int64)
-    x = words[:, 0]
+    words = data.reshape(n_words, 5)
     y = words[:, 1]
-    p = words[:, 2] >> 7
-    ts = ((words[:, 2] & 0x7F) << 16) | (words[:, 3] << 8) | words[:, 4]
+    t = ((words[:, 2] & 0x7F).astype(np.int64) << 16) | (words[:, 3].astype(np.int64) << 8) | words[:, 4]
     overflow = y == ATIS_OVERFLOW_Y
-    keep = ~overflow
-    t = ts + np.cumsum(overflow) * ATIS_OVERFLOW_STEP
-    offsets = np.flatnonzero(keep) * 5
-    x, y = x[keep], y[keep]
-    _check_size(path, x, y, size, offsets)
-    return _make_events(t[keep], x, y, p[keep])
+    if overflow.any():
+        t += np.cumsum(overflow) * ATIS_OVERFLOW_STEP
+        keep = ~overflow
+        words, t = words[keep], t[keep]
+        offsets = np.flatnonzero(keep) * 5
+    else:
+        offsets = np.arange(n_words) * 5 if size is not None else None
+    x, y = words[:, 0], words[:, 1]
+    if size is not None:
+        _check_size(path, x, y, size, offsets)
+    return _make_events(t, x, y, words[:, 2] >> 7)
 
 
 # --------------------------------------------------------------------------- AEDAT 2.0 (CIFAR10-DVS original)
