@@ -35,7 +35,7 @@ def _forward_kernel(x_ptr, out_ptr, planes_ptr, h_ptr, prm_ptr, T, N, KIND: tl.c
     half_th = tl.load(prm_ptr + 6)
     to_q = tl.load(prm_ptr + 7)
     TN = T * N
-    zero = tl.zeros([BLOCK], dtype=x_ptr.dtype.element_ty)
+    zero = tl.full([BLOCK], 0.0, x_ptr.dtype.element_ty)
     if KIND == 0:
         v = zero + v_reset
     else:
@@ -113,7 +113,7 @@ def _backward_kernel(gs_ptr, gx_ptr, planes_ptr, h_ptr, prm_ptr, T, N, KIND: tl.
     decay = tl.load(prm_ptr + 5)
     from_q = tl.load(prm_ptr + 8)
     TN = T * N
-    gv = tl.zeros([BLOCK], dtype=gs_ptr.dtype.element_ty)
+    gv = tl.full([BLOCK], 0.0, gs_ptr.dtype.element_ty)
     for i in range(T):
         t = T - 1 - i
         idx = t * N + offs

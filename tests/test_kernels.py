@@ -1,0 +1,174 @@
+"""Fused neuron kernels against the reference loops: identical spikes, gradients to 1e-6, compact saved state."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.autograd.graph import saved_tensors_hooks
+
+from spikformers.neurons import LIF, TernaryNeuron
+from spikformers.neurons.kernels import (
+    available_backends,
+    cpu,
+    eager,
+    lif_multistep,
+    lif_reference,
+    select_impl,
+    ternary_multistep,
+)
+from spikformers.neurons.kernels.common import NeuronParams
+from spikformers.neurons.kernels.fused import triton_importable
+
+CPU_BACKENDS = ["eager", pytest.param("cpp", marks=pytest.mark.skipif(
+    not cpu.available(), reason=f"C++ kernels unavailable: {cpu.error}"))]
+LIF_PARAMS = [(2.0, 1.0, 0.0, 4.0), (1.7, 0.8, -0.3, 4.0), (3.3, 1.2, 0.2, 5.0), (1.0, 0.5, 0.0, 2.0)]
+TOL = {"atol": 1e-6, "rtol": 1e-6}
+
+
+def _inputs(shape, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=gen, dtype=dtype) * 1.5 + 0.3).requires_grad_()
+    return x, torch.randn(shape, generator=gen, dtype=dtype)
+
+
+def _check(fast, ref, x, g):
+    out_ref, out = ref(x), fast(x)
+    assert out.dtype == out_ref.dtype and torch.equal(out, out_ref)
+    (g_ref,) = torch.autograd.grad(out_ref, x, g)
+    (g_fast,) = torch.autograd.grad(out, x, g)
+    torch.testing.assert_close(g_fast, g_ref, **TOL)
+
+
+def saved_bytes(fn, x):
+    """Bytes of the distinct storages that autograd keeps for backward of ``fn(x)``."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with saved_tensors_hooks(pack, lambda t: t):
+        fn(x)
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("detach_reset", [True, False])
+@pytest.mark.parametrize("params", LIF_PARAMS)
+def test_lif_matches_reference(backend, dtype, detach_reset, params):
+    tau, v_th, v_reset, alpha = params
+    x, g = _inputs((6, 3, 257), dtype)
+    _check(lambda x: lif_multistep(x, tau, v_th, v_reset, alpha, detach_reset, backend=backend),
+           lambda x: lif_reference(x, tau, v_th, v_reset, alpha, detach_reset), x, g)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("form,kwargs", [("guo", {"decay": 0.25, "v_th": 1.0}), ("guo", {"decay": 0.5, "v_th": 0.6}),
+                                         ("lif", {"tau": 2.0, "v_th": 1.0}), ("lif", {"tau": 1.5, "v_th": 0.7})])
+def test_ternary_matches_reference(backend, dtype, form, kwargs):
+    x, g = _inputs((5, 2, 300), dtype, seed=1)
+    _check(lambda x: ternary_multistep(x, form, backend=backend, **kwargs),
+           lambda x: ternary_multistep(x, form, backend="reference", **kwargs), x, g)
+
+
+def test_modules_route_through_backends():
+    x, g = _inputs((4, 2, 50), torch.float32)
+    _check(LIF(tau=1.7, v_th=0.9), LIF(tau=1.7, v_th=0.9, backend="reference"), x, g)
+    for form in ("guo", "lif"):
+        _check(TernaryNeuron(form), TernaryNeuron(form, backend="reference"), x, g)
+    with pytest.raises(ValueError, match="backend"):
+        TernaryNeuron(backend="nope")
+    with pytest.raises(ValueError, match="backend"):
+        lif_multistep(x, backend="nope")
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_saved_state_is_compact(backend):
+    x, _ = _inputs((4, 8, 1024), torch.float32)
+    n = x.numel()
+    loop = saved_bytes(lambda x: lif_reference(x), x)
+    assert loop == 8 * n  # the surrogate input and the reset factor, both float32
+    assert saved_bytes(lambda x: lif_multistep(x, backend=backend), x) == 3 * n
+    assert saved_bytes(lambda x: lif_multistep(x, backend=backend, saved="q16"), x) == 2 * n
+    assert saved_bytes(lambda x: lif_multistep(x, backend=backend, saved="exact"), x) == 4 * n
+    assert saved_bytes(lambda x: lif_multistep(x, detach_reset=False, backend=backend), x) == 4 * n
+    assert saved_bytes(lambda x: ternary_multistep(x, "guo", backend=backend), x) == n
+    assert saved_bytes(lambda x: ternary_multistep(x, "lif", backend=backend), x) == 3 * n
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_saved_variants_gradients(backend):
+    x, g = _inputs((5, 4, 200), torch.float32)
+    (g_ref,) = torch.autograd.grad(lif_reference(x), x, g)
+    (g_exact,) = torch.autograd.grad(lif_multistep(x, backend=backend, saved="exact"), x, g)
+    (g_q16,) = torch.autograd.grad(lif_multistep(x, backend=backend, saved="q16"), x, g)
+    torch.testing.assert_close(g_exact, g_ref, **TOL)
+    torch.testing.assert_close(g_q16, g_ref, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="saved"):
+        lif_multistep(x, backend=backend, saved="fp8")
+
+
+@pytest.mark.skipif(not cpu.available(), reason=f"C++ kernels unavailable: {cpu.error}")
+def test_cpp_and_eager_share_the_saved_format():
+    x, g = _inputs((4, 3, 333), torch.float32)
+    p = NeuronParams(tau=1.7, v_th=0.9)
+    for kind, save in (("lif", "q24"), ("lif", "q16"), ("lif", "h"), ("ternary_lif", "q24"), ("ternary_guo", "code")):
+        out_c, state_c = cpu.forward(x.detach(), kind, p, save)
+        out_e, state_e = eager.forward(x.detach(), kind, p, save)
+        assert torch.equal(out_c, out_e)
+        torch.testing.assert_close(cpu.backward(g, state_e, kind, p, save), eager.backward(g, state_c, kind, p, save),
+                                   **TOL)
+
+
+def test_auto_falls_back_to_eager(monkeypatch):
+    x = torch.randn(3, 10)
+    monkeypatch.setattr(cpu, "available", lambda: False)
+    assert select_impl(x, "auto") is eager
+    with pytest.raises(RuntimeError, match="cpp"):
+        select_impl(x, "cpp")
+    assert torch.equal(lif_multistep(x), lif_reference(x))
+
+
+def test_no_grad_half_and_odd_shapes():
+    x = torch.randn(4, 3, 5, 7)
+    with torch.no_grad():
+        assert torch.equal(lif_multistep(x), lif_reference(x))
+    xt = torch.randn(7, 4, 3).transpose(1, 2)  # non-contiguous
+    assert torch.equal(lif_multistep(xt), lif_reference(xt))
+    assert torch.equal(lif_multistep(torch.randn(1, 9)), lif_reference(torch.randn(1, 9).zero_() + 0))
+    x1 = torch.randn(6)
+    assert torch.equal(lif_multistep(x1), lif_reference(x1))
+    xh = torch.randn(4, 64, dtype=torch.bfloat16, requires_grad=True)
+    out = lif_multistep(xh)
+    assert out.dtype == torch.bfloat16
+    out.sum().backward()
+    assert xh.grad is not None and xh.grad.dtype == torch.bfloat16
+    assert lif_multistep(torch.empty(0, 3)).shape == (0, 3)
+    assert "reference" in available_backends("cpu") and "eager" in available_backends("cpu")
+
+
+@pytest.mark.skipif(not triton_importable(), reason="triton is not importable")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_triton_kernels_under_interpreter(monkeypatch, dtype):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    x, g = _inputs((3, 2, 700), dtype, seed=2)
+    for tau, v_th, v_reset, alpha in LIF_PARAMS[:3]:
+        for detach in (True, False):
+            args = (tau, v_th, v_reset, alpha, detach)
+            _check(lambda x, a=args: lif_multistep(x, *a, backend="triton"),
+                   lambda x, a=args: lif_reference(x, *a), x, g)
+    x2, g2 = _inputs((3, 1100), dtype, seed=3)
+    _check(lambda x: lif_multistep(x, backend="triton", saved="q16"), lif_reference, x2, torch.zeros_like(g2))
+    for form in ("guo", "lif"):
+        _check(lambda x, f=form: ternary_multistep(x, f, backend="triton"),
+               lambda x, f=form: ternary_multistep(x, f, backend="reference"), x2, g2)
+    assert saved_bytes(lambda x: lif_multistep(x, backend="triton"), x2) == (3 if dtype == torch.float32 else
+                                                                              x2.element_size()) * x2.numel()
+
+
+def test_triton_needs_cuda_or_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(RuntimeError, match="triton"):
+        lif_multistep(torch.randn(2, 3), backend="triton")
