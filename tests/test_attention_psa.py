@@ -175,4 +175,6 @@ def train_digits(model: torch.nn.Module, epochs: int = 4, lr: float = 1e-2) -> f
 def test_psa_trains_on_digits() -> None:
     torch.manual_seed(0)
     model = create_model("est_1_32_cifar", img_size=16, in_chans=1, T=2)
-    assert train_digits(model) >= 0.5
+    acc = train_digits(model)
+    print(f"held-out digits accuracy after 4 epochs: {acc:.3f}")
+    assert acc >= 0.5
