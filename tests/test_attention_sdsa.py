@@ -1,0 +1,153 @@
+"""SDSA (Spike-driven Transformer): no matrix product, a float64 reference, both block forms, SDT presets, training."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from torch.overrides import TorchFunctionMode
+
+from spikformers import count_parameters, create_model, list_models
+from spikformers.attention import SDSA
+from spikformers.models.blocks import MembraneBlock
+from spikformers.neurons.kernels import lif_reference
+
+MATMULS = {"matmul", "bmm", "mm", "einsum", "__matmul__", "__rmatmul__", "baddbmm", "addmm", "tensordot", "mv"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():  # type: ignore[no-untyped-def]
+    """Small tensors: one thread is fastest, and immune to a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def digits(size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """All 1797 real digits as ``[N, 1, size, size]`` in [0, 1] and their labels."""
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False), torch.tensor(d.target)
+
+
+def tiny(attn: str = "sdsa", seed: int = 0, **kw: object) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return create_model("spikformer_2_64_cifar", img_size=16, in_chans=1, attn=attn, **kw)
+
+
+def record(module: torch.nn.Module, store: dict, key: str, inputs: bool = False) -> torch.utils.hooks.RemovableHandle:
+    """Forward hook saving a module's output (or first input) under ``store[key]`` as a list."""
+
+    def hook(mod, args, out):  # type: ignore[no-untyped-def]
+        store.setdefault(key, []).append((args[0] if inputs else out).detach().clone())
+
+    return module.register_forward_hook(hook)
+
+
+class CallLog(TorchFunctionMode):
+    """Records the name of every torch function called while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.names.append(getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("block", ["spikformer", "membrane"])
+def test_no_matrix_product_inside_sdsa(block: str) -> None:
+    model, store = tiny(block=block), {}
+    record(model.blocks[0].attn, store, "x", inputs=True)
+    with torch.no_grad():
+        model(digits()[0][:32])
+    attn, x = model.blocks[0].attn, store["x"][0]
+    log = CallLog()
+    with log, torch.no_grad():
+        attn(x)
+    assert "linear" in log.names and "sum" in log.names  # the mode sees the projections and the token sum
+    assert not MATMULS & set(log.names), sorted(MATMULS & set(log.names))
+    log = CallLog()  # the backward of the training step has none either
+    out = attn.train()(x.requires_grad_())
+    with log:
+        out.sum().backward()
+    assert not MATMULS & set(log.names)
+    log = CallLog()  # control: the same recorder does see SSA's matrix products
+    with log, torch.no_grad():
+        tiny("ssa", block=block).blocks[0].attn(x)
+    assert MATMULS & set(log.names)
+
+
+def test_float64_reference_and_heads_do_not_matter() -> None:
+    model, store = tiny(), {}
+    attn = model.blocks[1].attn
+    for name in ("q", "k", "v"):
+        record(getattr(attn, name), store, name)
+    record(attn.attn_neuron, store, "kv")
+    record(attn.proj, store, "p", inputs=True)
+    record(attn, store, "x", inputs=True)
+    with torch.no_grad():
+        model(digits()[0][:48])
+    q, k, v = (store[n][0].double() for n in "qkv")
+    assert all(set(t.unique().tolist()) == {0.0, 1.0} for t in (q, k, v))
+    kv = lif_reference((k * v).sum(dim=2, keepdim=True), v_th=0.5)  # [T, B, 1, D] channel mask
+    assert torch.equal(store["kv"][0].double(), kv)
+    assert torch.equal(store["p"][0].double(), q * kv)
+    one_head = SDSA(64, heads=1, qkv_bias=True)
+    one_head.load_state_dict(attn.state_dict())
+    assert attn.heads == 2
+    with torch.no_grad():
+        x = store["x"][0]
+        assert torch.equal(one_head.eval()(x), copy.deepcopy(attn).eval()(x))
+
+
+def test_sdt_presets() -> None:
+    names = list_models("sdt_*")
+    assert {"sdt_8_768", "sdt_8_512", "sdt_2_512_cifar", "sdt_4_384_cifar", "sdt_2_256_dvs"} <= set(names)
+    with torch.device("meta"):
+        sdt = create_model("sdt_8_768")
+        assert isinstance(sdt.blocks[0], MembraneBlock) and isinstance(sdt.blocks[0].attn, SDSA)
+        # ARCH 5, official "used" counts (SDT's Q/K/V convs have no bias)
+        assert count_parameters(sdt) == 66_338_632 == count_parameters(create_model("spikformer_8_768"))
+        assert count_parameters(create_model("sdt_8_512")) == 29_689_384
+        assert count_parameters(create_model("sdt_2_512_cifar")) == 10_233_418
+        assert count_parameters(create_model("sdt_2_512_cifar", num_classes=100)) == 10_279_588
+        ref = count_parameters(create_model("spikformer_4_384_cifar"))
+        assert count_parameters(create_model("spikformer_4_384_cifar", attn="sdsa")) == ref
+        assert count_parameters(create_model("sdt_4_384_cifar", qkv_bias=True)) == ref
+
+
+def train_digits(model: torch.nn.Module, epochs: int = 4, lr: float = 1e-2) -> float:
+    """A short Adam schedule on 1400 real digits; returns accuracy on the 397 held out."""
+    x, y = digits()
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    train, test = perm[:1400], perm[1400:]
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * 22, pct_start=0.2)
+    for _ in range(epochs):
+        model.train()
+        order = train[torch.randperm(len(train))]
+        for i in range(0, len(order), 64):
+            b = order[i : i + 64]
+            loss = F.cross_entropy(model(x[b]), y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    model.eval()
+    with torch.no_grad():
+        return (model(x[test]).argmax(1) == y[test]).float().mean().item()
+
+
+@pytest.mark.parametrize("name", ["spikformer_1_32_cifar", "sdt_1_32_cifar"])
+def test_sdsa_trains_on_digits(name: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(name, img_size=16, in_chans=1, T=2, attn="sdsa")
+    acc = train_digits(model)
+    print(f"{name}: held-out digits accuracy after 4 epochs: {acc:.3f}")
+    assert acc >= 0.5
