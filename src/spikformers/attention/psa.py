@@ -11,7 +11,8 @@ of ratio ``r``, in one of two named modes (our documented choice, see ``docs/att
     out = LIF(BN(LIF_{0.5}(A V * scale) W_o + b_o))
 
   The masks are resampled from the global RNG on every training forward; in evaluation they come from a
-  ``torch.Generator`` seeded with ``seed`` at every call, so inference is reproducible.
+  ``torch.Generator`` seeded with ``seed`` at every call, so inference is reproducible (the masks depend on
+  the input's shape, batch size included; layers built with the same seed and shapes draw the same masks).
 
 ``mode="structured"``: per head a fixed, evenly spread subset S of ``round((1 - r) d)`` of the d channels is
 kept in Q and K (head h's subset is shifted by h so that heads keep different channels):
