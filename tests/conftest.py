@@ -1,0 +1,19 @@
+"""Shared fixtures: real digits images, and the location of the shared real recordings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def digits_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """32 real digits images, 1 x 16 x 16, normalised, with labels."""
+    from spikformers.data import Digits
+
+    d = Digits("test", img_size=16)
+    return d.tensors[0][:32].clone(), d.tensors[1][:32].clone()

@@ -1,0 +1,109 @@
+"""Training smoke test, checkpoint round trip, bad checkpoints, config validation and the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from spikformers.cli import main
+from spikformers.train.checkpoint import CheckpointError, load_model, save_model_config, save_weights
+from spikformers.train.config import ConfigError, load_config
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-epoch run of a tiny Spikformer on the real digits (about 15 s on 2 cores)."""
+    out = tmp_path_factory.mktemp("run")
+    rc = main(["train", "--model", "spikformer_1_64_cifar", "--epochs", "3", "--batch-size", "64", "--lr", "1e-2",
+               "--T", "2", "--out", str(out), "--no-progress", "--set", "optim.warmup_epochs=1"])
+    assert rc == 0
+    return out
+
+
+def test_training_learns_and_writes_run_folder(trained_run: Path, capsys: pytest.CaptureFixture) -> None:
+    for name in ("config.yaml", "model.json", "metrics.csv", "best.safetensors", "last.safetensors", "summary.json"):
+        assert (trained_run / name).is_file(), name
+    rows = (trained_run / "metrics.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("epoch,lr,train_loss") and len(rows) == 4
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert summary["test_acc"] > 50.0  # chance is 10%; 3 short epochs already learn the digits
+
+
+def test_eval_reproduces_recorded_accuracy(trained_run: Path, capsys: pytest.CaptureFixture) -> None:
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(trained_run)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    recorded = json.loads((trained_run / "summary.json").read_text())["test_acc"]
+    assert last.startswith("held-out accuracy:") and f"{recorded:.2f}%" in last
+
+
+def test_checkpoint_round_trip(trained_run: Path) -> None:
+    a = load_model(trained_run, "last").eval()
+    b = load_model(trained_run, "last").eval()
+    x = torch.randn(4, 1, 16, 16)
+    assert torch.equal(a(x), b(x))
+    state_a, fresh = a.state_dict(), load_model(trained_run, "best").state_dict()
+    assert state_a.keys() == fresh.keys()
+
+
+def test_checkpoint_of_another_architecture_names_keys(trained_run: Path, tmp_path: Path) -> None:
+    from spikformers import create_model
+
+    other = create_model("spikformer_2_64_cifar", img_size=16, in_chans=1)
+    save_model_config(other, tmp_path)
+    # weights of the 1-block run under a 2-block model.json: keys of block 1 are missing
+    (tmp_path / "last.safetensors").write_bytes((trained_run / "last.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match=r"missing keys \(\d+\): blocks\.1\."):
+        load_model(tmp_path, "last")
+    wide = create_model("spikformer_1_128_cifar", img_size=16, in_chans=1)
+    save_weights(wide, tmp_path / "last.safetensors")
+    (tmp_path / "model.json").write_text((trained_run / "model.json").read_text())
+    with pytest.raises(CheckpointError, match=r"shape mismatches \(\d+\): .*checkpoint \(128,\) vs model \(64,\)"):
+        load_model(tmp_path, "last")
+
+
+def test_corrupt_checkpoint_is_reported(trained_run: Path, tmp_path: Path) -> None:
+    (tmp_path / "model.json").write_text((trained_run / "model.json").read_text())
+    (tmp_path / "last.safetensors").write_bytes(b"\x00" * 50)
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        load_model(tmp_path, "last")
+    (tmp_path / "model.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="model.json"):
+        load_model(tmp_path, "last")
+
+
+def test_config_rejects_unknown_keys_and_types(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="'optim.lrate'"):
+        load_config(None, ["optim.lrate=0.1"])
+    with pytest.raises(ConfigError, match="'data.batch_size'.*expected int"):
+        load_config(None, ["data.batch_size=big"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  name: spikformer_2_64_cifar\n  depth: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown config key 'model.depth'"):
+        load_config(bad)
+    cfg = load_config(None, ["optim.lr=1e-3", "model.kwargs={mlp_ratio: 2}"])
+    assert cfg.optim.lr == 1e-3 and cfg.model.kwargs == {"mlp_ratio": 2}
+
+
+def test_cli_errors_are_one_line(capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "--set", "optim.nope=1"]) == 2
+    assert "unknown config key 'optim.nope'" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", "/nonexistent/run"]) == 2
+
+
+def test_nan_loss_stops_with_location(tmp_path: Path) -> None:
+    from spikformers.train.engine import TrainingError, train
+
+    cfg = load_config(None, ["model.name=spikformer_1_64_cifar", "optim.epochs=1", "optim.warmup_lr=.nan", "progress=false",
+                             f"out={tmp_path}", "model.T=1"])
+    with pytest.raises(TrainingError, match=r"loss is nan at epoch 1, step 1"):
+        train(cfg)
+
+
+def test_models_command_lists_counts(capsys: pytest.CaptureFixture) -> None:
+    assert main(["models", "spikformer_4_*_cifar"]) == 0
+    out = capsys.readouterr().out
+    assert "spikformer_4_384_cifar" in out and "9.325" in out and "4.155" in out
