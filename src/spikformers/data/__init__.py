@@ -46,9 +46,8 @@ def dataset_info(name: str, root: str | Path | None = None, **opts: Any) -> Data
     from .events import EVENT_DATASETS
 
     if name in EVENT_DATASETS:
-        spec = EVENT_DATASETS[name]
-        size = int(opts.get("img_size") or spec["size"][0])
-        return DatasetInfo(spec["num_classes"], 2, size, opts.get("T"))
+        return DatasetInfo(EVENT_DATASETS[name]["num_classes"], 2, event_img_size(name, opts.get("img_size")),
+                           opts.get("T"))
     raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(list_datasets())}")
 
 
@@ -79,8 +78,25 @@ def create_dataset(name: str, root: str | Path | None = None, split: str = "trai
     from .events import EVENT_DATASETS, create_event_dataset
 
     if name in EVENT_DATASETS:
+        size = event_img_size(name, opts.pop("img_size", None))
+        if (size, size) != tuple(EVENT_DATASETS[name]["size"]):
+            opts.setdefault("size", (size, size))
         return create_event_dataset(name, _need_root(name, root), split, **opts)
     raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(list_datasets())}")
+
+
+# Square model input for event data: the native sensor size, except N-Caltech101 (180 x 240), which the
+# papers resize to 128 x 128.
+EVENT_IMG_SIZE = {"ncaltech101": 128}
+
+
+def event_img_size(name: str, img_size: int | None) -> int:
+    """The square frame size an event dataset is fed to a model at (``img_size`` if given)."""
+    from .events import EVENT_DATASETS
+
+    if img_size:
+        return int(img_size)
+    return EVENT_IMG_SIZE.get(name, EVENT_DATASETS[name]["size"][0])
 
 
 def _need_root(name: str, root: str | Path | None) -> Path:
