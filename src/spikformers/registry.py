@@ -248,4 +248,72 @@ register_family(
     )
 )
 # end of A2OS2A / EST / SDT presets
+
+
+# ---------------------------------------------------------------------------------------------------------
+# SpiLiFormer (ARCH 2-3): QKFormer's hierarchical backbone (HST) with FF-LiDiff / FB-LiDiff and a feedback
+# second pass. imagenet: 224 px, 1000 classes; cifar: 32 px, 100 classes (the published 7.04 M is the
+# CIFAR-100 model, whose decoder is BN-first with aug 2.0; use decoder_norm="bn", aug=1.0 for the CIFAR-10
+# file); dvs: 128 px, 2 channels, T=16, 10 classes, non-doubled FB with a BN decoder (published 1.57 M;
+# N-Caltech101 is num_classes=101; the CIFAR10-DVS file is doubled_kv=True, decoder_norm="none").
+
+
+def _spiliformer_imagenet(depth: int, dim: int) -> dict[str, Any]:
+    return dict(
+        img_size=224, in_chans=3, num_classes=1000, T=4, embed="imagenet", heads=12, mlp_ratio=4.0,
+        q_split=True, doubled_kv=False, decoder_order="forward", decoder_norm="bn", aug=1.0, beta=0.8,
+    )
+
+
+def _spiliformer_cifar(depth: int, dim: int) -> dict[str, Any]:
+    return dict(
+        img_size=32, in_chans=3, num_classes=100, T=4, embed="cifar", heads=8, mlp_ratio=4.0,
+        q_split=True, doubled_kv=False, decoder_order="reverse", decoder_norm="bn_first", aug=2.0, beta=0.8,
+    )
+
+
+def _spiliformer_dvs(depth: int, dim: int) -> dict[str, Any]:
+    return dict(
+        img_size=128, in_chans=2, num_classes=10, T=16, embed="dvs", heads=16, mlp_ratio=1.0,
+        q_split=False, doubled_kv=False, decoder_order="reverse", decoder_norm="bn", aug=1.0, beta=0.5,
+    )
+
+
+SPILIFORMER_VARIANTS = {"imagenet": _spiliformer_imagenet, "cifar": _spiliformer_cifar, "dvs": _spiliformer_dvs}
+HST_PUBLISHED = {"imagenet": [(10, 768)], "cifar": [(4, 384)], "dvs": [(2, 256)]}
+
+_SPILIFORMER_ONLY = ("q_split", "doubled_kv", "decoder_order", "decoder_norm", "aug", "beta")
+
+
+def _qkformer_variant(variant: Callable[[int, int], dict[str, Any]]) -> Callable[[int, int], dict[str, Any]]:
+    return lambda depth, dim: {k: v for k, v in variant(depth, dim).items() if k not in _SPILIFORMER_ONLY}
+
+
+def _build_spiliformer(**cfg: Any) -> nn.Module:
+    from .models.hst import SpiLiFormer
+
+    return SpiLiFormer(**cfg)
+
+
+def _build_hst(**cfg: Any) -> nn.Module:
+    from .models.hst import HST
+
+    return HST(**cfg)
+
+
+register_family(
+    Family(
+        "spiliformer", _build_spiliformer, SPILIFORMER_VARIANTS, HST_PUBLISHED,
+        description="SpiLiFormer: HST with FF-/FB-LiDiff lateral inhibition and feedback (Zheng et al., ICCV 2025)",
+    )
+)
+register_family(
+    Family(
+        "qkformer", _build_hst, {k: _qkformer_variant(f) for k, f in SPILIFORMER_VARIANTS.items()},
+        {"imagenet": [(10, 768)], "cifar": [(4, 384)]},
+        description="QKFormer's hierarchical spiking transformer (token attention, SSA last stage), one pass",
+    )
+)
+# end of SpiLiFormer presets
+
 _install_timm_hook()

@@ -11,12 +11,14 @@ from typing import Any
 from torch import nn
 
 from .a2os2a import A2OS2A
+from .lidiff import FBLiDiff, FFLiDiff
 from .psa import PSA
 from .sdsa import SDSA
 from .ssa import SSA
 
 ATTENTIONS: dict[str, type[nn.Module]] = {"ssa": SSA}
 ATTENTIONS.update({"psa": PSA, "a2os2a": A2OS2A, "sdsa": SDSA})
+ATTENTIONS.update({"ff_lidiff": FFLiDiff, "fb_lidiff": FBLiDiff})
 
 
 def create_attention(
@@ -38,3 +40,4 @@ def create_attention(
 
 __all__ = ["ATTENTIONS", "SSA", "create_attention"]
 __all__ += ["PSA", "A2OS2A", "SDSA"]
+__all__ += ["FFLiDiff", "FBLiDiff"]
