@@ -65,6 +65,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run folder (default runs/<time>)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--amp", choices=["none", "bf16", "fp16"], help="mixed precision (fp16 on CUDA only)")
+    p.add_argument("--resume", metavar="RUN",
+                   help="continue the run folder RUN where it stopped (its config.yaml unless --config is given)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set optim.weight_decay=0.05 (repeatable)")
 
@@ -72,7 +75,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 _FLAG_KEYS = {
     "model": "model.name", "attn": "model.attn", "dataset": "data.name", "data_dir": "data.root",
     "img_size": "data.img_size", "epochs": "optim.epochs", "batch_size": "data.batch_size", "lr": "optim.lr",
-    "T": "model.T", "seed": "seed", "workers": "data.workers", "out": "out", "device": "device",
+    "T": "model.T", "seed": "seed", "workers": "data.workers", "out": "out", "device": "device", "amp": "train.amp",
 }
 
 
@@ -86,7 +89,18 @@ def config_from_args(args: argparse.Namespace) -> Any:
         overrides.append("data.download=true")
     if args.no_progress:
         overrides.append("progress=false")
-    return load_config(args.config, overrides + list(args.set))
+    path = args.config
+    if getattr(args, "resume", None):
+        from pathlib import Path
+
+        from .train.config import ConfigError
+
+        run = Path(args.resume)
+        if not (run / "state.safetensors").is_file():
+            raise ConfigError(f"--resume {run}: no state.safetensors there (not a run folder, or no epoch finished)")
+        path = path or run / "config.yaml"
+        overrides += [f"resume={json.dumps(str(run))}", f"out={json.dumps(str(run))}"]
+    return load_config(path, overrides + list(args.set))
 
 
 @command("train", "train a model (default: a small Spikformer on the bundled digits)", _train_args)
@@ -95,9 +109,11 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     result = train(cfg)
+    if result.rank != 0:  # under torchrun only rank 0 reports and writes
+        return 0
     summary = {"architecture": None, "test_acc": result.last_acc, "best_acc": result.best_acc,
                "epochs": result.epochs, "seconds": round(result.seconds, 1), "params": result.params,
-               "dataset": cfg.data.name}
+               "dataset": cfg.data.name, "processes": result.world_size}
     model_doc = json.loads((result.out_dir / "model.json").read_text())
     summary["architecture"] = model_doc["architecture"]
     (result.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -133,7 +149,7 @@ def _eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = load_model(weights.parent if weights.parent == run_dir else run_dir, which=weights.stem).to(device)
     _, test_loader = build_loaders(cfg, getattr(model, "T", None))
-    acc, loss = evaluate(model, test_loader, device)
+    acc, loss = evaluate(model, test_loader, device, cfg.train.amp)
     print(f"{model.default_cfg['architecture']} from {weights}: loss {loss:.4f}")
     print(f"held-out accuracy: {acc:.2f}% ({cfg.data.name} test split, {len(test_loader.dataset)} images)")
     return 0

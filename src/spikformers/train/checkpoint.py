@@ -120,3 +120,72 @@ def load_model(path: str | Path, which: str = "best", **overrides: Any) -> nn.Mo
     model = create_model(arch, **{**saved, **overrides})
     load_weights(model, weights)
     return model
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Resume state: one safetensors file holding every tensor (model, EMA, optimiser moments) with the rest
+# (epoch, optimiser hyper-parameters, scaler, RNG states, best accuracy) as JSON in its metadata header.
+# One file, written atomically: a kill at any moment leaves either the previous state or the new one.
+
+STATE_FORMAT = "spikformers-train-state-v1"
+
+
+def save_train_state(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write tensors plus JSON-able ``meta`` to one safetensors file, atomically."""
+    from safetensors.torch import save_file
+
+    flat = {k: v.detach().contiguous().cpu().clone() for k, v in tensors.items()}
+    header = {"format": STATE_FORMAT, "state": json.dumps(meta)}
+    atomic_write(Path(path), lambda tmp: save_file(flat, str(tmp), metadata=header))
+
+
+def load_train_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read what :func:`save_train_state` wrote: ``(tensors, meta)``. Nothing is unpickled."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no training state {path}: the run wrote none yet (it saves at the end of an epoch)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable training state: {e}") from None
+    if header.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{path}: not a spikformers training state (format {header.get('format')!r})")
+    return tensors, json.loads(header["state"])
+
+
+def split_state_dict(prefix: str, state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Flatten a nested state dict into ``prefix.a.b`` tensors and a JSON-able tree of everything else."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(node: Any, key: str) -> Any:
+        if isinstance(node, torch.Tensor):
+            tensors[key] = node
+            return {"__tensor__": key}
+        if isinstance(node, dict):
+            return {"__dict__": [[k, walk(v, f"{key}.{k}")] for k, v in node.items()]}
+        if isinstance(node, (list, tuple)):
+            return {"__tuple__" if isinstance(node, tuple) else "__list__": [walk(v, f"{key}.{i}")
+                                                                          for i, v in enumerate(node)]}
+        if node is None or isinstance(node, (bool, int, float, str)):
+            return node
+        raise CheckpointError(f"cannot store {type(node).__name__} at {key} in a training state")
+
+    return tensors, walk(state, prefix)
+
+
+def join_state_dict(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of :func:`split_state_dict` (dict keys that were ints come back as ints)."""
+    if isinstance(tree, dict):
+        if "__tensor__" in tree:
+            return tensors[tree["__tensor__"]]
+        if "__dict__" in tree:
+            return {k: join_state_dict(v, tensors) for k, v in tree["__dict__"]}
+        if "__tuple__" in tree:
+            return tuple(join_state_dict(v, tensors) for v in tree["__tuple__"])
+        if "__list__" in tree:
+            return [join_state_dict(v, tensors) for v in tree["__list__"]]
+    return tree

@@ -10,7 +10,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass
@@ -34,6 +34,8 @@ class DataConfig:
     eval_batch_size: int | None = None
     workers: int = 0
     download: bool = False
+    limit_train: int | None = None  # use a fixed random subset of this many training samples (quick checks)
+    limit_test: int | None = None  # evaluate on the first this many test samples
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -50,6 +52,34 @@ class OptimConfig:
     cooldown_epochs: int = 0
     label_smoothing: float = 0.0
     clip_grad: float | None = None
+    drop_path: float = 0.0
+
+
+@dataclass
+class MixupConfig:
+    """timm ``Mixup`` / CutMix on the training batches; off when both alphas are 0. Targets become soft labels."""
+
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    prob: float = 1.0
+    switch_prob: float = 0.5
+    mode: Literal["batch", "pair", "elem"] = "batch"
+    off_epoch: int | None = None  # from this (0-based) epoch on, no mixing (SPEC 4: CIFAR mixup off after 200)
+
+
+@dataclass
+class LoopConfig:
+    """How the loop runs: precision, EMA, multi-pass loss weight, distributed options, logging."""
+
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    ema: bool = False
+    ema_decay: float = 0.9998
+    ema_eval: bool = False  # report (and save as best/last) the EMA weights' accuracy instead of the model's
+    beta: float | None = None  # SpiLiFormer second-pass weight (None: the model's own)
+    beta_end: float | None = None  # ramp beta linearly per epoch from ``beta`` to this
+    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
+    tensorboard: bool = True  # also log to <out>/tb when tensorboard is installed
+    save_every: int = 1  # write the resume state every N epochs (always at the last)
 
 
 @dataclass
@@ -59,11 +89,14 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    mixup: MixupConfig = field(default_factory=MixupConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
     seed: int = 0
     device: str = "auto"
     out: str | None = None
     progress: bool = True
     deterministic: bool = False
+    resume: str | None = None  # run folder whose state.safetensors to continue from
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON-ready)."""
@@ -90,6 +123,11 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
                 continue
         raise ConfigError(f"config key {key!r}: expected {tp}, got {type(value).__name__} {value!r}")
     if tp is Any:
+        return value
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"config key {key!r}: expected one of {list(choices)}, got {value!r}")
         return value
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
@@ -128,7 +166,35 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
             kwargs[name] = _build(tp, value, f"{prefix}{name}.")
         else:
             kwargs[name] = _check_type(prefix + name, value, tp)
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    if cls is TrainConfig:
+        _check_values(obj)
+    return obj
+
+
+def _check_values(cfg: TrainConfig) -> None:
+    """Range checks that types cannot express, each naming its key."""
+    checks = [
+        ("data.batch_size", cfg.data.batch_size >= 1, "at least 1"),
+        ("optim.epochs", cfg.optim.epochs >= 1, "at least 1"),
+        ("optim.lr", cfg.optim.lr > 0, "positive"),
+        ("optim.warmup_epochs", 0 <= cfg.optim.warmup_epochs, "0 or more"),
+        ("optim.cooldown_epochs", 0 <= cfg.optim.cooldown_epochs, "0 or more"),
+        ("optim.label_smoothing", 0 <= cfg.optim.label_smoothing < 1, "in [0, 1)"),
+        ("optim.drop_path", 0 <= cfg.optim.drop_path < 1, "in [0, 1)"),
+        ("mixup.prob", 0 <= cfg.mixup.prob <= 1, "in [0, 1]"),
+        ("train.ema_decay", 0 < cfg.train.ema_decay < 1, "in (0, 1)"),
+        ("train.beta", cfg.train.beta is None or 0 <= cfg.train.beta <= 1, "in [0, 1]"),
+        ("train.beta_end", cfg.train.beta_end is None or 0 <= cfg.train.beta_end <= 1, "in [0, 1]"),
+        ("train.save_every", cfg.train.save_every >= 1, "at least 1"),
+    ]
+    for key, ok, what in checks:
+        if not ok:
+            raise ConfigError(f"config key {key!r}: must be {what}")
+    if cfg.train.beta_end is not None and cfg.train.beta is None:
+        raise ConfigError("config key 'train.beta_end' needs 'train.beta' (the ramp's start)")
+    if cfg.train.ema_eval and not cfg.train.ema:
+        raise ConfigError("config key 'train.ema_eval' needs 'train.ema: true'")
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:

@@ -1,13 +1,16 @@
-"""The training loop: build everything from a :class:`TrainConfig`, train, evaluate, checkpoint.
+"""The training loop: build everything from a :class:`TrainConfig`, train, evaluate, checkpoint, resume.
 
 It knows nothing about particular models: outputs go through :func:`spikformers.outputs.output_loss`, so a
-multi-pass model (SpiLiFormer) trains with its weighted loss and is scored on its final logits.
+multi-pass model (SpiLiFormer) trains with its weighted loss and is scored on its final logits. The same
+loop runs on one process or under ``torchrun`` (DistributedDataParallel, see ``distributed.py``).
 """
 
 from __future__ import annotations
 
+import base64
 import csv
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -17,13 +20,25 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from ..data import create_dataset, dataset_info
 from ..outputs import logits_of, output_loss
 from ..registry import count_parameters, create_model
-from .checkpoint import save_model_config, save_weights
-from .config import TrainConfig, dump_config
+from . import distributed as dist_utils
+from .checkpoint import (
+    join_state_dict,
+    load_train_state,
+    save_model_config,
+    save_train_state,
+    save_weights,
+    split_state_dict,
+)
+from .config import ConfigError, TrainConfig, dump_config
+
+METRIC_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "images_per_s", "seconds",
+                 "ema_test_acc", "beta"]
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TrainingError(RuntimeError):
@@ -32,7 +47,7 @@ class TrainingError(RuntimeError):
 
 @dataclass
 class RunResult:
-    """What a finished run reports."""
+    """What a finished run reports (on every process; only rank 0 wrote files)."""
 
     out_dir: Path
     best_acc: float
@@ -40,14 +55,18 @@ class RunResult:
     epochs: int
     seconds: float
     params: int
+    rank: int = 0
+    world_size: int = 1
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seed Python, NumPy and torch; optionally make torch deterministic."""
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
         torch.use_deterministic_algorithms(True)
 
 
@@ -74,38 +93,74 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     if cfg.model.attn is not None:
         overrides["attn"] = cfg.model.attn
     overrides.update(cfg.model.kwargs)
-    return create_model(cfg.model.name, **overrides)
+    if cfg.optim.drop_path > 0:
+        overrides["drop_path_rate"] = cfg.optim.drop_path
+    try:
+        return create_model(cfg.model.name, **overrides)
+    except TypeError as e:
+        if "drop_path_rate" in str(e):
+            raise ConfigError(
+                f"config key 'optim.drop_path': {cfg.model.name} has no drop-path (stochastic depth) yet; "
+                "set optim.drop_path=0 (recipes record the official value in their _meta block)"
+            ) from None
+        raise
 
 
-def build_loaders(cfg: TrainConfig, T: int | None = None) -> tuple[DataLoader, DataLoader]:
-    """Train and test loaders for the config's dataset."""
+def build_loaders(cfg: TrainConfig, T: int | None = None, rank: int = 0, world_size: int = 1,
+                  drop_last: bool = False) -> tuple[DataLoader, DataLoader]:
+    """Train and test loaders for the config's dataset; with ``world_size`` > 1 each process gets its shard."""
+    from torch.utils.data import DistributedSampler
+
     opts: dict[str, Any] = dict(cfg.data.kwargs)
     if cfg.data.img_size:
-        opts["img_size"] = cfg.data.img_size
+        static = cfg.data.name in ("digits", "cifar10", "cifar100", "imagenet", "imagefolder")
+        opts["img_size" if static else "size"] = cfg.data.img_size  # event datasets resize frames to ``size``
     if cfg.data.download:
         opts["download"] = True
     if T is not None and cfg.data.name not in ("digits", "cifar10", "cifar100", "imagenet", "imagefolder"):
         opts.setdefault("T", T)
     train_set = create_dataset(cfg.data.name, cfg.data.root, "train", **opts)
     test_set = create_dataset(cfg.data.name, cfg.data.root, "test", **opts)
-    g = torch.Generator().manual_seed(cfg.seed)
-    common = dict(num_workers=cfg.data.workers, pin_memory=torch.cuda.is_available())
-    train = DataLoader(train_set, cfg.data.batch_size, shuffle=True, drop_last=False, generator=g, **common)
-    test = DataLoader(test_set, cfg.data.eval_batch_size or cfg.data.batch_size, shuffle=False, **common)
+    if cfg.data.limit_train is not None and cfg.data.limit_train < len(train_set):  # type: ignore[arg-type]
+        keep = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg.seed))  # type: ignore
+        train_set = Subset(train_set, keep[: cfg.data.limit_train].tolist())
+    if cfg.data.limit_test is not None and cfg.data.limit_test < len(test_set):  # type: ignore[arg-type]
+        test_set = Subset(test_set, range(cfg.data.limit_test))
+    g = torch.Generator().manual_seed(cfg.seed + rank)
+    common: dict[str, Any] = dict(num_workers=cfg.data.workers, pin_memory=torch.cuda.is_available(),
+                                  persistent_workers=False)
+    eval_bs = cfg.data.eval_batch_size or cfg.data.batch_size
+    if world_size > 1:
+        sampler = DistributedSampler(train_set, world_size, rank, shuffle=True, seed=cfg.seed, drop_last=drop_last)
+        train = DataLoader(train_set, cfg.data.batch_size, sampler=sampler, drop_last=drop_last, generator=g,
+                           **common)
+        shard = dist_utils.ShardSampler(len(test_set), rank, world_size)  # type: ignore[arg-type]
+        test = DataLoader(test_set, eval_bs, sampler=shard, **common)
+    else:
+        train = DataLoader(train_set, cfg.data.batch_size, shuffle=True, drop_last=drop_last, generator=g, **common)
+        test = DataLoader(test_set, eval_bs, shuffle=False, **common)
     return train, test
 
 
+def autocast_for(device: torch.device, amp: str) -> Any:
+    """The autocast context of ``train.amp`` on ``device`` (disabled for ``"none"``)."""
+    dtype = AMP_DTYPES[amp]
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, float]:
-    """Top-1 accuracy (%) and mean cross-entropy of ``model`` over ``loader``."""
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: str = "none") -> tuple[float, float]:
+    """Top-1 accuracy (%) and mean cross-entropy of ``model`` over ``loader`` (summed over all processes)."""
     model.eval()
     correct, total, loss_sum = 0, 0, 0.0
     for x, y in loader:
-        x, y = to_time_first(x.to(device)), y.to(device)
-        logits = logits_of(model(x))
+        x, y = to_time_first(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
+        with autocast_for(device, amp):
+            logits = logits_of(model(x)).float()
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
         total += y.numel()
+    correct, total, loss_sum = dist_utils.all_reduce_sums([correct, total, loss_sum], device)
     return 100.0 * correct / max(total, 1), loss_sum / max(total, 1)
 
 
@@ -119,76 +174,370 @@ def lr_at(epoch: float, cfg: TrainConfig) -> float:
     return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def train(cfg: TrainConfig) -> RunResult:
-    """Train and evaluate per ``cfg``; write the run folder; return the accuracies."""
-    from tqdm.auto import tqdm
+def beta_at(epoch: int, cfg: TrainConfig, total_epochs: int) -> float | None:
+    """The second-pass loss weight for an epoch: ``train.beta``, ramped linearly to ``train.beta_end``."""
+    t = cfg.train
+    if t.beta is None:
+        return None
+    if t.beta_end is None or total_epochs <= 1:
+        return t.beta
+    return t.beta + (t.beta_end - t.beta) * epoch / (total_epochs - 1)
 
-    seed_everything(cfg.seed, cfg.deterministic)
-    device = resolve_device(cfg.device)
-    model = build_model(cfg).to(device)
-    train_loader, test_loader = build_loaders(cfg, getattr(model, "T", None))
-    out = Path(cfg.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
-    save_model_config(model, out)
 
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    opt = torch.optim.AdamW(
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on weight matrices and kernels only (not on biases, norms, embeddings of ndim 1)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    return torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.optim.lr,
     )
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+
+
+def build_mixup(cfg: TrainConfig, num_classes: int) -> Any:
+    """timm's ``Mixup`` for the config (with its label smoothing), or None when mixup and cutmix are off."""
+    m = cfg.mixup
+    if m.mixup_alpha <= 0 and m.cutmix_alpha <= 0:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=m.mixup_alpha, cutmix_alpha=m.cutmix_alpha, prob=m.prob, switch_prob=m.switch_prob,
+                 mode=m.mode, label_smoothing=cfg.optim.label_smoothing, num_classes=num_classes)
+
+
+def wrap_model(model: nn.Module, cfg: TrainConfig, info: dist_utils.DistInfo) -> nn.Module:
+    """Move ``model`` to its device; under several processes convert to SyncBatchNorm (if asked) and wrap in DDP."""
+    model = model.to(info.device)
+    if not info.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [info.device.index] if info.device.type == "cuda" else None
+    return DDP(model, device_ids=ids, output_device=ids[0] if ids else None)
+
+
+def check_loop_config(cfg: TrainConfig, device: torch.device, world_size: int) -> None:
+    """Reject settings the device cannot run, before anything trains."""
+    if cfg.train.amp == "fp16" and device.type != "cuda":
+        raise ConfigError("config key 'train.amp': fp16 needs a CUDA device (GradScaler); use bf16 on CPU")
+    if cfg.train.sync_bn and world_size > 1 and device.type != "cuda":
+        raise ConfigError("config key 'train.sync_bn': torch's SyncBatchNorm runs on CUDA only; set it false on CPU")
+    if cfg.mixup.mixup_alpha > 0 or cfg.mixup.cutmix_alpha > 0:
+        if cfg.data.batch_size % 2:
+            raise ConfigError(f"config key 'data.batch_size': mixup needs an even batch, got {cfg.data.batch_size}")
+
+
+# ------------------------------------------------------------------------------------------------ RNG state
+def _b64(t: torch.Tensor) -> str:
+    return base64.b64encode(t.cpu().numpy().tobytes()).decode("ascii")
+
+
+def _unb64(s: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8).clone()
+
+
+def rng_state(loader_generator: torch.Generator | None) -> dict[str, Any]:
+    """This process's Python, NumPy, torch (CPU and CUDA) and data-loader generator states, JSON-able."""
+    kind, key, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss_next],
+        "numpy": [kind, key.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": _b64(torch.get_rng_state()),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = _b64(torch.cuda.get_rng_state())
+    if loader_generator is not None:
+        state["loader"] = _b64(loader_generator.get_state())
+    return state
+
+
+def set_rng_state(state: dict[str, Any], loader_generator: torch.Generator | None) -> None:
+    """Restore what :func:`rng_state` captured."""
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    kind, key, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(key, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(_unb64(state["torch"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(_unb64(state["cuda"]))
+    if "loader" in state and loader_generator is not None:
+        loader_generator.set_state(_unb64(state["loader"]))
+
+
+# ------------------------------------------------------------------------------------------------ logging
+class MetricsLog:
+    """Per-epoch metrics to ``metrics.csv`` and, when tensorboard is installed, to ``<out>/tb`` (rank 0 only)."""
+
+    def __init__(self, out: Path, enabled: bool, tensorboard: bool, keep_epochs: int | None = None) -> None:
+        self.path, self.enabled, self.tb = out / "metrics.csv", enabled, None
+        if not enabled:
+            return
+        rows: list[list[str]] = []
+        if keep_epochs is not None and self.path.exists():  # resuming: keep the rows the state covers
+            with self.path.open(newline="") as f:
+                rows = [r for r in list(csv.reader(f))[1:] if r and int(r[0]) <= keep_epochs]
+        with self.path.open("w", newline="") as f:
+            csv.writer(f).writerows([METRIC_FIELDS, *rows])
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                print("tensorboard is not installed: metrics go to metrics.csv only (pip install tensorboard)")
+            else:
+                self.tb = SummaryWriter(str(out / "tb"))
+
+    def write(self, row: dict[str, Any]) -> None:
+        """Append one epoch's metrics."""
+        if not self.enabled:
+            return
+        with self.path.open("a", newline="") as f:
+            csv.writer(f).writerow([row.get(k, "") for k in METRIC_FIELDS])
+        if self.tb is not None:
+            for key, value in row.items():
+                if key != "epoch" and isinstance(value, (int, float)):
+                    self.tb.add_scalar(key, value, row["epoch"])
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "" if v is None else format(v, spec)
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+def train(cfg: TrainConfig) -> RunResult:
+    """Train and evaluate per ``cfg`` (one process, or each process of a torchrun job); write the run folder."""
+    info = dist_utils.init_distributed(cfg.device)
+    try:
+        result = _train(cfg, info)
+    except BaseException:
+        if info.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        raise
+    dist_utils.cleanup()
+    return result
+
+
+def _train(cfg: TrainConfig, info: dist_utils.DistInfo) -> RunResult:
+    from tqdm.auto import tqdm
+
+    device, main = info.device, info.is_main
+    check_loop_config(cfg, device, info.world_size)
+    seed_everything(cfg.seed, cfg.deterministic)
+    model = build_model(cfg)
+    num_classes = model.default_cfg["config"]["num_classes"]
+    if cfg.train.beta is not None and not hasattr(model, "beta"):
+        raise ConfigError(f"config key 'train.beta': {cfg.model.name} has no second-pass weight beta")
+    if cfg.train.sync_bn and info.enabled:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
+    if info.enabled:
+        seed_everything(cfg.seed + info.rank)  # different augmentation per process; weights come from rank 0
+    mixup_fn = build_mixup(cfg, num_classes)
+    train_loader, test_loader = build_loaders(cfg, getattr(model, "T", None), info.rank, info.world_size,
+                                              drop_last=mixup_fn is not None)
+    out = Path(cfg.out or (cfg.resume or f"runs/{time.strftime('%Y%m%d-%H%M%S')}"))
+    out = Path(dist_utils.broadcast_object(str(out)))
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, out / "config.yaml")
+        save_model_config(model, out)
+
+    opt = build_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
+    ema = None
+    if cfg.train.ema:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=cfg.train.ema_decay)
+    criterion = build_criterion(cfg, mixup_fn is not None)
+
     total_epochs = cfg.optim.epochs + cfg.optim.cooldown_epochs
-    steps_per_epoch = len(train_loader)
-    metrics_path = out / "metrics.csv"
-    fields = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "images_per_s", "seconds"]
-    with metrics_path.open("w", newline="") as f:
-        csv.writer(f).writerow(fields)
+    start_epoch, best_acc, elapsed, last_good = 0, -1.0, 0.0, None
+    if cfg.resume:
+        start_epoch, best_acc, elapsed = _load_resume(Path(cfg.resume) / "state.safetensors", model, opt, scaler,
+                                                      ema, train_loader.generator, info)
+        last_good = Path(cfg.resume) / "state.safetensors"
+    ddp_model = wrap_model(model, cfg, info)
+    log = MetricsLog(out, main, cfg.train.tensorboard, keep_epochs=start_epoch if cfg.resume else None)
 
     params = count_parameters(model)
-    print(f"model {model.default_cfg['architecture']} ({params / 1e6:.3f} M parameters, T={getattr(model, 'T', '?')})"
-          f" on {cfg.data.name}, {len(train_loader.dataset)} train / {len(test_loader.dataset)} test, device {device}")
-    best_acc, test_acc, last_good = -1.0, 0.0, None
-    start = time.perf_counter()
-    for epoch in range(total_epochs):
-        model.train()
+    steps_per_epoch = len(train_loader)
+    if main:
+        print(f"model {model.default_cfg['architecture']} ({params / 1e6:.3f} M parameters, "
+              f"T={getattr(model, 'T', '?')}) on {cfg.data.name}, {len(train_loader.dataset)} train / "
+              f"{len(test_loader.dataset)} test, device {device}"
+              + (f" x {info.world_size} processes" if info.enabled else "")
+              + (f", resuming after epoch {start_epoch}" if cfg.resume else ""))
+    if start_epoch >= total_epochs and main:
+        print(f"run {out} already finished its {total_epochs} epochs")
+    test_acc = best_acc if start_epoch >= total_epochs else 0.0
+    t_start = time.perf_counter() - elapsed
+    global_step = start_epoch * steps_per_epoch
+    for epoch in range(start_epoch, total_epochs):
+        ddp_model.train()
+        if hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
+        if mixup_fn is not None:
+            mixup_fn.mixup_enabled = cfg.mixup.off_epoch is None or epoch < cfg.mixup.off_epoch
+        beta = beta_at(epoch, cfg, total_epochs)
+        if beta is not None:
+            model.beta = beta  # type: ignore[assignment]
+        beta = getattr(model, "beta", None)
         t0, seen, correct, loss_sum = time.perf_counter(), 0, 0, 0.0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{total_epochs}", disable=not cfg.progress, leave=False)
+        lr = lr_at(epoch, cfg)
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{total_epochs}", disable=not (cfg.progress and main),
+                   leave=False)
         for step, (x, y) in enumerate(bar):
             lr = lr_at(epoch + step / steps_per_epoch, cfg)
             for group in opt.param_groups:
                 group["lr"] = lr
-            x, y = to_time_first(x.to(device)), y.to(device)
-            output = model(x)
-            loss = output_loss(output, criterion, y)
-            if not torch.isfinite(loss):
-                where = f"epoch {epoch + 1}, step {step} (batch {step} of {steps_per_epoch})"
-                good = f"last good checkpoint: {last_good}" if last_good else "no checkpoint was written yet"
-                raise TrainingError(f"loss is {loss.item()} at {where}; stopping. {good}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.clip_grad:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
-            opt.step()
+            x, y = to_time_first(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
+            output, loss_value = train_step(ddp_model, model, x, y, opt, scaler, criterion, cfg, mixup_fn, ema,
+                                            distributed=info.enabled, step=global_step,
+                                            where=f"epoch {epoch + 1}, step {step} (batch {step} of "
+                                                  f"{steps_per_epoch})", last_good=last_good)
+            global_step += 1
             n = y.numel()
             seen += n
-            loss_sum += loss.item() * n
-            correct += (logits_of(output).argmax(1) == y).sum().item()
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}",
-                            img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+            loss_sum += loss_value.item() * n
+            correct += (logits_of(output).detach().argmax(1) == y).sum().item()
+            if main and cfg.progress:
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}",
+                                img_s=f"{seen * info.world_size / (time.perf_counter() - t0):.0f}")
         train_secs = time.perf_counter() - t0
-        test_acc, test_loss = evaluate(model, test_loader, device)
-        row = [epoch + 1, f"{lr:.6g}", f"{loss_sum / seen:.4f}", f"{100 * correct / seen:.2f}", f"{test_loss:.4f}",
-               f"{test_acc:.2f}", f"{seen / train_secs:.1f}", f"{time.perf_counter() - start:.1f}"]
-        with metrics_path.open("a", newline="") as f:
-            csv.writer(f).writerow(row)
-        save_weights(model, out / "last.safetensors", {"epoch": str(epoch + 1), "test_acc": f"{test_acc:.4f}"})
-        last_good = out / "last.safetensors"
-        if test_acc > best_acc:
-            best_acc = test_acc
-            save_weights(model, out / "best.safetensors", {"epoch": str(epoch + 1), "test_acc": f"{test_acc:.4f}"})
-        tqdm.write(f"epoch {epoch + 1:3d}  loss {loss_sum / seen:.4f}  train {100 * correct / seen:6.2f}%  "
-                   f"test {test_acc:6.2f}%  ({seen / train_secs:.0f} img/s)")
-    seconds = time.perf_counter() - start
-    return RunResult(out, best_acc, test_acc, total_epochs, seconds, params)
+        seen, correct, loss_sum = dist_utils.all_reduce_sums([seen, correct, loss_sum], device)
+        dist_utils.broadcast_buffers(model)  # each process's BatchNorm statistics -> rank 0's, as DDP does
+        model_acc, model_loss = evaluate(model, test_loader, device, cfg.train.amp)
+        ema_acc = ema_loss = None
+        if ema is not None:
+            ema_acc, ema_loss = evaluate(ema.module, test_loader, device, cfg.train.amp)
+        use_ema = ema is not None and cfg.train.ema_eval
+        test_acc, test_loss = (ema_acc, ema_loss) if use_ema else (model_acc, model_loss)
+        reported = ema.module if use_ema else model  # type: ignore[union-attr]
+        meta = {"epoch": str(epoch + 1), "test_acc": f"{test_acc:.4f}"}
+        improved = test_acc > best_acc
+        best_acc = max(best_acc, test_acc)
+        last_epoch = epoch + 1 == total_epochs
+        save_state = (epoch + 1) % cfg.train.save_every == 0 or last_epoch
+        rngs = dist_utils.all_gather_objects(rng_state(train_loader.generator)) if save_state else []
+        if main:
+            save_weights(reported, out / "last.safetensors", meta)
+            if improved:
+                save_weights(reported, out / "best.safetensors", meta)
+            if ema is not None:
+                save_weights(ema.module, out / "ema.safetensors", meta)
+            if save_state:
+                _save_resume(out / "state.safetensors", model, opt, scaler, ema, epoch + 1, best_acc,
+                             time.perf_counter() - t_start, rngs)
+                last_good = out / "state.safetensors"
+            log.write({"epoch": epoch + 1, "lr": float(f"{lr:.6g}"), "train_loss": round(loss_sum / seen, 4),
+                       "train_acc": round(100 * correct / seen, 2), "test_loss": round(test_loss, 4),
+                       "test_acc": round(test_acc, 2), "images_per_s": round(seen / train_secs, 1),
+                       "seconds": round(time.perf_counter() - t_start, 1),
+                       "ema_test_acc": None if ema_acc is None else round(ema_acc, 2), "beta": beta})
+            tqdm.write(f"epoch {epoch + 1:3d}  loss {loss_sum / seen:.4f}  train {100 * correct / seen:6.2f}%  "
+                       f"test {test_acc:6.2f}%" + (f"  ema {ema_acc:6.2f}%" if ema_acc is not None else "")
+                       + f"  ({seen / train_secs:.0f} img/s)")
+        dist_utils.barrier()
+    log.close()
+    seconds = time.perf_counter() - t_start
+    return RunResult(out, best_acc, test_acc, total_epochs, seconds, params, info.rank, info.world_size)
+
+
+def train_step(ddp_model: nn.Module, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+               opt: torch.optim.Optimizer, scaler: Any, criterion: Any, cfg: TrainConfig, mixup_fn: Any = None,
+               ema: Any = None, distributed: bool = False, step: int = 0, where: str = "",
+               last_good: Path | None = None) -> tuple[Any, torch.Tensor]:
+    """One optimisation step (mixup, autocast, loss of any output, NaN guard, scaled backward, clipping, EMA).
+
+    Returns the model output and the detached loss. ``ddp_model`` is what runs forward (DDP or the model).
+    """
+    target = y
+    if mixup_fn is not None:  # timm mixes [B, C, H, W]; event frames [T, B, C, H, W] mix per sample
+        x, target = mixup_fn(x, y) if x.dim() == 4 else _mixup_time_first(mixup_fn, x, y)
+    with autocast_for(x.device, cfg.train.amp):
+        output = ddp_model(x)
+        loss = output_loss(output, criterion, target)
+    loss_value = loss.detach()
+    bad = (~torch.isfinite(loss_value)).float()
+    if distributed:  # every process stops together, not only the one that saw the NaN
+        torch.distributed.all_reduce(bad)
+    if bad.item() > 0:
+        good = f"last good checkpoint: {last_good}" if last_good else "no checkpoint was written yet"
+        raise TrainingError(f"loss is {loss_value.item()} at {where}; stopping. {good}")
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if cfg.optim.clip_grad:
+        scaler.unscale_(opt)
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
+    scaler.step(opt)
+    scaler.update()
+    if ema is not None:
+        ema.update(model, step=step + 1)
+    return output, loss_value
+
+
+def build_criterion(cfg: TrainConfig, mixup: bool) -> Any:
+    """Soft-target cross-entropy under mixup (targets carry the smoothing), else CE with label smoothing;
+    logits are cast to float32 first (autocast)."""
+    if mixup:
+        from timm.loss import SoftTargetCrossEntropy
+
+        base: nn.Module = SoftTargetCrossEntropy()
+    else:
+        base = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+
+    def criterion(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return base(logits.float(), target)
+
+    return criterion
+
+
+def _mixup_time_first(mixup_fn: Any, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mix event frames ``[T, B, C, H, W]`` with the same pairs and boxes at every time step."""
+    T, B = x.shape[:2]
+    mixed, target = mixup_fn(x.permute(1, 0, 2, 3, 4).reshape(B, -1, *x.shape[3:]), y)
+    return mixed.reshape(B, T, *x.shape[2:]).transpose(0, 1), target
+
+
+def _save_resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, scaler: Any, ema: Any, epoch: int,
+                 best_acc: float, seconds: float, rngs: list[dict[str, Any]]) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt_tensors, opt_tree = split_state_dict("optim", opt.state_dict())
+    tensors.update(opt_tensors)
+    meta: dict[str, Any] = {"epoch": epoch, "best_acc": best_acc, "seconds": seconds, "optim": opt_tree,
+                            "scaler": scaler.state_dict() if scaler.is_enabled() else None, "rng": rngs}
+    if ema is not None:
+        tensors.update({f"ema.{k}": v for k, v in ema.module.state_dict().items()})
+    save_train_state(path, tensors, meta)
+
+
+def _load_resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, scaler: Any, ema: Any,
+                 loader_generator: torch.Generator | None, info: dist_utils.DistInfo) -> tuple[int, float, float]:
+    from .checkpoint import check_state_dict
+
+    tensors, meta = load_train_state(path)
+    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    check_state_dict(model, state, str(path))
+    model.load_state_dict(state)
+    opt.load_state_dict(join_state_dict(meta["optim"], tensors))
+    if meta.get("scaler") and scaler.is_enabled():
+        scaler.load_state_dict(meta["scaler"])
+    if ema is not None:
+        ema_state = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
+        if ema_state:
+            ema.module.load_state_dict(ema_state)
+        else:
+            ema.module.load_state_dict(model.state_dict())
+    rngs = meta.get("rng") or []
+    if info.rank < len(rngs) and len(rngs) == info.world_size:
+        set_rng_state(rngs[info.rank], loader_generator)
+    elif info.is_main:
+        print(f"note: {path} holds RNG states of {len(rngs)} processes, this job has {info.world_size}; "
+              "the data order after resuming will differ from an uninterrupted run")
+    return int(meta["epoch"]), float(meta["best_acc"]), float(meta.get("seconds", 0.0))
