@@ -22,6 +22,15 @@ def small_model(seed: int = 0, **kw) -> SpiLiFormer:
     return create_model(SMALL, **{**SMALL_KW, **kw})
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These models are tiny: intra-op threads only add overhead, and spin badly when the cores are shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def digits() -> tuple[torch.Tensor, torch.Tensor]:
     """Real 8x8 digits scaled to [0, 1], at the small models' input size: ``[1797, 1, 8, 8]``, labels ``[1797]``."""
@@ -38,7 +47,7 @@ def trained(digits) -> tuple[SpiLiFormer, float]:
     train, test = perm[:1200], perm[1400:]
     model = small_model()
     opt = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0.01)
-    for _ in range(2):
+    for _ in range(3):
         model.train()
         for i in range(0, len(train), 50):
             b = train[i : i + 50]
@@ -250,6 +259,9 @@ def test_second_pass_differs_from_first(digits, trained) -> None:
     assert len(seen["v"]) == len(seen["a"]) == 2  # the last stage ran twice, the earlier stages once
     assert not torch.equal(seen["v"][0], seen["v"][1])
     assert not torch.equal(seen["a"][0], seen["a"][1])
+    with torch.no_grad():
+        logits1, logits2 = model.forward_passes(digits[0][:64])
+    assert not torch.allclose(logits1, logits2)
 
 
 def test_doubled_kv_head_pair_difference() -> None:
@@ -364,5 +376,5 @@ def test_lidiff_plugs_into_other_backbones(digits) -> None:
 
 
 def test_small_spiliformer_learns_digits(trained) -> None:
-    """Two short epochs on 1200 real digits put the held-out accuracy far above chance (10%)."""
-    assert trained[1] >= 0.5, trained[1]
+    """Three short epochs on 1200 real digits put the held-out accuracy far above chance (10%)."""
+    assert trained[1] >= 0.75, trained[1]  # 0.92 / 0.91 / 0.87 with seeds 0 / 1 / 2

@@ -39,7 +39,9 @@ EMBEDS: dict[str, dict[str, Any]] = {
 class ConvBNPoolSpike(nn.Module):
     """``Conv -> BN -> [MaxPool] -> LIF`` on ``[T, B, C, H, W]`` (HST pools the membrane input, not spikes)."""
 
-    def __init__(self, in_chans: int, out_chans: int, kernel_size: int = 3, stride: int = 1, pool: bool = False):
+    def __init__(
+        self, in_chans: int, out_chans: int, kernel_size: int = 3, stride: int = 1, pool: bool = False
+    ) -> None:
         super().__init__()
         self.conv = ConvBN(in_chans, out_chans, kernel_size, stride)
         self.pool = pool
@@ -57,7 +59,9 @@ class PatchEmbed(nn.Module):
     (-1: the input itself).
     """
 
-    def __init__(self, widths: list[int], pools: tuple[bool, ...], shortcut_from: int, shortcut_stride: int):
+    def __init__(
+        self, widths: list[int], pools: tuple[bool, ...], shortcut_from: int, shortcut_stride: int
+    ) -> None:
         super().__init__()
         self.convs = nn.ModuleList(
             ConvBNPoolSpike(widths[i], widths[i + 1], pool=p) for i, p in enumerate(pools)
@@ -87,7 +91,9 @@ def _image(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 class HSTBlock(nn.Module):
     """HST block on tokens ``[T, B, N, C]``: ``x + Attn(x[, feedback])``, then ``x + MLP(x)``."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, attn: str | type[nn.Module], **attn_kwargs: Any):
+    def __init__(
+        self, dim: int, heads: int, mlp_ratio: float, attn: str | type[nn.Module], **attn_kwargs: Any
+    ) -> None:
         super().__init__()
         self.attn = create_attention(attn, dim, heads, **attn_kwargs)
         self.mlp = MLP(dim, mlp_ratio)
@@ -187,6 +193,12 @@ class HST(nn.Module):
     def stages(self) -> list[nn.ModuleList]:
         """``[stage1, stage2, ...]``, each a list of blocks."""
         return [getattr(self, f"stage{i + 1}") for i in range(self.num_stages)]
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing per block (timm's name); see :func:`spikformers.memory.checkpoint_blocks`."""
+        from ..memory import checkpoint_blocks
+
+        checkpoint_blocks(self, enable)
 
     def check_input(self, x: torch.Tensor) -> torch.Tensor:
         """Return ``x`` as ``[T, B, C, H, W]``, or raise naming the expected and found shape."""
