@@ -5,8 +5,9 @@ The counter watches a model from outside, without any change to model code:
 * a :class:`torch.overrides.TorchFunctionMode` sees every ``linear``, ``conv1d/2d``, ``matmul`` / ``@`` / ``bmm``,
   tensor-by-tensor ``mul`` and (inside attention modules) ``sum`` call, with the operand values;
 * forward pre/post hooks on every submodule keep the path of the module that is running, so each operation is
-  named by module path (``blocks.0.attn.q.linear``; products called directly in a module's ``forward`` get the
-  op name and call index: ``blocks.0.attn.matmul1``).
+  named by module path (``blocks.0.attn.q.linear``; a wrapper applying its child layer's weight functionally is
+  named after that child; other products called directly in a module's ``forward`` get the op name and call
+  index: ``blocks.0.attn.matmul1``, FB-LiDiff's feedback ``F W_v``: ``stage3.0.attn.linear1``).
 
 Conventions (SPEC 5, the papers' own):
 
@@ -190,6 +191,10 @@ class OpCounter(TorchFunctionMode):
             attention_types = tuple(ATTENTIONS.values())
         self.model = model
         self.names = {m: n for n, m in model.named_modules()}
+        # functional calls (F.linear(x, self.linear.weight)) are named after the module owning the weight
+        self.weight_owner = {
+            id(m.weight): n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))
+        }
         self.neuron_types: tuple[type, ...] = (Neuron,)
         self.attention_types = tuple(attention_types)
         self.layers: dict[str, LayerCount] = {}
@@ -232,10 +237,13 @@ class OpCounter(TorchFunctionMode):
         in_attn = any(isinstance(m, self.attention_types) for m in self._stack)
         return (self._stack[-1] if self._stack else None), in_neuron, in_attn
 
-    def _entry(self, module: nn.Module | None, op: str) -> LayerCount:
+    def _entry(self, module: nn.Module | None, op: str, weight: torch.Tensor | None = None) -> LayerCount:
         path = self.names.get(module, "") if module is not None else ""
+        owner = self.weight_owner.get(id(weight)) if weight is not None else None
         if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) and op in ("linear", "conv"):
             name = path or op
+        elif owner is not None and owner.rpartition(".")[0] == path:
+            name = owner  # a wrapper (LinearBN, ConvBN) applying its own child layer's weight functionally
         else:
             calls = self._calls[-1] if self._calls else {}
             calls[op] = calls.get(op, 0) + 1
@@ -293,7 +301,7 @@ class OpCounter(TorchFunctionMode):
         steps = _steps(x.shape, self._T, self._B)
         kind = operand_kind(x)
         inv = kind == "real" and steps > 1 and _time_invariant(x, self._T, self._B)
-        self._record(self._entry(module, "linear"), x, (kind, "real(w)"), dense, nz * out_f, steps, inv)
+        self._record(self._entry(module, "linear", w), x, (kind, "real(w)"), dense, nz * out_f, steps, inv)
 
     def _conv(self, module: nn.Module | None, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
         x, w = args[0], args[1] if len(args) > 1 else kwargs["weight"]
@@ -303,7 +311,7 @@ class OpCounter(TorchFunctionMode):
         steps = _steps(x.shape, self._T, self._B)
         kind = operand_kind(x)
         inv = kind == "real" and steps > 1 and _time_invariant(x, self._T, self._B)
-        self._record(self._entry(module, "conv"), x, (kind, "real(w)"), dense, rate * dense, steps, inv)
+        self._record(self._entry(module, "conv", w), x, (kind, "real(w)"), dense, rate * dense, steps, inv)
 
     def _matmul(self, module: nn.Module | None, args: tuple, out: torch.Tensor, name: str) -> None:
         a, b = (args[1], args[0]) if name == "__rmatmul__" else (args[0], args[1])
