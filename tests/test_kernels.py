@@ -173,3 +173,55 @@ def test_triton_needs_cuda_or_interpreter(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(RuntimeError, match="triton"):
         lif_multistep(torch.randn(2, 3), backend="triton")
+
+
+def _chunks(fn, x, sizes):
+    """Run ``fn(x_chunk, v_init=..., return_v=True)`` over consecutive chunks; spikes concatenated, final v."""
+    outs, v, t0 = [], None, 0
+    for n in sizes:
+        out, v = fn(x[t0:t0 + n], v_init=v, return_v=True)
+        outs.append(out)
+        t0 += n
+    return torch.cat(outs), v
+
+
+@pytest.mark.parametrize("backend", ["reference", *CPU_BACKENDS])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_membrane_carried_between_chunks(backend, dtype):
+    x, _ = _inputs((7, 3, 129), dtype, seed=4)
+    x = x.detach()
+    fns = [lambda x, **kw: lif_multistep(x, 1.7, 0.9, -0.2, 4.0, backend=backend, **kw)]
+    fns += [lambda x, f=f, **kw: ternary_multistep(x, f, backend=backend, **kw) for f in ("guo", "lif")]
+    refs = [lambda x, **kw: lif_multistep(x, 1.7, 0.9, -0.2, 4.0, backend="reference", **kw)]
+    refs += [lambda x, f=f, **kw: ternary_multistep(x, f, backend="reference", **kw) for f in ("guo", "lif")]
+    with torch.no_grad():
+        for fn, ref in zip(fns, refs):
+            full, v_full = ref(x, return_v=True)
+            out, v = _chunks(fn, x, (3, 1, 3))
+            assert torch.equal(out, full) and torch.equal(fn(x), full)
+            torch.testing.assert_close(v.to(dtype), v_full, atol=0, rtol=0)
+
+
+def test_fused_state_is_inference_only():
+    x, _ = _inputs((3, 10), torch.float32)
+    with pytest.raises(NotImplementedError, match="no_grad"):
+        lif_multistep(x, backend="eager", return_v=True)
+    out, v = lif_multistep(x, backend="reference", return_v=True)  # the loop supports it with autograd
+    assert v.requires_grad and out.shape == x.shape
+    with torch.no_grad(), pytest.raises(ValueError, match="v_init"):
+        lif_multistep(x, backend="eager", v_init=torch.zeros(3))
+
+
+@pytest.mark.skipif(not triton_importable(), reason="triton is not importable")
+def test_triton_membrane_carry_under_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    x, _ = _inputs((5, 1100), torch.float32, seed=5)
+    with torch.no_grad():
+        for kw in ({}, {"v_reset": -0.2}):
+            full, v_full = lif_multistep(x, backend="reference", return_v=True, **kw)
+            out, v = _chunks(lambda x, kw=kw, **k: lif_multistep(x, backend="triton", **kw, **k), x, (2, 3))
+            assert torch.equal(out, full) and torch.equal(v, v_full)
+        for form in ("guo", "lif"):
+            full, v_full = ternary_multistep(x, form, backend="reference", return_v=True)
+            out, v = _chunks(lambda x, f=form, **k: ternary_multistep(x, f, backend="triton", **k), x, (4, 1))
+            assert torch.equal(out, full) and torch.equal(v, v_full)

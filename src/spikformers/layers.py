@@ -1,16 +1,199 @@
 """The few layers every backbone shares: projections with batch norm over folded time, and spiking convs.
 
 Convs, linears and batch norms do not care about time, so they run on ``[T*B, ...]``; neurons get ``[T, B, ...]``.
+
+Compact saved inputs: the linear, conv, max-pool and attention-product operations here keep their input for
+backward as bits when it holds only 0/1 (spikes), as bytes when it holds small non-negative integers (sums of
+spikes on the residual stream), and as the float tensor otherwise; the check is exact (the input is rebuilt
+bit for bit), so outputs and gradients equal the plain torch ops'. ``set_compact_spikes(False)`` turns it off.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .neurons import Neuron, create_neuron
+
+_COMPACT = True
+_BIT_WEIGHTS: dict[torch.device, torch.Tensor] = {}
+_pack_cache: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def set_compact_spikes(enabled: bool) -> bool:
+    """Switch compact saving of spike inputs on or off for the layers here; returns the previous setting."""
+    global _COMPACT
+    previous, _COMPACT = _COMPACT, bool(enabled)
+    return previous
+
+
+class Packed(NamedTuple):
+    """Lossless compact copy of a tensor: ``data`` is bits (``"bits"``), bytes (``"u8"``) or the tensor (``"raw"``)."""
+
+    data: torch.Tensor
+    form: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+def _weights(device: torch.device) -> torch.Tensor:
+    w = _BIT_WEIGHTS.get(device)
+    if w is None:
+        w = _BIT_WEIGHTS[device] = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=device)
+    return w
+
+
+def pack_exact(x: torch.Tensor) -> Packed:
+    """Compact copy of ``x``: 1 bit per element if all values are 0/1, 1 byte if integers in [0, 255], else ``x``.
+
+    Calls on the same tensor object (e.g. Q, K and V projections of one input) share one packed copy.
+    """
+    raw = Packed(x, "raw", tuple(x.shape), x.dtype)
+    hit = _pack_cache.get(x)
+    if hit is not None and hit[0] == x._version:
+        return raw if hit[1] is None else hit[1]
+    packed = raw
+    if x.is_floating_point() and x.numel() > 0:
+        u = x.to(torch.uint8)
+        if torch.equal(u.to(x.dtype), x):
+            flat = u.reshape(-1)
+            if int(flat.max()) <= 1:
+                pad = (-flat.numel()) % 8
+                if pad:
+                    flat = torch.cat([flat, flat.new_zeros(pad)])
+                bits = torch.sum(flat.view(-1, 8) * _weights(x.device), dim=1, dtype=torch.uint8)
+                packed = Packed(bits, "bits", tuple(x.shape), x.dtype)
+            else:
+                packed = Packed(u, "u8", tuple(x.shape), x.dtype)
+    _pack_cache[x] = (x._version, None if packed is raw else packed)  # never hold x itself: the key is weak
+    return packed
+
+
+def unpack_exact(data: torch.Tensor, form: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Rebuild the tensor :func:`pack_exact` packed (contiguous, same values)."""
+    if form == "raw":
+        return data
+    if form == "u8":
+        return data.to(dtype)
+    n = 1
+    for d in shape:
+        n *= d
+    shifts = torch.arange(8, dtype=torch.uint8, device=data.device)
+    bits = (data[:, None] >> shifts) & 1
+    return bits.reshape(-1)[:n].to(dtype).view(shape)
+
+
+def _save(ctx: Any, *tensors: torch.Tensor) -> None:
+    """Save ``tensors`` compactly on ``ctx`` (``ctx.forms`` keeps what unpacking needs)."""
+    packs = [pack_exact(t) for t in tensors]
+    ctx.forms = [(p.form, p.shape, p.dtype) for p in packs]
+    return packs
+
+
+def _load(ctx: Any, saved: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    return [unpack_exact(d, *f) for d, f in zip(saved, ctx.forms)]
+
+
+class _SpikeLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):  # type: ignore[override]
+        (px,) = _save(ctx, x)
+        ctx.save_for_backward(px.data, weight)
+        ctx.has_bias = bias is not None
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        xd, weight = ctx.saved_tensors
+        (x,) = _load(ctx, (xd,))
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = g.matmul(weight)
+        g2 = g.reshape(-1, g.shape[-1])
+        if ctx.needs_input_grad[1]:
+            gw = g2.t().mm(x.reshape(-1, x.shape[-1]))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = g2.sum(0)
+        return gx, gw, gb
+
+
+class _SpikeConv2d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding):  # type: ignore[override]
+        (px,) = _save(ctx, x)
+        ctx.save_for_backward(px.data, weight)
+        ctx.conf = (None if bias is None else list(bias.shape), [stride] * 2, [padding] * 2)
+        return F.conv2d(x, weight, bias, stride, padding)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        xd, weight = ctx.saved_tensors
+        (x,) = _load(ctx, (xd,))
+        bias_sizes, stride, padding = ctx.conf
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias_sizes is not None and ctx.needs_input_grad[2]]
+        gx, gw, gb = torch.ops.aten.convolution_backward(
+            g, x, weight, bias_sizes, stride, padding, [1, 1], False, [0, 0], 1, mask
+        )
+        return gx, gw, gb, None, None
+
+
+class _SpikeMaxPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):  # type: ignore[override]
+        (px,) = _save(ctx, x)
+        ctx.save_for_backward(px.data)
+        return torch.ops.aten.max_pool2d_with_indices(x, [3, 3], [2, 2], [1, 1])[0]
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        (x,) = _load(ctx, ctx.saved_tensors)
+        idx = torch.ops.aten.max_pool2d_with_indices(x, [3, 3], [2, 2], [1, 1])[1]
+        return torch.ops.aten.max_pool2d_with_indices_backward(g, x, [3, 3], [2, 2], [1, 1], [1, 1], False, idx)
+
+
+class _SpikeMatmul(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b):  # type: ignore[override]
+        pa, pb = _save(ctx, a, b)
+        ctx.save_for_backward(pa.data, pb.data)
+        return a.matmul(b)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        a, b = _load(ctx, ctx.saved_tensors)
+        ga = g.matmul(b.mT) if ctx.needs_input_grad[0] else None
+        gb = a.mT.matmul(g) if ctx.needs_input_grad[1] else None
+        return ga, gb
+
+
+def _compact(*tensors: torch.Tensor | None) -> bool:
+    return _COMPACT and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def spike_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear`` (``[..., C_in] -> [..., C_out]``) that keeps a spike / small-integer input compactly."""
+    if not _compact(x, weight, bias):
+        return F.linear(x, weight, bias)
+    return _SpikeLinear.apply(x, weight, bias)
+
+
+def spike_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride: int = 1,
+                 padding: int = 0) -> torch.Tensor:
+    """``F.conv2d`` on ``[N, C, H, W]`` (dilation 1, one group) that keeps a spike input compactly."""
+    if not _compact(x, weight, bias):
+        return F.conv2d(x, weight, bias, stride, padding)
+    return _SpikeConv2d.apply(x, weight, bias, stride, padding)
+
+
+def spike_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for same-batch operands ``[..., n, k] @ [..., k, m]`` keeping spike / integer operands compactly."""
+    if not _compact(a, b) or a.dim() < 2 or b.dim() < 2 or a.shape[:-2] != b.shape[:-2]:
+        return a @ b
+    return _SpikeMatmul.apply(a, b)
 
 
 def fold(x: torch.Tensor) -> torch.Tensor:
@@ -35,7 +218,7 @@ class LinearBN(nn.Module):
         self.bn = nn.BatchNorm1d(out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.linear(x)
+        y = spike_linear(x, self.linear.weight, self.linear.bias)
         return self.bn(y.reshape(-1, y.shape[-1])).view_as(y)
 
 
@@ -68,11 +251,17 @@ class ConvBN(nn.Module):
         self.bn = nn.BatchNorm2d(out_chans)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return unfold(self.bn(self.conv(fold(x))), x.shape[0])
+        c = self.conv
+        if c.padding_mode != "zeros" or c.dilation != (1, 1) or c.groups != 1:  # pragma: no cover - not built here
+            return unfold(self.bn(c(fold(x))), x.shape[0])
+        y = spike_conv2d(fold(x), c.weight, c.bias, c.stride[0], c.padding[0])
+        return unfold(self.bn(y), x.shape[0])
 
 
 def max_pool(x: torch.Tensor) -> torch.Tensor:
     """MaxPool(3, stride 2, padding 1) on ``[T, B, C, H, W]``: halves H and W, rounding up."""
+    if _compact(x):
+        return unfold(_SpikeMaxPool.apply(fold(x)), x.shape[0])
     return unfold(nn.functional.max_pool2d(fold(x), 3, 2, 1), x.shape[0])
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..layers import spike_matmul
+
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     """``[T, B, N, C] -> [T, B, heads, N, C // heads]`` (head h owns channels ``[h*d, (h+1)*d)``)."""
@@ -27,8 +29,8 @@ def attention_product(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, order: 
     N, d = q.shape[-2], q.shape[-1]
     if order == "auto":
         order = "kv_first" if v.shape[-1] <= N and d <= N else "qk_first"
-    if order == "kv_first":
-        return q @ (k.transpose(-2, -1) @ v)
+    if order == "kv_first":  # spike_matmul: ``@`` that keeps spike operands as bits for backward
+        return spike_matmul(q, spike_matmul(k.transpose(-2, -1), v))
     if order == "qk_first":
-        return (q @ k.transpose(-2, -1)) @ v
+        return spike_matmul(spike_matmul(q, k.transpose(-2, -1)), v)
     raise ValueError(f"attention product order must be 'auto', 'kv_first' or 'qk_first', got {order!r}")

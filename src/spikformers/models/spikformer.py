@@ -127,6 +127,12 @@ class Spikformer(nn.Module):
         )
         self.head = nn.Linear(dim, num_classes)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing per block (timm's name); see :func:`spikformers.memory.checkpoint_blocks`."""
+        from ..memory import checkpoint_blocks
+
+        checkpoint_blocks(self, enable)
+
     def check_input(self, x: torch.Tensor) -> torch.Tensor:
         """Return ``x`` as ``[T, B, C, H, W]``, or raise naming the expected and found shape."""
         x = time_input(x, self.T, self.in_chans)

@@ -1,7 +1,9 @@
 """Spiking neurons. Each maps a whole sequence ``x: [T, ...]`` to outputs ``[T, ...]`` in one call.
 
 The membrane state lives only inside that call, so nothing leaks from one forward pass to the next and no
-``reset_net`` exists. ``create_neuron(kind, **kwargs)`` builds any of them from a string.
+``reset_net`` exists (the one exception is the explicit :func:`~spikformers.neurons.state.carry_membrane`
+context used to run T in chunks; its state is dropped on exit).
+``create_neuron(kind, **kwargs)`` builds any of them from a string.
 
 | kind      | output values  | used for                                   |
 |-----------|----------------|--------------------------------------------|
@@ -18,6 +20,7 @@ import torch
 from torch import nn
 
 from .kernels import BACKENDS, lif_multistep, ternary_multistep
+from .state import current_store
 
 __all__ = ["Neuron", "LIF", "TernaryNeuron", "ReLUNeuron", "create_neuron", "NEURONS"]
 
@@ -65,9 +68,16 @@ class LIF(Neuron):
         self.backend = backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return lif_multistep(
-            x, self.tau, self.v_th, self.v_reset, self.alpha, self.detach_reset, backend=self.backend
-        )
+        store = current_store()
+        if store is None:
+            return lif_multistep(
+                x, self.tau, self.v_th, self.v_reset, self.alpha, self.detach_reset, backend=self.backend
+            )
+        key = store.key(self)
+        out, v = lif_multistep(x, self.tau, self.v_th, self.v_reset, self.alpha, self.detach_reset,
+                               backend=self.backend, v_init=store.get(key), return_v=True)
+        store.put(key, v)
+        return out
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, v_th={self.v_th}, v_reset={self.v_reset}, alpha={self.alpha}"
@@ -102,7 +112,14 @@ class TernaryNeuron(Neuron):
         self.backend = backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ternary_multistep(x, self.form, self.decay, self.v_th, self.tau, self.alpha, backend=self.backend)
+        store = current_store()
+        if store is None:
+            return ternary_multistep(x, self.form, self.decay, self.v_th, self.tau, self.alpha, backend=self.backend)
+        key = store.key(self)
+        out, v = ternary_multistep(x, self.form, self.decay, self.v_th, self.tau, self.alpha, backend=self.backend,
+                                   v_init=store.get(key), return_v=True)
+        store.put(key, v)
+        return out
 
     def extra_repr(self) -> str:
         return f"form={self.form!r}, v_th={self.v_th}"

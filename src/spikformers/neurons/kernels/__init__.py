@@ -47,16 +47,20 @@ def lif_multistep(
     detach_reset: bool = True,
     backend: str = "auto",
     saved: str = "auto",
-) -> torch.Tensor:
+    v_init: torch.Tensor | None = None,
+    return_v: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Run the LIF neuron over ``x: [T, ...]``; ``backend`` is one of :data:`BACKENDS`.
 
     ``saved`` picks the backward state of the fused paths (``"auto"``, ``"exact"``, ``"q24"``, ``"q16"``).
+    ``v_init: [...]`` starts from that membrane; ``return_v`` also returns the final one (fused paths: inference).
     """
     if backend == "reference":
-        return lif_reference(x, tau, v_th, v_reset, alpha, detach_reset)
+        return lif_reference(x, tau, v_th, v_reset, alpha, detach_reset, v_init, return_v)
     if backend not in BACKENDS:
         raise ValueError(f"unknown LIF backend {backend!r}; expected one of {BACKENDS}")
-    return run_neuron(x, "lif", NeuronParams(tau, v_th, v_reset, alpha, 0.25, detach_reset), backend, saved)
+    params = NeuronParams(tau, v_th, v_reset, alpha, 0.25, detach_reset)
+    return run_neuron(x, "lif", params, backend, saved, v_init, return_v)
 
 
 def ternary_multistep(
@@ -68,17 +72,24 @@ def ternary_multistep(
     alpha: float = 4.0,
     backend: str = "auto",
     saved: str = "auto",
-) -> torch.Tensor:
-    """Run the ternary neuron over ``x: [T, ...]`` in ``form`` ``"guo"`` or ``"lif"`` (see ``TernaryNeuron``)."""
+    v_init: torch.Tensor | None = None,
+    return_v: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Run the ternary neuron over ``x: [T, ...]`` in ``form`` ``"guo"`` or ``"lif"`` (see ``TernaryNeuron``).
+
+    ``v_init`` / ``return_v`` as for :func:`lif_multistep`.
+    """
     if form not in ("guo", "lif"):
         raise ValueError(f"ternary form must be 'guo' or 'lif', got {form!r}")
     if backend == "reference":
-        return ternary_reference(x, decay, v_th) if form == "guo" else ternary_lif_reference(x, tau, v_th, alpha)
+        if form == "guo":
+            return ternary_reference(x, decay, v_th, v_init, return_v)
+        return ternary_lif_reference(x, tau, v_th, alpha, v_init, return_v)
     if backend not in BACKENDS:
         raise ValueError(f"unknown ternary backend {backend!r}; expected one of {BACKENDS}")
     kind = "ternary_guo" if form == "guo" else "ternary_lif"
     params = NeuronParams(tau=tau, v_th=v_th, v_reset=0.0, alpha=alpha, decay=decay, detach_reset=True)
-    return run_neuron(x, kind, params, backend, saved)
+    return run_neuron(x, kind, params, backend, saved, v_init, return_v)
 
 
 def available_backends(device: str | torch.device = "cpu") -> list[str]:

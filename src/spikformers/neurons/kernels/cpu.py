@@ -86,9 +86,9 @@ def _build() -> ctypes.CDLL:
             last = exc
     else:
         raise RuntimeError(str(last))
-    args = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-            ctypes.c_int64, ctypes.c_int, ctypes.c_int] + [ctypes.c_double] * 5 + [ctypes.c_int, ctypes.c_int]
-    for name in ("spk_forward", "spk_backward"):
+    tail = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_int] + [ctypes.c_double] * 5 + [ctypes.c_int] * 2
+    ptrs = [ctypes.c_int] + [ctypes.c_void_p] * 4
+    for name, args in (("spk_forward", ptrs + [ctypes.c_void_p] * 2 + tail), ("spk_backward", ptrs + tail)):
         fn = getattr(lib, name)
         fn.argtypes = args
         fn.restype = ctypes.c_int
@@ -129,8 +129,14 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def forward(x: torch.Tensor, kind: str, p: NeuronParams, save: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Spikes for contiguous ``x: [T, ...]`` (float32/64) and the saved state for backward (``save`` format)."""
+def forward(
+    x: torch.Tensor, kind: str, p: NeuronParams, save: str, v_init: torch.Tensor | None = None,
+    v_final: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Spikes for contiguous ``x: [T, ...]`` (float32/64) and the saved state for backward (``save`` format).
+
+    ``v_init`` / ``v_final``: optional contiguous ``[...]`` membranes (x's dtype) to start from / to write at the end.
+    """
     lib = library()
     assert lib is not None
     T = x.shape[0]
@@ -146,7 +152,8 @@ def forward(x: torch.Tensor, kind: str, p: NeuronParams, save: str) -> tuple[tor
         else:
             planes = saved
     rc = lib.spk_forward(
-        int(x.dtype == torch.float64), _ptr(x), _ptr(out), _ptr(planes), _ptr(hsave), T, N, KIND_IDS[kind],
+        int(x.dtype == torch.float64), _ptr(x), _ptr(out), _ptr(planes), _ptr(hsave), _ptr(v_init), _ptr(v_final),
+        T, N, KIND_IDS[kind],
         SAVE_IDS[save], p.tau, p.v_th, p.v_reset, p.alpha, p.decay, int(p.detach_reset), torch.get_num_threads(),
     )
     if rc != 0:

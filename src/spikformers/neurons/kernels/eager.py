@@ -36,8 +36,14 @@ def _unpack(planes: torch.Tensor, t: int, n: int, save: str, from_q: float, like
     return value, (top >= 0x80).view_as(like)
 
 
-def forward(x: torch.Tensor, kind: str, p: NeuronParams, save: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Spikes for ``x: [T, ...]`` and the state saved for backward in format ``save`` (``"none"``: nothing)."""
+def forward(
+    x: torch.Tensor, kind: str, p: NeuronParams, save: str, v_init: torch.Tensor | None = None,
+    v_final: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Spikes for ``x: [T, ...]`` and the state saved for backward in format ``save`` (``"none"``: nothing).
+
+    ``v_init: [...]`` (optional) is the initial membrane; the final one is written into ``v_final`` when given.
+    """
     T = x.shape[0]
     n = x[0].numel()
     out = torch.empty_like(x)
@@ -47,7 +53,7 @@ def forward(x: torch.Tensor, kind: str, p: NeuronParams, save: str) -> tuple[tor
         state = torch.empty(shape, dtype=dtype, device=x.device)
     to_q = Q_MAX.get(save, 1) / surrogate_scale(kind, p.alpha)
     zero = torch.zeros((), dtype=x.dtype, device=x.device)
-    v = torch.full_like(x[0], p.v_reset if kind == "lif" else 0.0)
+    v = torch.full_like(x[0], p.v_reset if kind == "lif" else 0.0) if v_init is None else v_init.view_as(x[0])
     for t in range(T):
         if kind == "ternary_guo":
             u = p.decay * v + x[t]
@@ -78,6 +84,8 @@ def forward(x: torch.Tensor, kind: str, p: NeuronParams, save: str) -> tuple[tor
                 _pack(state, t, n, sigmoid_grad(up, p.alpha) + sigmoid_grad(un, p.alpha), fired, save, to_q)
         if save == "h":
             state[t] = h
+    if v_final is not None:
+        v_final.view_as(v).copy_(v)
     return out, state
 
 

@@ -81,20 +81,43 @@ class NeuronFunction(torch.autograd.Function):
         return impl.backward(grad.contiguous(), state, kind, params, save), None, None, None, None
 
 
-def run_neuron(x: torch.Tensor, kind: str, params: NeuronParams, backend: str = "auto",
-               saved: str = "auto") -> torch.Tensor:
-    """Run neuron ``kind`` (``lif``, ``ternary_lif``, ``ternary_guo``) over ``x: [T, ...]`` on a fused path."""
+def run_neuron(
+    x: torch.Tensor, kind: str, params: NeuronParams, backend: str = "auto", saved: str = "auto",
+    v_init: torch.Tensor | None = None, return_v: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Run neuron ``kind`` (``lif``, ``ternary_lif``, ``ternary_guo``) over ``x: [T, ...]`` on a fused path.
+
+    ``v_init: [...]`` starts from that membrane instead of rest; ``return_v`` also returns the final membrane
+    ``[...]`` (in the compute dtype). Both are for inference (T in chunks): with autograd they raise.
+    """
+    stateful = v_init is not None or return_v
     if x.dim() < 1 or x.shape[0] == 0 or x.numel() == 0:
-        return x.clone()
+        if not stateful:
+            return x.clone()
+        rest = params.v_reset if kind == "lif" else 0.0
+        v = v_init.clone() if v_init is not None else torch.full(x.shape[1:], rest, dtype=x.dtype, device=x.device)
+        return x.clone(), v
     impl = select_impl(x, backend)
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     xc = x.to(compute).contiguous()
     if torch.is_grad_enabled() and xc.requires_grad:
+        if stateful:
+            raise NotImplementedError(
+                "carrying the membrane between calls (v_init / return_v) is inference-only on the fused backends; "
+                "run under torch.no_grad() or use backend='reference'"
+            )
         save = choose_save(kind, compute, params.detach_reset, saved)
         out = NeuronFunction.apply(xc, kind, params, save, impl)
-    else:
-        out, _ = impl.forward(xc, kind, params, "none")
-    return out if out.dtype == x.dtype else out.to(x.dtype)
+        return out if out.dtype == x.dtype else out.to(x.dtype)
+    v0 = None
+    if v_init is not None:
+        if tuple(v_init.shape) != tuple(x.shape[1:]):
+            raise ValueError(f"v_init must have the per-step shape {tuple(x.shape[1:])}, got {tuple(v_init.shape)}")
+        v0 = v_init.detach().to(device=x.device, dtype=compute).contiguous()
+    v_final = torch.empty(x.shape[1:], dtype=compute, device=x.device) if return_v else None
+    out, _ = impl.forward(xc, kind, params, "none", v0, v_final)
+    out = out if out.dtype == x.dtype else out.to(x.dtype)
+    return (out, v_final) if return_v else out
 
 
 def lif_fused(

@@ -21,8 +21,9 @@ from .common import KIND_IDS, Q_MAX, SAVE_IDS, NeuronParams, saved_shape, surrog
 BLOCK = 1024
 
 
-def _forward_kernel(x_ptr, out_ptr, planes_ptr, h_ptr, prm_ptr, T, N, KIND: tl.constexpr, SAVE: tl.constexpr,
-                    QMAX: tl.constexpr, RN: tl.constexpr, BLOCK: tl.constexpr):
+def _forward_kernel(x_ptr, out_ptr, planes_ptr, h_ptr, v0_ptr, vT_ptr, prm_ptr, T, N, KIND: tl.constexpr,
+                    SAVE: tl.constexpr, QMAX: tl.constexpr, RN: tl.constexpr, HAS_V0: tl.constexpr,
+                    STORE_V: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
@@ -36,7 +37,9 @@ def _forward_kernel(x_ptr, out_ptr, planes_ptr, h_ptr, prm_ptr, T, N, KIND: tl.c
     to_q = tl.load(prm_ptr + 7)
     TN = T * N
     zero = tl.full([BLOCK], 0.0, x_ptr.dtype.element_ty)
-    if KIND == 0:
+    if HAS_V0:
+        v = tl.load(v0_ptr + offs, mask=mask, other=0.0)
+    elif KIND == 0:
         v = zero + v_reset
     else:
         v = zero
@@ -98,6 +101,8 @@ def _forward_kernel(x_ptr, out_ptr, planes_ptr, h_ptr, prm_ptr, T, N, KIND: tl.c
                 else:
                     tl.store(planes_ptr + TN + idx, ((q >> 8) & 0xFF).to(tl.uint8), mask=mask)
                     tl.store(planes_ptr + 2 * TN + idx, (((q >> 16) & 0x7F) | bit).to(tl.uint8), mask=mask)
+    if STORE_V:
+        tl.store(vT_ptr + offs, v, mask=mask)
 
 
 def _backward_kernel(gs_ptr, gx_ptr, planes_ptr, h_ptr, prm_ptr, T, N, KIND: tl.constexpr, SAVE: tl.constexpr,
@@ -199,10 +204,16 @@ def _use_eager(x: torch.Tensor) -> bool:
     return x.is_cuda and x.dtype == torch.float64
 
 
-def forward(x: torch.Tensor, kind: str, p: NeuronParams, save: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Spikes for contiguous ``x: [T, ...]`` and the state saved for backward (format ``save``)."""
+def forward(
+    x: torch.Tensor, kind: str, p: NeuronParams, save: str, v_init: torch.Tensor | None = None,
+    v_final: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Spikes for contiguous ``x: [T, ...]`` and the state saved for backward (format ``save``).
+
+    ``v_init`` / ``v_final``: optional contiguous ``[...]`` membranes to start from / to write at the end.
+    """
     if _use_eager(x):
-        return eager.forward(x, kind, p, save)
+        return eager.forward(x, kind, p, save, v_init, v_final)
     fwd, _ = _kernels(_interpret())
     T = x.shape[0]
     N = x.numel() // T
@@ -217,8 +228,11 @@ def forward(x: torch.Tensor, kind: str, p: NeuronParams, save: str) -> tuple[tor
         else:
             planes = state
     grid = (triton.cdiv(N, BLOCK),)
-    fwd[grid](x, out, planes, hsave, _params(kind, p, save, x.dtype, x.device), T, N, KIND=KIND_IDS[kind],
-              SAVE=SAVE_IDS[save], QMAX=Q_MAX.get(save, 1), RN=x.is_cuda, BLOCK=BLOCK)
+    v0 = x if v_init is None else v_init
+    vT = x if v_final is None else v_final
+    fwd[grid](x, out, planes, hsave, v0, vT, _params(kind, p, save, x.dtype, x.device), T, N, KIND=KIND_IDS[kind],
+              SAVE=SAVE_IDS[save], QMAX=Q_MAX.get(save, 1), RN=x.is_cuda, HAS_V0=v_init is not None,
+              STORE_V=v_final is not None, BLOCK=BLOCK)
     return out, state
 
 

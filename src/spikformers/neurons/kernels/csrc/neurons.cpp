@@ -113,8 +113,8 @@ inline void load_planes(const uint8_t* __restrict planes, int64_t stride, int64_
 }
 
 template <typename S, int KIND, int SAVE>
-void forward_range(const S* x, S* out, uint8_t* planes, S* hsave, int64_t T, int64_t N, const Params& p,
-                   int64_t begin, int64_t end) {
+void forward_range(const S* x, S* out, uint8_t* planes, S* hsave, const S* v_init, S* v_final, int64_t T,
+                   int64_t N, const Params& p, int64_t begin, int64_t end) {
     const S tau = static_cast<S>(p.tau), v_th = static_cast<S>(p.v_th), v_reset = static_cast<S>(p.v_reset);
     const S alpha = static_cast<S>(p.alpha), decay = static_cast<S>(p.decay);
     const S half_th = static_cast<S>(0.5 * p.v_th);
@@ -130,7 +130,11 @@ void forward_range(const S* x, S* out, uint8_t* planes, S* hsave, int64_t T, int
     for (int64_t b0 = begin; b0 < end; b0 += BLOCK) {
         const int64_t n = (end - b0) < BLOCK ? (end - b0) : BLOCK;
         const S v0 = KIND == LIF ? v_reset : S(0);
-        for (int64_t i = 0; i < n; ++i) v[i] = v0;
+        if (v_init) {
+            for (int64_t i = 0; i < n; ++i) v[i] = v_init[b0 + i];
+        } else {
+            for (int64_t i = 0; i < n; ++i) v[i] = v0;
+        }
         for (int64_t t = 0; t < T; ++t) {
             const int64_t base = t * N + b0;
             const S* __restrict xt = x + base;
@@ -182,6 +186,9 @@ void forward_range(const S* x, S* out, uint8_t* planes, S* hsave, int64_t T, int
                     if (SAVE == SAVE_CODE) code[i] = static_cast<uint8_t>((a <= S(1)) | (fired << 1));
                 }
             }
+        }
+        if (v_final) {
+            for (int64_t i = 0; i < n; ++i) v_final[b0 + i] = v[i];
         }
     }
 }
@@ -279,9 +286,10 @@ void parallel(int64_t N, int64_t T, int nthreads, F fn) {
 }
 
 template <typename S, int KIND, int SAVE>
-void forward_t(const S* x, S* out, uint8_t* planes, S* hsave, int64_t T, int64_t N, const Params& p, int nt) {
+void forward_t(const S* x, S* out, uint8_t* planes, S* hsave, const S* v_init, S* v_final, int64_t T, int64_t N,
+               const Params& p, int nt) {
     parallel(N, T, nt, [&](int64_t b, int64_t e) {
-        forward_range<S, KIND, SAVE>(x, out, planes, hsave, T, N, p, b, e);
+        forward_range<S, KIND, SAVE>(x, out, planes, hsave, v_init, v_final, T, N, p, b, e);
     });
 }
 
@@ -294,11 +302,11 @@ void backward_t(const S* gs, S* gx, const uint8_t* planes, const S* hsave, int64
 }
 
 template <typename S>
-int forward_dispatch(const S* x, S* out, uint8_t* planes, S* hsave, int64_t T, int64_t N, int kind, int save,
-                     const Params& p, int nt) {
+int forward_dispatch(const S* x, S* out, uint8_t* planes, S* hsave, const S* v_init, S* v_final, int64_t T,
+                     int64_t N, int kind, int save, const Params& p, int nt) {
 #define SPK_CASE(K, SV)                                                    \
     if (kind == K && save == SV) {                                         \
-        forward_t<S, K, SV>(x, out, planes, hsave, T, N, p, nt);           \
+        forward_t<S, K, SV>(x, out, planes, hsave, v_init, v_final, T, N, p, nt); \
         return 0;                                                          \
     }
     SPK_CASE(LIF, SAVE_NONE) SPK_CASE(LIF, SAVE_Q16) SPK_CASE(LIF, SAVE_Q24) SPK_CASE(LIF, SAVE_H)
@@ -327,17 +335,20 @@ int backward_dispatch(const S* gs, S* gx, const uint8_t* planes, const S* hsave,
 
 extern "C" {
 
-int spk_abi_version() { return 1; }
+int spk_abi_version() { return 2; }
 
-int spk_forward(int is_double, const void* x, void* out, uint8_t* planes, void* hsave, int64_t T, int64_t N,
-                int kind, int save, double tau, double v_th, double v_reset, double alpha, double decay,
-                int detach_reset, int nthreads) {
+// v_init (may be null: start from rest) and v_final (may be null) are [N] membranes in the input dtype.
+int spk_forward(int is_double, const void* x, void* out, uint8_t* planes, void* hsave, const void* v_init,
+                void* v_final, int64_t T, int64_t N, int kind, int save, double tau, double v_th, double v_reset,
+                double alpha, double decay, int detach_reset, int nthreads) {
     Params p{tau, v_th, v_reset, alpha, decay, detach_reset};
     if (is_double)
         return forward_dispatch<double>(static_cast<const double*>(x), static_cast<double*>(out), planes,
-                                        static_cast<double*>(hsave), T, N, kind, save, p, nthreads);
+                                        static_cast<double*>(hsave), static_cast<const double*>(v_init),
+                                        static_cast<double*>(v_final), T, N, kind, save, p, nthreads);
     return forward_dispatch<float>(static_cast<const float*>(x), static_cast<float*>(out), planes,
-                                   static_cast<float*>(hsave), T, N, kind, save, p, nthreads);
+                                   static_cast<float*>(hsave), static_cast<const float*>(v_init),
+                                   static_cast<float*>(v_final), T, N, kind, save, p, nthreads);
 }
 
 int spk_backward(int is_double, const void* gs, void* gx, const uint8_t* planes, const void* hsave, int64_t T,

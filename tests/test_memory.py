@@ -1,0 +1,186 @@
+"""Memory savers change no numbers: compact spike inputs, per-block checkpointing, T-chunked inference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.autograd.graph import saved_tensors_hooks
+from torch.nn import functional as F
+
+from spikformers import create_model, layers
+from spikformers.attention.psa import PSA
+from spikformers.memory import backbone_blocks, checkpoint_blocks, chunked_forward
+from spikformers.models.hst import HST
+from spikformers.models.spikformer import Spikformer
+from spikformers.neurons import LIF, TernaryNeuron
+from spikformers.neurons.kernels import cpu
+from spikformers.neurons.state import carry_membrane, current_store
+
+TOL = {"atol": 1e-6, "rtol": 1e-6}
+BACKENDS = ["reference", "eager", pytest.param("cpp", marks=pytest.mark.skipif(not cpu.available(),
+                                                                                reason="no C++ kernels"))]
+
+
+def saved_bytes(fn) -> int:
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+def spikformer(seed: int = 0, **kw) -> Spikformer:
+    torch.manual_seed(seed)
+    return Spikformer(**{"img_size": 16, "dim": 64, "depth": 2, "heads": 4, "T": 4, **kw})
+
+
+def hst(seed: int = 0) -> HST:
+    torch.manual_seed(seed)
+    return HST(img_size=16, dim=64, depth=4, heads=4, T=3)
+
+
+def set_backend(model: torch.nn.Module, backend: str) -> torch.nn.Module:
+    for m in model.modules():
+        if isinstance(m, (LIF, TernaryNeuron)):
+            m.backend = backend
+    return model
+
+
+def grads(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    out = model(x)
+    out.pow(2).sum().backward()
+    return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5), (2, 7), (3, 2, 4, 6)])
+def test_pack_roundtrip(shape):
+    gen = torch.Generator().manual_seed(0)
+    binary = (torch.rand(shape, generator=gen) > 0.6).float()
+    counts = torch.randint(0, 40, shape, generator=gen).double()
+    real = torch.randn(shape, generator=gen)
+    for x, form in ((binary, "bits"), (counts, "u8"), (real, "raw"), (-binary, "raw"), (binary * 0.5, "raw"),
+                    (binary.transpose(0, -1), "bits")):
+        p = layers.pack_exact(x)
+        assert p.form == form
+        assert torch.equal(layers.unpack_exact(p.data, p.form, p.shape, p.dtype), x)
+    p = layers.pack_exact(binary)
+    assert p.data.numel() == -(-binary.numel() // 8)
+    assert layers.pack_exact(binary).data is p.data  # shared between calls on the same tensor
+
+
+def _spikes(shape, seed=0, scale=1):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 2 * scale, shape, generator=gen).float().requires_grad_()
+
+
+@pytest.mark.parametrize("scale", [1, 3])
+def test_compact_ops_match_plain(scale):
+    x = _spikes((3, 5, 7, 12), scale=scale)
+    w, b = torch.randn(6, 12, requires_grad=True), torch.randn(6, requires_grad=True)
+    xc = _spikes((4, 3, 9, 9), seed=1, scale=scale)
+    wc, bc = torch.randn(5, 3, 3, 3, requires_grad=True), torch.randn(5, requires_grad=True)
+    a, m = _spikes((2, 3, 7, 5), seed=2, scale=scale), _spikes((2, 3, 5, 4), seed=3, scale=scale)
+    cases = [
+        (lambda: layers.spike_linear(x, w, b), lambda: F.linear(x, w, b), (x, w, b)),
+        (lambda: layers.spike_conv2d(xc, wc, bc, 2, 1), lambda: F.conv2d(xc, wc, bc, 2, 1), (xc, wc, bc)),
+        (lambda: layers.spike_conv2d(xc, wc, None, 1, 1), lambda: F.conv2d(xc, wc, None, 1, 1), (xc, wc)),
+        (lambda: layers.spike_matmul(a, m), lambda: a @ m, (a, m)),
+        (lambda: layers.max_pool(xc[None]), lambda: F.max_pool2d(xc, 3, 2, 1)[None], (xc,)),
+    ]
+    for compact, plain, inputs in cases:
+        y1, y2 = compact(), plain()
+        assert torch.equal(y1, y2)
+        g = torch.randn_like(y1)
+        for g1, g2 in zip(torch.autograd.grad(y1, inputs, g), torch.autograd.grad(y2, inputs, g)):
+            torch.testing.assert_close(g1, g2, **TOL)
+    assert saved_bytes(lambda: layers.spike_linear(x, w, b)) < saved_bytes(lambda: F.linear(x, w, b))
+
+
+def test_compact_model_same_numbers_less_memory():
+    model = spikformer()
+    x = torch.randn(2, 3, 16, 16)
+    out1, g1 = grads(model, x)
+    big = saved_bytes(lambda: model(x))
+    previous = layers.set_compact_spikes(False)
+    try:
+        out2, g2 = grads(model, x)
+        plain = saved_bytes(lambda: model(x))
+    finally:
+        layers.set_compact_spikes(previous)
+    assert torch.equal(out1, out2)
+    assert g1.keys() == g2.keys()
+    for k in g1:
+        torch.testing.assert_close(g1[k], g2[k], **TOL)
+    assert big < 0.8 * plain
+
+
+@pytest.mark.parametrize("build", [spikformer, hst], ids=["spikformer", "hst"])
+def test_checkpointing_same_gradients_and_stats(build):
+    x = torch.randn(2, 3, 16, 16)
+    plain, ckpt = build(), build()
+    ckpt.set_grad_checkpointing(True)
+    keys = list(plain.state_dict())
+    assert list(ckpt.state_dict()) == keys
+    out1, g1 = grads(plain, x)
+    out2, g2 = grads(ckpt, x)
+    assert torch.equal(out1, out2)
+    for k in g1:
+        torch.testing.assert_close(g2[k], g1[k], **TOL)
+    for (k, a), b in zip(plain.state_dict().items(), ckpt.state_dict().values()):
+        assert torch.equal(a, b), k  # running statistics updated once, not twice
+    saved_plain = saved_bytes(lambda: plain(x))
+    assert saved_bytes(lambda: ckpt(x)) < saved_plain
+    checkpoint_blocks(ckpt, False)
+    assert saved_bytes(lambda: ckpt(x)) == saved_plain
+    assert len(backbone_blocks(ckpt)) == (2 if build is spikformer else 4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_chunked_forward_equals_full(backend):
+    model = set_backend(spikformer(T=6), backend).eval()
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        full = model(x)
+    for chunk in (1, 4, 6, 9):
+        assert torch.equal(chunked_forward(model, x, chunk), full)
+    assert current_store() is None
+    with torch.no_grad():
+        assert torch.equal(model(x), full)  # stateless again after the context
+
+
+@pytest.mark.parametrize("kind", ["sdt", "hst", "event_input"])
+def test_chunked_forward_other_models(kind):
+    if kind == "hst":
+        model = hst().eval()
+    elif kind == "sdt":
+        model = spikformer(T=5, attn="sdsa", block="membrane").eval()
+    else:
+        model = spikformer(T=4).eval()
+    x = torch.randn(5, 2, 3, 16, 16) if kind == "event_input" else torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        full = model(x)
+    assert torch.equal(chunked_forward(model, x, 2), full)
+
+
+def test_chunked_forward_refuses_what_it_cannot_do():
+    x = torch.randn(1, 3, 16, 16)
+    with pytest.raises(RuntimeError, match="eval"):
+        chunked_forward(spikformer(), x, 2)
+    model = spikformer(attn=PSA, attn_kwargs={"ratio": 0.5, "mode": "random"}).eval()
+    with pytest.raises(NotImplementedError, match="PSA"):
+        chunked_forward(model, x, 2)
+    with pytest.raises(ValueError, match="chunk"):
+        chunked_forward(spikformer().eval(), x, 0)
+    with pytest.raises(NotImplementedError, match="Spikformer"):
+        chunked_forward(torch.nn.Linear(2, 2).eval(), x, 2)
+    spili = create_model("spiliformer_2_64_cifar", img_size=8, in_chans=1, T=2, heads=4).eval()
+    with pytest.raises(NotImplementedError, match="SpiLiFormer"):
+        chunked_forward(spili, torch.randn(1, 1, 8, 8), 1)
+    with carry_membrane(), pytest.raises(RuntimeError, match="nested"), carry_membrane():
+        pass
+    assert current_store() is None
