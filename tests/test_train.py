@@ -97,8 +97,8 @@ def test_cli_errors_are_one_line(capsys: pytest.CaptureFixture) -> None:
 def test_nan_loss_stops_with_location(tmp_path: Path) -> None:
     from spikformers.train.engine import TrainingError, train
 
-    cfg = load_config(None, ["model.name=spikformer_1_64_cifar", "optim.epochs=1", "optim.warmup_lr=.nan", "progress=false",
-                             f"out={tmp_path}", "model.T=1"])
+    cfg = load_config(None, ["model.name=spikformer_1_64_cifar", "optim.epochs=1", "optim.warmup_lr=.nan",
+                             "progress=false", f"out={tmp_path}", "model.T=1"])
     with pytest.raises(TrainingError, match=r"loss is nan at epoch 1, step 1"):
         train(cfg)
 
@@ -107,3 +107,66 @@ def test_models_command_lists_counts(capsys: pytest.CaptureFixture) -> None:
     assert main(["models", "spikformer_4_*_cifar"]) == 0
     out = capsys.readouterr().out
     assert "spikformer_4_384_cifar" in out and "9.325" in out and "4.155" in out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# paper-scale features: schedule, SpiLiFormer beta, EMA + mixup + bf16, early config errors
+
+
+def test_lr_schedule_warmup_cosine_cooldown() -> None:
+    from spikformers.train.engine import lr_at
+
+    cfg = load_config(None, ["optim.lr=1e-3", "optim.min_lr=1e-5", "optim.warmup_lr=1e-6", "optim.warmup_epochs=2",
+                             "optim.epochs=10", "optim.cooldown_epochs=3"])
+    assert lr_at(0, cfg) == pytest.approx(1e-6) and lr_at(2, cfg) == pytest.approx(1e-3)
+    assert lr_at(1, cfg) == pytest.approx((1e-6 + 1e-3) / 2)
+    assert lr_at(6, cfg) == pytest.approx((1e-3 + 1e-5) / 2)  # half way through the cosine
+    assert lr_at(10, cfg) == lr_at(12.5, cfg) == pytest.approx(1e-5)  # cool-down stays at min_lr
+    assert all(lr_at(e, cfg) >= lr_at(e + 0.5, cfg) for e in range(2, 12))
+
+
+def test_spiliformer_beta_ramp_reaches_the_model(tmp_path: Path) -> None:
+    from spikformers.train.engine import beta_at, train
+
+    cfg = load_config(None, ["model.name=spiliformer_2_64_cifar", "model.T=1", "data.img_size=8", "optim.epochs=2",
+                             "optim.warmup_epochs=0", "data.limit_train=32", "data.limit_test=16", "progress=false",
+                             "train.beta=0.2", "train.beta_end=0.6", "train.tensorboard=false", f"out={tmp_path}"])
+    assert [beta_at(e, cfg, 3) for e in range(3)] == pytest.approx([0.2, 0.4, 0.6])
+    train(cfg)
+    rows = (tmp_path / "metrics.csv").read_text().strip().splitlines()
+    assert rows[0].split(",")[-1] == "beta" and [r.split(",")[-1] for r in rows[1:]] == ["0.2", "0.6"]
+
+
+def test_ema_mixup_bf16_run_is_reproduced_by_eval(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rc = main(["train", "--model", "spikformer_1_64_cifar", "--T", "1", "--img-size", "8", "--epochs", "2",
+               "--amp", "bf16", "--out", str(tmp_path), "--no-progress", "--set", "data.limit_train=64",
+               "--set", "data.limit_test=64", "--set", "data.batch_size=16", "--set", "mixup.mixup_alpha=0.8",
+               "--set", "mixup.cutmix_alpha=1.0", "--set", "mixup.off_epoch=1", "--set", "optim.label_smoothing=0.1",
+               "--set", "optim.clip_grad=1.0", "--set", "train.ema=true", "--set", "train.ema_decay=0.5",
+               "--set", "train.ema_eval=true", "--set", "train.tensorboard=false"])
+    assert rc == 0
+    trained = capsys.readouterr().out.strip().splitlines()[-1]
+    header, *rows = (tmp_path / "metrics.csv").read_text().strip().splitlines()
+    ema_col = header.split(",").index("ema_test_acc")
+    assert all(r.split(",")[ema_col] == r.split(",")[header.split(",").index("test_acc")] for r in rows)
+    assert (tmp_path / "ema.safetensors").is_file()
+    assert main(["eval", "--checkpoint", str(tmp_path)]) == 0
+    evaluated = capsys.readouterr().out.strip().splitlines()[-1]
+    assert trained.split("%")[0] == evaluated.split("%")[0]  # "held-out accuracy: X.XX"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.amp=fp16", "device=cpu"], "'train.amp': fp16 needs a CUDA device"),
+    (["optim.drop_path=0.1"], "'optim.drop_path': spikformer_1_64_cifar has no drop-path"),
+    (["train.beta=0.5"], "'train.beta': spikformer_1_64_cifar has no second-pass weight"),
+    (["train.ema_eval=true"], "'train.ema_eval' needs 'train.ema: true'"),
+    (["train.amp=fp8"], r"'train.amp': expected one of \['none', 'bf16', 'fp16'\]"),
+    (["mixup.mixup_alpha=0.5", "data.batch_size=33"], "mixup needs an even batch"),
+])
+def test_bad_loop_settings_are_rejected_before_training(overrides: list[str], message: str, tmp_path: Path) -> None:
+    from spikformers.train.engine import train
+
+    with pytest.raises(ConfigError, match=message):
+        train(load_config(None, ["model.name=spikformer_1_64_cifar", "progress=false", f"out={tmp_path}",
+                                 *overrides]))
+    assert not (tmp_path / "metrics.csv").exists()
