@@ -33,7 +33,7 @@ def _models_args(p: argparse.ArgumentParser) -> None:
 
 @command("models", "list the published model names with their parameter counts", _models_args)
 def _models(args: argparse.Namespace) -> int:
-    from .registry import count_parameters, create_model, list_models, model_config
+    from .registry import count_parameters, create_model, list_models, model_config, parse_name
 
     names = list_models(args.pattern)
     print(f"{'model':32s} {'params (M)':>11s} {'T':>3s} {'input':>10s} {'classes':>7s}  attention")
@@ -42,7 +42,7 @@ def _models(args: argparse.Namespace) -> int:
         params = "" if args.no_count else f"{count_parameters(create_model(name)) / 1e6:.3f}"
         size = f"{cfg.get('in_chans', '?')}x{cfg.get('img_size', '?')}"
         print(f"{name:32s} {params:>11s} {cfg.get('T', ''):>3} {size:>10s} {cfg.get('num_classes', ''):>7}  "
-              f"{cfg.get('attn', 'ssa')}")
+              f"{cfg.get('attn') or parse_name(name)[0].attention}")
     print(f"{len(names)} models")
     return 0
 
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ConfigError, CheckpointError, TrainingError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, CheckpointError, TrainingError, FileNotFoundError, ValueError, TypeError) as e:
         print(f"spikformers {args.command}: error: {e}", file=sys.stderr)
         return 2
 

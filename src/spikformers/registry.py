@@ -24,6 +24,7 @@ class Family:
     published: dict[str, list[tuple[int, int]]]
     defaults: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    attention: str = "ssa"  # what `spikformers models` shows when the config names no ``attn``
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -305,6 +306,7 @@ register_family(
     Family(
         "spiliformer", _build_spiliformer, SPILIFORMER_VARIANTS, HST_PUBLISHED,
         description="SpiLiFormer: HST with FF-/FB-LiDiff lateral inhibition and feedback (Zheng et al., ICCV 2025)",
+        attention="ff_lidiff+fb_lidiff",
     )
 )
 register_family(
@@ -312,6 +314,7 @@ register_family(
         "qkformer", _build_hst, {k: _qkformer_variant(f) for k, f in SPILIFORMER_VARIANTS.items()},
         {"imagenet": [(10, 768)], "cifar": [(4, 384)]},
         description="QKFormer's hierarchical spiking transformer (token attention, SSA last stage), one pass",
+        attention="qk_token+ssa",
     )
 )
 # end of SpiLiFormer presets
