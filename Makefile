@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/spikformers train --epochs 30 --out runs/demo
+	$(VENV)/bin/spikformers train --out runs/demo
 	$(VENV)/bin/spikformers energy --checkpoint runs/demo --data digits
 
 test: $(STAMP)

@@ -50,7 +50,7 @@ def _models(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------------------
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML recipe (see configs/); flags below override it")
-    p.add_argument("--model", help="registry name (default: spikformer_2_128_cifar sized for the dataset)")
+    p.add_argument("--model", help="registry name (default: spikformer_2_64_cifar sized for the dataset)")
     p.add_argument("--attn", help="attention mechanism to plug into the model (ssa, psa, a2os2a, ...)")
     p.add_argument("--dataset", help="dataset name (default: digits, bundled)")
     p.add_argument("--data-dir", help="dataset root folder")

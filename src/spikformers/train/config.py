@@ -17,7 +17,7 @@ from typing import Any, Literal
 class ModelConfig:
     """Which model to build: a registry name plus any builder overrides (``T``, ``attn``, ``num_classes``...)."""
 
-    name: str = "spikformer_2_128_cifar"
+    name: str = "spikformer_2_64_cifar"
     T: int | None = None
     attn: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -48,7 +48,7 @@ class OptimConfig:
     weight_decay: float = 0.01
     warmup_epochs: int = 2
     warmup_lr: float = 1e-6
-    epochs: int = 30
+    epochs: int = 20
     cooldown_epochs: int = 0
     label_smoothing: float = 0.0
     clip_grad: float | None = None
