@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(VENV)/bin/spikformers energy --checkpoint runs/demo --data digits
 
 test: $(STAMP)
-	$(PY) -m pytest -x
+	$(PY) -m pytest
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

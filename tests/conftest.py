@@ -17,3 +17,12 @@ def digits_batch() -> tuple[torch.Tensor, torch.Tensor]:
 
     d = Digits("test", img_size=16)
     return d.tensors[0][:32].clone(), d.tensors[1][:32].clone()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():  # type: ignore[no-untyped-def]
+    """The suite's models are small: one intra-op thread is fastest for them and immune to a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
 from torch.overrides import TorchFunctionMode
 
+from helpers import digits, record
 from spikformers import count_parameters, create_model, list_models
 from spikformers.attention import SDSA
 from spikformers.models.blocks import MembraneBlock
@@ -18,34 +18,12 @@ from spikformers.neurons.kernels import lif_reference
 MATMULS = {"matmul", "bmm", "mm", "einsum", "__matmul__", "__rmatmul__", "baddbmm", "addmm", "tensordot", "mv"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():  # type: ignore[no-untyped-def]
-    """Small tensors: one thread is fastest, and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def digits(size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-    """All 1797 real digits as ``[N, 1, size, size]`` in [0, 1] and their labels."""
-    d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False), torch.tensor(d.target)
 
 
 def tiny(attn: str = "sdsa", seed: int = 0, **kw: object) -> torch.nn.Module:
     torch.manual_seed(seed)
     return create_model("spikformer_2_64_cifar", img_size=16, in_chans=1, attn=attn, **kw)
 
-
-def record(module: torch.nn.Module, store: dict, key: str, inputs: bool = False) -> torch.utils.hooks.RemovableHandle:
-    """Forward hook saving a module's output (or first input) under ``store[key]`` as a list."""
-
-    def hook(mod, args, out):  # type: ignore[no-untyped-def]
-        store.setdefault(key, []).append((args[0] if inputs else out).detach().clone())
-
-    return module.register_forward_hook(hook)
 
 
 class CallLog(TorchFunctionMode):
