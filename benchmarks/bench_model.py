@@ -1,17 +1,24 @@
 """Benchmark a full training step and an inference step of Spikformer-4-384 (CIFAR) with the fused neurons
 against the same model with the reference per-step loop in every LIF, with the peak memory of each.
 
-Ratios come from one run, variants interleaved repetition by repetition. Peak memory: on CUDA
-``torch.cuda.max_memory_allocated``; on CPU the bytes autograd saves for backward (saved_tensors_hooks,
-distinct storages: the activation memory a training step holds at its peak) plus, as a cross-check, the growth
-of the process's RSS during one training step (sampled every millisecond) in a fresh child process per variant.
+Ratios come from one run, variants interleaved repetition by repetition. Memory:
+- bytes autograd saves for backward (saved_tensors_hooks, distinct storages) for the fused model (compact spike
+  inputs on, and off) and the reference model;
+- peak tensor memory of one training step (forward, backward, AdamW; optimiser state built before): on CUDA
+  ``torch.cuda.max_memory_allocated``, on CPU the allocator's allocations and frees recorded by
+  ``torch.profiler`` (``profile_memory``), summed in time order: reference, fused, fused with per-block
+  activation checkpointing (``set_grad_checkpointing``);
+- peak of an evaluation forward at ``--infer-T`` steps, whole T against ``chunked_forward(chunk=--chunk)``,
+  with a check that the logits are identical;
+- optionally (``--rss``) the growth of the process's RSS during one training step in a fresh child process.
 
-    python benchmarks/bench_model.py [--batch 32] [--repeats 3] [--json out.json]
+    python benchmarks/bench_model.py [--batch 32] [--repeats 3] [--infer-T 16] [--chunk 4] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -23,9 +30,21 @@ import torch
 from torch.autograd.graph import saved_tensors_hooks
 
 import spikformers
+from spikformers.layers import set_compact_spikes
+from spikformers.memory import chunked_forward
 from spikformers.neurons import LIF, TernaryNeuron
 
 MODEL = "spikformer_4_384_cifar"
+
+
+@contextlib.contextmanager
+def layers_as(variant: str):
+    """The reference variant is the library before this work: per-step loops and plain (float-saving) layers."""
+    previous = set_compact_spikes(variant != "reference" and variant != "fused_plain_layers")
+    try:
+        yield
+    finally:
+        set_compact_spikes(previous)
 
 
 def build(backend: str, device: str) -> torch.nn.Module:
@@ -75,7 +94,66 @@ def saved_bytes(model, x) -> int:
     return sum(seen.values())
 
 
-def _rss_child(backend: str, batch: int, queue) -> None:
+def peak_bytes(fn, device: str) -> int:
+    """Peak tensor memory allocated during ``fn()`` above what was allocated before (CUDA or CPU)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
+    cur = top = 0
+    for e in events:
+        cur += e.self_cpu_memory_usage
+        top = max(top, cur)
+    return top
+
+
+def memory_report(models: dict, opts: dict, x, y, device: str, infer_T: int, chunk: int) -> dict:
+    """Saved-for-backward bytes, training-step peaks (with and without checkpointing), chunked-inference peaks."""
+    saved, peak = {}, {}
+    for k in ("fused", "reference"):
+        with layers_as(k):
+            saved[k] = saved_bytes(models[k], x)
+            peak[k] = peak_bytes(lambda k=k: train_step(models[k], opts[k], x, y), device)
+    with layers_as("fused_plain_layers"):
+        saved["fused_plain_layers"] = saved_bytes(models["fused"], x)
+    models["fused"].set_grad_checkpointing(True)
+    try:
+        train_step(models["fused"], opts["fused"], x, y)
+        peak["fused_checkpointing"] = peak_bytes(lambda: train_step(models["fused"], opts["fused"], x, y), device)
+    finally:
+        models["fused"].set_grad_checkpointing(False)
+    model = models["fused"].eval()
+    xt = x.unsqueeze(0).expand(infer_T, *x.shape)
+    with torch.no_grad():
+        full = model(xt)
+    chunked = chunked_forward(model, xt, chunk)
+    infer = {
+        "full": peak_bytes(lambda: infer_step(model, xt), device),
+        "chunked": peak_bytes(lambda: chunked_forward(model, xt, chunk), device),
+    }
+    return {
+        "saved_for_backward_bytes": saved,
+        "saved_ratio": saved["fused"] / saved["reference"],
+        "saved_ratio_plain_layers": saved["fused_plain_layers"] / saved["reference"],
+        "train_peak_bytes": peak,
+        "train_peak_ratio": peak["fused"] / peak["reference"],
+        "train_peak_ratio_checkpointing": peak["fused_checkpointing"] / peak["reference"],
+        "infer_T": infer_T, "chunk": chunk, "infer_peak_bytes": infer,
+        "infer_chunked_ratio": infer["chunked"] / infer["full"],
+        "chunked_logits_equal": bool(torch.equal(full, chunked)),
+    }
+
+
+def _rss_child(variant: str, backend: str, batch: int, queue) -> None:
+    set_compact_spikes(variant == "fused")
     torch.manual_seed(0)
     model = build(backend, "cpu")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -102,11 +180,11 @@ def _rss_child(backend: str, batch: int, queue) -> None:
     queue.put(max(top[0], rss()) - before)
 
 
-def rss_growth(backend: str, batch: int) -> int:
+def rss_growth(variant: str, backend: str, batch: int) -> int:
     """RSS growth during a training step (after warm-up) in a fresh process (Linux); a coarse cross-check."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_rss_child, args=(backend, batch, queue))
+    proc = ctx.Process(target=_rss_child, args=(variant, backend, batch, queue))
     proc.start()
     value = queue.get()
     proc.join()
@@ -119,64 +197,73 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--no-rss", action="store_true", help="skip the child-process RSS cross-check (CPU)")
+    ap.add_argument("--rss", action="store_true", help="also run the child-process RSS cross-check (CPU)")
+    ap.add_argument("--plain-layers", action="store_true",
+                    help="also time the fused model with plain layers (compact spike saving off)")
+    ap.add_argument("--infer-T", type=int, default=16, help="time steps of the chunked-inference comparison")
+    ap.add_argument("--chunk", type=int, default=4, help="chunk length of chunked inference")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     dev = args.device
     x = torch.randn(args.batch, 3, 32, 32, device=dev)
     y = torch.randint(0, 10, (args.batch,), device=dev)
     variants = {"fused": "auto", "reference": "reference"}
+    if args.plain_layers:
+        variants["fused_plain_layers"] = "auto"
     models = {k: build(b, dev) for k, b in variants.items()}
     opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
     for k in variants:
-        train_step(models[k], opts[k], x, y)
-        infer_step(models[k], x)
+        with layers_as(k):
+            train_step(models[k], opts[k], x, y)
+            infer_step(models[k], x)
     times: dict[str, list[float]] = {f"{k}_{s}": [] for k in variants for s in ("train", "infer")}
-    peak: dict[str, int] = {}
     for _ in range(args.repeats):
         for k in variants:
-            if dev == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            _sync(dev)
-            t0 = time.perf_counter()
-            train_step(models[k], opts[k], x, y)
-            _sync(dev)
-            times[f"{k}_train"].append(time.perf_counter() - t0)
-            if dev == "cuda":
-                peak[f"{k}_train"] = torch.cuda.max_memory_allocated()
-            t0 = time.perf_counter()
-            infer_step(models[k], x)
-            _sync(dev)
-            times[f"{k}_infer"].append(time.perf_counter() - t0)
+            with layers_as(k):
+                _sync(dev)
+                t0 = time.perf_counter()
+                train_step(models[k], opts[k], x, y)
+                _sync(dev)
+                times[f"{k}_train"].append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                infer_step(models[k], x)
+                _sync(dev)
+                times[f"{k}_infer"].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
-    saved = {k: saved_bytes(models[k], x) for k in variants}
     report = {
         "model": MODEL, "T": models["fused"].T, "batch": args.batch, "device": dev,
         "threads": torch.get_num_threads(), "median_s": med,
         "train_speedup": med["reference_train"] / med["fused_train"],
         "infer_speedup": med["reference_infer"] / med["fused_infer"],
-        "saved_for_backward_bytes": saved,
-        "saved_ratio": saved["fused"] / saved["reference"],
     }
-    if dev == "cuda":
-        report["cuda_peak_bytes"] = peak
-        report["cuda_peak_ratio"] = peak["fused_train"] / peak["reference_train"]
-    elif not args.no_rss:
-        rss = {k: rss_growth(b, args.batch) for k, b in variants.items()}
+    report.update(memory_report(models, opts, x, y, dev, args.infer_T, args.chunk))
+    if dev == "cpu" and args.rss:
+        rss = {k: rss_growth(k, b, args.batch) for k, b in variants.items()}
         report["rss_growth_bytes"] = rss
         report["rss_growth_ratio"] = rss["fused"] / max(rss["reference"], 1)
     mb = 2**20
+    saved, peak, infer = report["saved_for_backward_bytes"], report["train_peak_bytes"], report["infer_peak_bytes"]
     print(f"\n{MODEL}, T={report['T']}, batch {args.batch}, {dev}, {report['threads']} threads")
     print(f"{'step':<10}{'fused ms':>10}{'reference ms':>14}{'speed-up':>10}")
     for s in ("train", "infer"):
         print(f"{s:<10}{med['fused_' + s] * 1e3:>10.0f}{med['reference_' + s] * 1e3:>14.0f}"
               f"{med['reference_' + s] / med['fused_' + s]:>10.2f}")
-    print(f"saved for backward: fused {saved['fused'] / mb:.0f} MB, reference {saved['reference'] / mb:.0f} MB, "
-          f"ratio {report['saved_ratio']:.3f}")
-    if "cuda_peak_ratio" in report:
-        print(f"CUDA peak: fused {peak['fused_train'] / mb:.0f} MB, reference {peak['reference_train'] / mb:.0f} MB, "
-              f"ratio {report['cuda_peak_ratio']:.3f}")
+    if "fused_plain_layers" in variants:
+        report["compact_layers_time_ratio"] = {
+            s: med[f"fused_{s}"] / med[f"fused_plain_layers_{s}"] for s in ("train", "infer")}
+        print("fused with compact layers / fused with plain layers, time: "
+              + ", ".join(f"{s} {r:.3f}" for s, r in report["compact_layers_time_ratio"].items()))
+    print(f"saved for backward: fused {saved['fused'] / mb:.0f} MB (plain layers {saved['fused_plain_layers'] / mb:.0f}"
+          f" MB), reference {saved['reference'] / mb:.0f} MB, ratio {report['saved_ratio']:.3f} "
+          f"(plain layers {report['saved_ratio_plain_layers']:.3f})")
+    print(f"training-step peak: fused {peak['fused'] / mb:.0f} MB, with checkpointing "
+          f"{peak['fused_checkpointing'] / mb:.0f} MB, reference {peak['reference'] / mb:.0f} MB; ratios "
+          f"{report['train_peak_ratio']:.3f}, {report['train_peak_ratio_checkpointing']:.3f}")
+    print(f"inference peak at T={args.infer_T}: whole T {infer['full'] / mb:.0f} MB, chunks of {args.chunk} "
+          f"{infer['chunked'] / mb:.0f} MB, ratio {report['infer_chunked_ratio']:.3f}, "
+          f"logits identical: {report['chunked_logits_equal']}")
     if "rss_growth_ratio" in report:
+        rss = report["rss_growth_bytes"]
         print(f"peak RSS growth per train step: fused {rss['fused'] / mb:.0f} MB, "
               f"reference {rss['reference'] / mb:.0f} MB, ratio {report['rss_growth_ratio']:.3f}")
     if args.json:
