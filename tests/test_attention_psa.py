@@ -92,14 +92,14 @@ def test_random_masks_seeded_at_inference_and_fresh_in_training() -> None:
         q, k, v = psa.qkv(attention_input())
         ssa_product = q @ k.transpose(-2, -1) @ v
         psa.train()
-        a, b = psa.masked_product(q, k, v), psa.masked_product(q, k, v)
+        a, b = psa.product(q, k, v), psa.product(q, k, v)
         assert not torch.equal(a, b)
         assert a.sum() < 0.25 * ssa_product.sum()  # three masks at r = 0.5 keep about 1/8
         psa.eval()
-        a, b = psa.masked_product(q, k, v), psa.masked_product(q, k, v)
+        a, b = psa.product(q, k, v), psa.product(q, k, v)
         assert torch.equal(a, b)
         psa.seed = 4
-        assert not torch.equal(psa.masked_product(q, k, v), a)
+        assert not torch.equal(psa.product(q, k, v), a)
     model, x = tiny("psa", attn_kwargs={"ratio": 0.5, "seed": 7}).eval(), digits()[0][:16]
     with torch.no_grad():
         assert torch.equal(model(x), model(x))
@@ -109,7 +109,7 @@ def test_random_mask_drops_q_k_and_map_at_ratio() -> None:
     psa = PSA(64, 1, ratio=0.5, mode="random").eval()
     ones = torch.ones(1, 1, 1, 64, 64)
     # E[(mask(mask(Q) mask(K)^T)) V] = N d (1 - r)^3 with all-one spikes: three independent masks, V untouched
-    mean = psa.masked_product(ones, ones, ones).mean().item()
+    mean = psa.product(ones, ones, ones).mean().item()
     assert abs(mean / (64 * 64 * 0.125) - 1) < 0.05
     with pytest.raises(ValueError, match="mode"):
         PSA(64, 1, mode="block")

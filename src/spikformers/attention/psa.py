@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import attention_product, merge_heads
+from .base import attention_product
 from .ssa import SSA
 
 PSA_MODES = ("random", "structured")
@@ -73,7 +73,7 @@ class PSA(SSA):
         # not persistent: the state dict stays SSA's, so SSA and PSA checkpoints load into each other
         self.register_buffer("keep", structured_channels(dim // heads, heads, ratio), persistent=False)
 
-    def masked_product(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def product(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """The (unscaled) attention product ``[T, B, heads, N, d]`` of head-split spikes under this mode's mask."""
         if self.ratio == 0.0:
             return attention_product(q, k, v, self.order)
@@ -90,11 +90,6 @@ class PSA(SSA):
             return x * (torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) > self.ratio)
 
         return mask(mask(q) @ mask(k).transpose(-2, -1)) @ v
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.qkv(x)
-        a = self.masked_product(q, k, v) * self.scale
-        return self.proj(self.attn_neuron(merge_heads(a)))
 
     def extra_repr(self) -> str:
         return f"ratio={self.ratio}, mode={self.mode!r}, seed={self.seed}"

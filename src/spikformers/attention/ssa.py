@@ -50,7 +50,10 @@ class SSA(nn.Module):
         """Q, K, V spikes split into heads, each ``[T, B, heads, N, d]``."""
         return tuple(split_heads(p(x), self.heads) for p in (self.q, self.k, self.v))  # type: ignore[return-value]
 
+    def product(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The unscaled attention product ``Q K^T V`` per head, ``[T, B, heads, N, d]``; variants override this."""
+        return attention_product(q, k, v, self.order)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv(x)
-        a = attention_product(q, k, v, self.order) * self.scale
-        return self.proj(self.attn_neuron(merge_heads(a)))
+        return self.proj(self.attn_neuron(merge_heads(self.product(q, k, v) * self.scale)))
