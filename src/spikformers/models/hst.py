@@ -200,12 +200,6 @@ class HST(nn.Module):
 
         checkpoint_blocks(self, enable)
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Activation checkpointing per block (timm's name); see :func:`spikformers.memory.checkpoint_blocks`."""
-        from ..memory import checkpoint_blocks
-
-        checkpoint_blocks(self, enable)
-
     def check_input(self, x: torch.Tensor) -> torch.Tensor:
         """Return ``x`` as ``[T, B, C, H, W]``, or raise naming the expected and found shape."""
         x = time_input(x, self.T, self.in_chans)
