@@ -101,6 +101,28 @@ def test_compact_ops_match_plain(scale):
     assert saved_bytes(lambda: layers.spike_linear(x, w, b)) < saved_bytes(lambda: F.linear(x, w, b))
 
 
+def test_compact_ops_under_bf16_autocast_match_plain():
+    """Under autocast the gradient arrives in bf16 beside float32 weights; compact ops must give plain's grads."""
+    x = _spikes((3, 5, 7, 12))
+    w, b = torch.randn(6, 12, requires_grad=True), torch.randn(6, requires_grad=True)
+    xc = _spikes((4, 3, 9, 9), seed=1)
+    wc = torch.randn(5, 3, 3, 3, requires_grad=True)
+    a, m = _spikes((2, 3, 7, 5), seed=2), _spikes((2, 3, 5, 4), seed=3)
+    cases = [
+        (lambda: layers.spike_linear(x, w, b), lambda: F.linear(x, w, b), (x, w, b)),
+        (lambda: layers.spike_conv2d(xc, wc, None, 1, 1), lambda: F.conv2d(xc, wc, None, 1, 1), (xc, wc)),
+        (lambda: layers.spike_matmul(a, m), lambda: a @ m, (a, m)),
+    ]
+    for compact, plain, inputs in cases:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y1, y2 = compact(), plain()
+        assert y1.dtype == y2.dtype == torch.bfloat16 and torch.equal(y1, y2)
+        g = torch.randn_like(y1)
+        for t, g1, g2 in zip(inputs, torch.autograd.grad(y1, inputs, g), torch.autograd.grad(y2, inputs, g)):
+            assert g1.dtype == g2.dtype == t.dtype
+            torch.testing.assert_close(g1, g2)
+
+
 def test_compact_model_same_numbers_less_memory():
     model = spikformer()
     x = torch.randn(2, 3, 16, 16)

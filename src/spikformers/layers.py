@@ -110,6 +110,7 @@ class _SpikeLinear(torch.autograd.Function):
     def backward(ctx, g):  # type: ignore[override]
         xd, weight = ctx.saved_tensors
         (x,) = _load(ctx, (xd,))
+        x, weight = x.to(g.dtype), weight.to(g.dtype)  # under autocast g is bf16/fp16; autograd casts grads back
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
             gx = g.matmul(weight)
@@ -133,6 +134,7 @@ class _SpikeConv2d(torch.autograd.Function):
     def backward(ctx, g):  # type: ignore[override]
         xd, weight = ctx.saved_tensors
         (x,) = _load(ctx, (xd,))
+        x, weight = x.to(g.dtype), weight.to(g.dtype)
         bias_sizes, stride, padding = ctx.conf
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias_sizes is not None and ctx.needs_input_grad[2]]
         gx, gw, gb = torch.ops.aten.convolution_backward(
@@ -151,6 +153,7 @@ class _SpikeMaxPool(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
         (x,) = _load(ctx, ctx.saved_tensors)
+        x = x.to(g.dtype)
         idx = torch.ops.aten.max_pool2d_with_indices(x, [3, 3], [2, 2], [1, 1])[1]
         return torch.ops.aten.max_pool2d_with_indices_backward(g, x, [3, 3], [2, 2], [1, 1], [1, 1], False, idx)
 
@@ -164,7 +167,7 @@ class _SpikeMatmul(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
-        a, b = _load(ctx, ctx.saved_tensors)
+        a, b = (t.to(g.dtype) for t in _load(ctx, ctx.saved_tensors))
         ga = g.matmul(b.mT) if ctx.needs_input_grad[0] else None
         gb = a.mT.matmul(g) if ctx.needs_input_grad[1] else None
         return ga, gb

@@ -148,28 +148,6 @@ def autocast_for(device: torch.device, amp: str) -> Any:
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
-def ensure_amp_supported(device: torch.device, amp: str) -> bool | None:
-    """Probe the compact-spike layers under autocast; if their backward cannot mix dtypes, switch compact saving off.
-
-    (``layers.py`` saves spike inputs compactly in custom autograd functions; the backward of those must cope with
-    a low-precision gradient next to float32 weights.)
-    """
-    if AMP_DTYPES[amp] is None:
-        return None
-    from .. import layers
-
-    w = torch.randn(4, 4, device=device, requires_grad=True)
-    x = torch.ones(2, 4, device=device, requires_grad=True)
-    try:
-        with autocast_for(device, amp):
-            y = layers.spike_linear(x, w) + layers.spike_matmul(x, w)
-        y.float().sum().backward()
-    except RuntimeError as e:
-        print(f"note: compact spike saving (layers.py) fails under {amp} autocast ({str(e).splitlines()[0]}); "
-              "switched off for this run, so activations take the usual memory")
-        return layers.set_compact_spikes(False)
-    return None
-
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: str = "none") -> tuple[float, float]:
@@ -335,20 +313,13 @@ def _fmt(v: float | None, spec: str) -> str:
 def train(cfg: TrainConfig) -> RunResult:
     """Train and evaluate per ``cfg`` (one process, or each process of a torchrun job); write the run folder."""
     info = dist_utils.init_distributed(cfg.device)
-    restore = None
     try:
         check_loop_config(cfg, info.device, info.world_size)
-        restore = ensure_amp_supported(info.device, cfg.train.amp)
         result = _train(cfg, info)
     except BaseException:
         if info.enabled and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
         raise
-    finally:
-        if restore is not None:
-            from .. import layers
-
-            layers.set_compact_spikes(restore)
     dist_utils.cleanup()
     return result
 
