@@ -24,7 +24,8 @@ class WeightedLogits:
     def logits(self) -> torch.Tensor:
         return self.passes[-1]
 
-    def loss(self, criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    def loss(self, criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], target: torch.Tensor
+             ) -> torch.Tensor:
         """``sum_i w_i * criterion(passes[i], target)``."""
         return sum(w * criterion(p, target) for p, w in zip(self.passes, self.weights))  # type: ignore[return-value]
 

@@ -126,4 +126,5 @@ def image_folder(root: str | Path, split: str, img_size: int = 224, auto_augment
             f"no folder {sub}: expected an ImageFolder tree {root}/train/<class>/*.JPEG and {root}/val/<class>/*.JPEG "
             "(for ImageNet, the ILSVRC2012 train and val sets with val sorted into class folders)"
         )
-    return ImageFolder(str(sub), transform=_timm_transform(img_size, split == "train", mean, std, auto_augment, re_prob))
+    transform = _timm_transform(img_size, split == "train", mean, std, auto_augment, re_prob)
+    return ImageFolder(str(sub), transform=transform)
