@@ -167,7 +167,6 @@ def test_ema_mixup_bf16_run_is_reproduced_by_eval(tmp_path: Path, capsys: pytest
 
 @pytest.mark.parametrize("overrides, message", [
     (["train.amp=fp16", "device=cpu"], "'train.amp': fp16 needs a CUDA device"),
-    (["optim.drop_path=0.1"], "'optim.drop_path': spikformer_1_64_cifar has no drop-path"),
     (["train.beta=0.5"], "'train.beta': spikformer_1_64_cifar has no second-pass weight"),
     (["train.ema_eval=true"], "'train.ema_eval' needs 'train.ema: true'"),
     (["train.amp=fp8"], r"'train.amp': expected one of \['none', 'bf16', 'fp16'\]"),

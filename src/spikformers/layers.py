@@ -306,3 +306,39 @@ def time_input(x: torch.Tensor, T: int, in_chans: int) -> torch.Tensor:
     raise ValueError(
         f"model input must be [B, C, H, W] or [T, B, C, H, W], got a {x.dim()}-d tensor of shape {tuple(x.shape)}"
     )
+
+
+class DropPath(nn.Module):
+    """Stochastic depth for time-first tensors ``[T, B, ...]``: drops a residual branch per SAMPLE.
+
+    In training, multiplies by ``bernoulli(1 - p) / (1 - p)`` of shape ``[1, B, 1, ..., 1]``, so a sample's
+    branch is kept or dropped for every time step, token and channel alike (timm's ``DropPath`` would draw
+    along dim 0, which is time here). Identity in eval mode or with ``p = 0``. No parameters.
+    """
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"drop-path probability must be in [0, 1), got {p}")
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        shape = (1, x.shape[1]) + (1,) * (x.dim() - 2)
+        mask = x.new_empty(shape).bernoulli_(keep).div_(keep)
+        return x * mask
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def drop_path_rates(rate: float, depth: int) -> list[float]:
+    """Per-block drop-path probabilities, a linear ramp from 0 (first block) to ``rate`` (last), as timm's
+    ``linspace(0, rate, depth)`` (so a single block gets 0)."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"drop_path_rate must be in [0, 1), got {rate}")
+    if depth <= 1:
+        return [0.0] * max(depth, 0)
+    return [rate * i / (depth - 1) for i in range(depth)]

@@ -7,9 +7,9 @@ each branch:
     x = x + BN(Linear(Attn'(LIF(x))))         Attn' = the attention without its final LIF
     x = x + BN(Linear(LIF(BN(Linear(LIF(x))))))
 
-Same parameters as the Spikformer block. Any attention whose output projection is a
-:class:`~spikformers.layers.LinearBNSpike` named ``proj`` (SSA, PSA, A2OS2A, SDSA) fits: the block replaces
-that projection's neuron by the identity.
+Same parameters as the Spikformer block; ``drop_path`` applies stochastic depth to both branches.
+Any attention whose output projection is a :class:`~spikformers.layers.LinearBNSpike` named ``proj`` (SSA,
+PSA, A2OS2A, SDSA) fits: the block replaces that projection's neuron by the identity.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..attention import create_attention
-from ..layers import LinearBN, LinearBNSpike
+from ..layers import DropPath, LinearBN, LinearBNSpike
 from ..neurons import LIF
 
 
@@ -49,6 +49,7 @@ class MembraneBlock(nn.Module):
         mlp_ratio: float = 4.0,
         attn: str | type[nn.Module] = "sdsa",
         attn_defaults: dict[str, Any] | None = None,
+        drop_path: float = 0.0,
         **attn_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -62,7 +63,8 @@ class MembraneBlock(nn.Module):
             )
         proj.neuron = nn.Identity()  # the residual adds membrane input, not spikes
         self.mlp = MembraneMLP(dim, mlp_ratio)
+        self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.shortcut_neuron(x))
-        return x + self.mlp(x)
+        x = x + self.drop_path(self.attn(self.shortcut_neuron(x)))
+        return x + self.drop_path(self.mlp(x))

@@ -7,7 +7,8 @@
     -> mean over tokens, mean over T, Linear                    logits [B, num_classes]
 
 Patch embeddings run on ``[T, B, C, H, W]`` (convs with T folded into the batch, max-pool between BN and LIF);
-blocks run on tokens ``[T, B, N, C]`` (``x + Attn(x)``, then ``x + MLP(x)``; no norms, no drop-path).
+blocks run on tokens ``[T, B, N, C]`` (``x + Attn(x)``, then ``x + MLP(x)``; no norms; optional per-sample
+drop-path on both branches, ``drop_path_rate`` ramped linearly over all blocks of all stages).
 SpiLiFormer adds a feedback generator and a second pass over the last stage.
 """
 
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from ..attention import create_attention
-from ..layers import MLP, ConvBN, max_pool, time_input
+from ..layers import MLP, ConvBN, DropPath, drop_path_rates, max_pool, time_input
 from ..neurons import LIF
 from ..outputs import WeightedLogits
 
@@ -92,15 +93,17 @@ class HSTBlock(nn.Module):
     """HST block on tokens ``[T, B, N, C]``: ``x + Attn(x[, feedback])``, then ``x + MLP(x)``."""
 
     def __init__(
-        self, dim: int, heads: int, mlp_ratio: float, attn: str | type[nn.Module], **attn_kwargs: Any
+        self, dim: int, heads: int, mlp_ratio: float, attn: str | type[nn.Module], drop_path: float = 0.0,
+        **attn_kwargs: Any,
     ) -> None:
         super().__init__()
         self.attn = create_attention(attn, dim, heads, **attn_kwargs)
         self.mlp = MLP(dim, mlp_ratio)
+        self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor, feedback: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + (self.attn(x) if feedback is None else self.attn(x, feedback=feedback))
-        return x + self.mlp(x)
+        x = x + self.drop_path(self.attn(x) if feedback is None else self.attn(x, feedback=feedback))
+        return x + self.drop_path(self.mlp(x))
 
 
 def stage_depths(variant: str, depth: int) -> tuple[int, ...]:
@@ -129,6 +132,8 @@ class HST(nn.Module):
         embed: patch-embedding variant (``"imagenet"``, ``"cifar"``, ``"dvs"``, ARCH 2.2-2.3).
         attn_early / attn_last: attention of the early stages / the last stage, names or classes, with options
             ``attn_early_kwargs`` / ``attn_last_kwargs``. Defaults: QKFormer's token attention and SSA.
+        drop_path_rate: stochastic depth of the last block; over all blocks of all stages in order, block i gets
+            ``rate * i / (depth - 1)`` (timm's linear ramp), per sample on both residual branches, in training.
 
     Shape: ``[B, C, H, W]`` or ``[T, B, C, H, W]`` -> logits ``[B, num_classes]``.
     """
@@ -149,6 +154,7 @@ class HST(nn.Module):
         attn_last: str | type[nn.Module] = "ssa",
         attn_early_kwargs: dict[str, Any] | None = None,
         attn_last_kwargs: dict[str, Any] | None = None,
+        drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
         if embed not in EMBEDS:
@@ -164,6 +170,7 @@ class HST(nn.Module):
         self.T, self.img_size, self.in_chans, self.num_classes = T, img_size, in_chans, num_classes
         self.num_stages, self.depths = S, depths
         self.widths = [dim // 2 ** (S - 1 - i) for i in range(S)]
+        rates = drop_path_rates(drop_path_rate, depth)
         if attn_early == "ff_lidiff" and attn_early_kwargs is None:
             attn_early_kwargs = {"q_split": False}  # plain QKFormer token attention
         for i, width in enumerate(self.widths):
@@ -174,8 +181,10 @@ class HST(nn.Module):
                 emb = PatchEmbed([width // 2, width, width], spec["stage_pools"], -1, 2)
             last = i == S - 1
             attn, kwargs = (attn_last, attn_last_kwargs) if last else (attn_early, attn_early_kwargs)
+            first = sum(depths[:i])
             blocks = nn.ModuleList(
-                HSTBlock(width, heads, mlp_ratio, attn, **(kwargs or {})) for _ in range(depths[i])
+                HSTBlock(width, heads, mlp_ratio, attn, drop_path=rates[first + j], **(kwargs or {}))
+                for j in range(depths[i])
             )
             setattr(self, f"patch_embed{i + 1}", emb)
             setattr(self, f"stage{i + 1}", blocks)
@@ -352,12 +361,14 @@ class SpiLiFormer(HST):
         aug: float = 2.0,
         beta: float = 0.8,
         official_quirks: bool = False,
+        drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__(
             img_size, in_chans, num_classes, dim, depth, heads, mlp_ratio, T, embed, depths,
             attn_early="ff_lidiff", attn_last="fb_lidiff",
             attn_early_kwargs={"q_split": q_split},
             attn_last_kwargs={"doubled_kv": doubled_kv, "fold_proj_lif": official_quirks},
+            drop_path_rate=drop_path_rate,
         )  # fmt: skip
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"beta must be in [0, 1], got {beta}")

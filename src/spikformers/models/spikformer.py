@@ -2,7 +2,7 @@
 
     x [B, C, H, W] or [T, B, C, H, W]
     -> SPS: 4 x (Conv3x3-BN-LIF [-MaxPool]) + relative position embedding     -> tokens [T, B, N, D]
-    -> L x Block: x = x + Attn(x); x = x + MLP(x)
+    -> L x Block: x = x + DropPath(Attn(x)); x = x + DropPath(MLP(x))
     -> mean over tokens, mean over T, Linear                                  -> logits [B, num_classes]
 
 Any attention mechanism in :mod:`spikformers.attention` plugs in through ``attn=``.
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..attention import create_attention
-from ..layers import MLP, ConvBN, ConvBNSpike, time_input
+from ..layers import MLP, ConvBN, ConvBNSpike, DropPath, drop_path_rates, time_input
 from ..neurons import LIF
 from .blocks import MembraneBlock
 
@@ -56,7 +56,11 @@ class SPS(nn.Module):
 
 
 class Block(nn.Module):
-    """Spikformer encoder block ``[T, B, N, D] -> [T, B, N, D]``: ``x + Attn(x)``, then ``x + MLP(x)``."""
+    """Spikformer encoder block ``[T, B, N, D] -> [T, B, N, D]``: ``x + Attn(x)``, then ``x + MLP(x)``.
+
+    ``drop_path``: stochastic-depth probability for both residual branches (per sample, see
+    :class:`~spikformers.layers.DropPath`).
+    """
 
     def __init__(
         self,
@@ -65,15 +69,17 @@ class Block(nn.Module):
         mlp_ratio: float = 4.0,
         attn: str | type[nn.Module] = "ssa",
         attn_defaults: dict[str, Any] | None = None,
+        drop_path: float = 0.0,
         **attn_kwargs: Any,
     ) -> None:
         super().__init__()
         self.attn = create_attention(attn, dim, heads, defaults=attn_defaults, **attn_kwargs)
         self.mlp = MLP(dim, mlp_ratio)
+        self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(x)
-        return x + self.mlp(x)
+        x = x + self.drop_path(self.attn(x))
+        return x + self.drop_path(self.mlp(x))
 
 
 BLOCKS: dict[str, type[nn.Module]] = {"spikformer": Block}
@@ -91,6 +97,8 @@ class Spikformer(nn.Module):
         attn_defaults: the variant's soft attention defaults (passed where the mechanism takes them).
         block: block form, a key of :data:`BLOCKS`: ``"spikformer"`` (spike residuals) or ``"membrane"``
             (Spike-driven Transformer membrane shortcuts, :class:`~spikformers.models.blocks.MembraneBlock`).
+        drop_path_rate: stochastic depth of the last block; block i gets ``rate * i / (depth - 1)`` (timm's
+            linear ramp), applied per sample to both residual branches in training. No parameters.
 
     Shape: ``[B, C, H, W]`` or ``[T, B, C, H, W]`` -> logits ``[B, num_classes]`` (mean over time).
     """
@@ -111,6 +119,7 @@ class Spikformer(nn.Module):
         attn_kwargs: dict[str, Any] | None = None,
         attn_defaults: dict[str, Any] | None = None,
         block: str = "spikformer",
+        drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
         self.T, self.img_size, self.in_chans, self.num_classes = T, img_size, in_chans, num_classes
@@ -123,7 +132,8 @@ class Spikformer(nn.Module):
             raise ValueError(f"unknown block {block!r}; expected one of {sorted(BLOCKS)}")
         kwargs = {"qkv_bias": qkv_bias, **(attn_kwargs or {})}
         self.blocks = nn.ModuleList(
-            BLOCKS[block](dim, heads, mlp_ratio, attn, attn_defaults, **kwargs) for _ in range(depth)
+            BLOCKS[block](dim, heads, mlp_ratio, attn, attn_defaults, drop_path=dp, **kwargs)
+            for dp in drop_path_rates(drop_path_rate, depth)
         )
         self.head = nn.Linear(dim, num_classes)
 

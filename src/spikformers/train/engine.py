@@ -93,17 +93,9 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     if cfg.model.attn is not None:
         overrides["attn"] = cfg.model.attn
     overrides.update(cfg.model.kwargs)
-    if cfg.optim.drop_path > 0:
+    if cfg.optim.drop_path > 0:  # stochastic depth, ramped linearly over the blocks up to this rate
         overrides["drop_path_rate"] = cfg.optim.drop_path
-    try:
-        return create_model(cfg.model.name, **overrides)
-    except TypeError as e:
-        if "drop_path_rate" in str(e):
-            raise ConfigError(
-                f"config key 'optim.drop_path': {cfg.model.name} has no drop-path (stochastic depth) yet; "
-                "set optim.drop_path=0 (recipes record the official value in their _meta block)"
-            ) from None
-        raise
+    return create_model(cfg.model.name, **overrides)
 
 
 def build_loaders(cfg: TrainConfig, T: int | None = None, rank: int = 0, world_size: int = 1,
