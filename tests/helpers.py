@@ -22,3 +22,25 @@ def record(module: torch.nn.Module, store: dict, key: str, inputs: bool = False)
         store.setdefault(key, []).append((args[0] if inputs else out).detach().clone())
 
     return module.register_forward_hook(hook)
+
+
+def train_digits(model: torch.nn.Module, epochs: int = 4, lr: float = 1e-2) -> float:
+    """A short Adam schedule on 1400 real digits; returns accuracy on the 397 held out."""
+    x, y = digits()
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    train, test = perm[:1400], perm[1400:]
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * 22, pct_start=0.2)
+    for _ in range(epochs):
+        model.train()
+        order = train[torch.randperm(len(train))]
+        for i in range(0, len(order), 64):
+            b = order[i : i + 64]
+            loss = F.cross_entropy(model(x[b]), y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    model.eval()
+    with torch.no_grad():
+        return (model(x[test]).argmax(1) == y[test]).float().mean().item()

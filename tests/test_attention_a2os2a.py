@@ -6,9 +6,8 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from helpers import digits, record
+from helpers import digits, record, train_digits
 from spikformers import count_parameters, create_model
 from spikformers.attention import A2OS2A
 from spikformers.attention.base import merge_heads, split_heads
@@ -20,7 +19,6 @@ from spikformers.neurons.kernels import lif_reference
 def tiny(attn: str = "a2os2a", seed: int = 0, **kw: object) -> torch.nn.Module:
     torch.manual_seed(seed)
     return create_model("spikformer_2_64_cifar", img_size=16, in_chans=1, attn=attn, **kw)
-
 
 
 @pytest.mark.parametrize("block", ["spikformer", "membrane"])
@@ -89,28 +87,6 @@ def test_every_backbone_and_preset_counts() -> None:
             assert count_parameters(create_model(f"a2os2a_{name}")) == ref
             assert count_parameters(create_model(f"a2os2a_{name}", block="membrane")) == ref
             assert count_parameters(create_model(f"spikformer_{name}", attn="a2os2a")) == ref
-
-
-def train_digits(model: torch.nn.Module, epochs: int = 4, lr: float = 1e-2) -> float:
-    """A short Adam schedule on 1400 real digits; returns accuracy on the 397 held out."""
-    x, y = digits()
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    train, test = perm[:1400], perm[1400:]
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * 22, pct_start=0.2)
-    for _ in range(epochs):
-        model.train()
-        order = train[torch.randperm(len(train))]
-        for i in range(0, len(order), 64):
-            b = order[i : i + 64]
-            loss = F.cross_entropy(model(x[b]), y[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    model.eval()
-    with torch.no_grad():
-        return (model(x[test]).argmax(1) == y[test]).float().mean().item()
 
 
 def test_a2os2a_trains_on_digits() -> None:

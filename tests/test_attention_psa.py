@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from helpers import digits, record
+from helpers import digits, record, train_digits
 from spikformers import count_parameters, create_model
 from spikformers.attention import PSA
 from spikformers.attention.base import split_heads
@@ -16,7 +15,6 @@ from spikformers.attention.psa import structured_channels
 def tiny(attn: str = "ssa", seed: int = 0, **kw: object) -> torch.nn.Module:
     torch.manual_seed(seed)
     return create_model("spikformer_2_64_cifar", img_size=16, in_chans=1, attn=attn, **kw)
-
 
 
 def attention_input(n: int = 32) -> torch.Tensor:
@@ -124,28 +122,6 @@ def test_est_presets_match_spikformer_counts() -> None:
             assert isinstance(est.blocks[0].attn, PSA)
             assert count_parameters(est) == count_parameters(ref)
         assert est.blocks[0].attn.scale == 0.25  # the DVS variant's soft default reaches PSA
-
-
-def train_digits(model: torch.nn.Module, epochs: int = 4, lr: float = 1e-2) -> float:
-    """A short Adam schedule on 1400 real digits; returns accuracy on the 397 held out."""
-    x, y = digits()
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    train, test = perm[:1400], perm[1400:]
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * 22, pct_start=0.2)
-    for _ in range(epochs):
-        model.train()
-        order = train[torch.randperm(len(train))]
-        for i in range(0, len(order), 64):
-            b = order[i : i + 64]
-            loss = F.cross_entropy(model(x[b]), y[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    model.eval()
-    with torch.no_grad():
-        return (model(x[test]).argmax(1) == y[test]).float().mean().item()
 
 
 def test_psa_trains_on_digits() -> None:

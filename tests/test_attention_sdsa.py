@@ -6,10 +6,9 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from helpers import digits, record
+from helpers import digits, record, train_digits
 from spikformers import count_parameters, create_model, list_models
 from spikformers.attention import SDSA
 from spikformers.models.blocks import MembraneBlock
@@ -18,12 +17,9 @@ from spikformers.neurons.kernels import lif_reference
 MATMULS = {"matmul", "bmm", "mm", "einsum", "__matmul__", "__rmatmul__", "baddbmm", "addmm", "tensordot", "mv"}
 
 
-
-
 def tiny(attn: str = "sdsa", seed: int = 0, **kw: object) -> torch.nn.Module:
     torch.manual_seed(seed)
     return create_model("spikformer_2_64_cifar", img_size=16, in_chans=1, attn=attn, **kw)
-
 
 
 class CallLog(TorchFunctionMode):
@@ -98,28 +94,6 @@ def test_sdt_presets() -> None:
         ref = count_parameters(create_model("spikformer_4_384_cifar"))
         assert count_parameters(create_model("spikformer_4_384_cifar", attn="sdsa")) == ref
         assert count_parameters(create_model("sdt_4_384_cifar", qkv_bias=True)) == ref
-
-
-def train_digits(model: torch.nn.Module, epochs: int = 4, lr: float = 1e-2) -> float:
-    """A short Adam schedule on 1400 real digits; returns accuracy on the 397 held out."""
-    x, y = digits()
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    train, test = perm[:1400], perm[1400:]
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * 22, pct_start=0.2)
-    for _ in range(epochs):
-        model.train()
-        order = train[torch.randperm(len(train))]
-        for i in range(0, len(order), 64):
-            b = order[i : i + 64]
-            loss = F.cross_entropy(model(x[b]), y[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    model.eval()
-    with torch.no_grad():
-        return (model(x[test]).argmax(1) == y[test]).float().mean().item()
 
 
 @pytest.mark.parametrize("name", ["spikformer_1_32_cifar", "sdt_1_32_cifar"])

@@ -297,15 +297,25 @@ class MLP(nn.Module):
         return self.fc2(self.fc1(x))
 
 
-def time_input(x: torch.Tensor, T: int, in_chans: int) -> torch.Tensor:
-    """Bring model input to ``[T, B, C, H, W]``: repeat a static ``[B, C, H, W]`` image T times (direct encoding)."""
+def time_input(x: torch.Tensor, T: int, in_chans: int, img_size: int | None = None, owner: str = "model"
+               ) -> torch.Tensor:
+    """Bring model input to ``[T, B, C, H, W]``: repeat a static ``[B, C, H, W]`` image T times (direct encoding).
+
+    With ``img_size`` given, also check channels and size, raising a ValueError that names ``owner``, what it
+    expects and what it got.
+    """
     if x.dim() == 4:
-        return x.unsqueeze(0).expand(T, *x.shape)
-    if x.dim() == 5:
-        return x
-    raise ValueError(
-        f"model input must be [B, C, H, W] or [T, B, C, H, W], got a {x.dim()}-d tensor of shape {tuple(x.shape)}"
-    )
+        x = x.unsqueeze(0).expand(T, *x.shape)
+    elif x.dim() != 5:
+        raise ValueError(
+            f"{owner} input must be [B, C, H, W] or [T, B, C, H, W], got a {x.dim()}-d tensor of shape {tuple(x.shape)}"
+        )
+    if img_size is not None and (x.shape[2] != in_chans or x.shape[-2:] != (img_size, img_size)):
+        raise ValueError(
+            f"{owner} expects images of {in_chans} x {img_size} x {img_size} "
+            f"(channels x height x width), got {tuple(x.shape[2:])} in an input of shape {tuple(x.shape)}"
+        )
+    return x
 
 
 class DropPath(nn.Module):

@@ -145,13 +145,7 @@ class Spikformer(nn.Module):
 
     def check_input(self, x: torch.Tensor) -> torch.Tensor:
         """Return ``x`` as ``[T, B, C, H, W]``, or raise naming the expected and found shape."""
-        x = time_input(x, self.T, self.in_chans)
-        if x.shape[2] != self.in_chans or x.shape[-2:] != (self.img_size, self.img_size):
-            raise ValueError(
-                f"{type(self).__name__} expects images of {self.in_chans} x {self.img_size} x {self.img_size} "
-                f"(channels x height x width), got {tuple(x.shape[2:])} in an input of shape {tuple(x.shape)}"
-            )
-        return x
+        return time_input(x, self.T, self.in_chans, self.img_size, type(self).__name__)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Tokens after the last block, ``[T, B, N, D]``."""
