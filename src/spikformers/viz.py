@@ -141,6 +141,18 @@ def plot_energy(report: Any, out: str | Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------------
+def _run_once_in_eval(model: nn.Module, x: torch.Tensor, handles: list[Any]) -> None:
+    """One forward pass in eval mode with the given hooks; the mode is restored and the hooks removed after."""
+    was = model.training
+    model.eval()
+    try:
+        model(x)
+    finally:
+        model.train(was)
+        for h in handles:
+            h.remove()
+
+
 @torch.no_grad()
 def record_spikes(model: nn.Module, x: torch.Tensor, names: list[str] | None = None) -> dict[str, torch.Tensor]:
     """Outputs ``[T, ...]`` (first image) of the named neuron modules (default: every neuron) on one forward."""
@@ -161,14 +173,7 @@ def record_spikes(model: nn.Module, x: torch.Tensor, names: list[str] | None = N
         return fn
 
     handles = [m.register_forward_hook(hook(n)) for n, m in modules.items()]
-    was = model.training
-    model.eval()
-    try:
-        model(x)
-    finally:
-        model.train(was)
-        for h in handles:
-            h.remove()
+    _run_once_in_eval(model, x, handles)
     return out
 
 
@@ -249,14 +254,7 @@ def attention_maps(model: nn.Module, x: torch.Tensor, mode: str = "output") -> d
         elif hasattr(m, "q") and hasattr(m, "k"):
             handles.append(m.q.register_forward_hook(keep(n, "q")))
             handles.append(m.k.register_forward_hook(keep(n, "k")))
-    was = model.training
-    model.eval()
-    try:
-        model(x)
-    finally:
-        model.train(was)
-        for h in handles:
-            h.remove()
+    _run_once_in_eval(model, x, handles)
     maps: dict[str, torch.Tensor] = {}
     for n, g in grabbed.items():
         if mode == "output" and "out" in g:
