@@ -99,6 +99,23 @@ def test_saved_state_is_compact(backend):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("detach_reset", [True, False])
+@pytest.mark.parametrize("params", LIF_PARAMS[:2])
+def test_recompute_matches_reference_and_saves_only_the_input(backend, dtype, detach_reset, params):
+    tau, v_th, v_reset, alpha = params
+    x, g = _inputs((5, 3, 301), dtype, seed=4)
+    _check(lambda x: lif_multistep(x, tau, v_th, v_reset, alpha, detach_reset, backend=backend, saved="recompute"),
+           lambda x: lif_reference(x, tau, v_th, v_reset, alpha, detach_reset), x, g)
+    _check(lambda x: ternary_multistep(x, "lif", tau=tau, v_th=v_th, alpha=alpha, backend=backend, saved="recompute"),
+           lambda x: ternary_multistep(x, "lif", tau=tau, v_th=v_th, alpha=alpha, backend="reference"), x, g)
+    seen = []
+    with saved_tensors_hooks(lambda t: seen.append(t) or t, lambda t: t):
+        lif_multistep(x, backend=backend, saved="recompute")
+    assert len(seen) == 1 and seen[0].data_ptr() == x.data_ptr()  # the input itself, no new state
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_saved_variants_gradients(backend):
     x, g = _inputs((5, 4, 200), torch.float32)
     (g_ref,) = torch.autograd.grad(lif_reference(x), x, g)
@@ -162,6 +179,7 @@ def test_triton_kernels_under_interpreter(monkeypatch, dtype):
                    lambda x, a=args: lif_reference(x, *a), x, g)
     x2, g2 = _inputs((3, 1100), dtype, seed=3)
     _check(lambda x: lif_multistep(x, backend="triton", saved="q16"), lif_reference, x2, torch.zeros_like(g2))
+    _check(lambda x: lif_multistep(x, backend="triton", saved="recompute"), lif_reference, x2, g2)
     for form in ("guo", "lif"):
         _check(lambda x, f=form: ternary_multistep(x, f, backend="triton"),
                lambda x, f=form: ternary_multistep(x, f, backend="reference"), x2, g2)

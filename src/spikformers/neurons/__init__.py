@@ -20,7 +20,14 @@ import torch
 from torch import nn
 
 from .kernels import BACKENDS, lif_multistep, ternary_multistep
+from .kernels.common import SAVED_CHOICES
 from .state import current_store
+
+
+def _check_saved(saved: str) -> str:
+    if saved not in SAVED_CHOICES:
+        raise ValueError(f"neuron saved must be one of {SAVED_CHOICES}, got {saved!r}")
+    return saved
 
 __all__ = ["Neuron", "LIF", "TernaryNeuron", "ReLUNeuron", "create_neuron", "NEURONS"]
 
@@ -45,6 +52,9 @@ class LIF(Neuron):
         detach_reset: do not back-propagate through the reset's dependence on the spike.
         backend: ``"auto"`` (fastest for the device: Triton on CUDA, the C++ kernel on CPU, else eager torch),
             ``"fused"`` (same), ``"cpp"``, ``"triton"``, ``"eager"`` or ``"reference"`` (plain per-step loop).
+        saved: what the fused backends keep for backward: ``"auto"`` (23-bit surrogate + spike bit, 3 bytes per
+            element and step), ``"recompute"`` (nothing new: the input is kept and the membrane rebuilt,
+            fastest), ``"exact"`` (the membrane) or ``"q16"`` (2 bytes, gradients off by ~3e-5).
 
     Shape: ``x: [T, ...]`` -> spikes ``[T, ...]`` of the same dtype, values in {0, 1}.
     """
@@ -59,6 +69,7 @@ class LIF(Neuron):
         alpha: float = 4.0,
         detach_reset: bool = True,
         backend: str = "auto",
+        saved: str = "auto",
     ) -> None:
         super().__init__()
         if tau <= 1.0 and tau != 1.0:
@@ -66,12 +77,14 @@ class LIF(Neuron):
         self.tau, self.v_th, self.v_reset, self.alpha = float(tau), float(v_th), float(v_reset), float(alpha)
         self.detach_reset = detach_reset
         self.backend = backend
+        self.saved = _check_saved(saved)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         store = current_store()
         if store is None:
             return lif_multistep(
-                x, self.tau, self.v_th, self.v_reset, self.alpha, self.detach_reset, backend=self.backend
+                x, self.tau, self.v_th, self.v_reset, self.alpha, self.detach_reset, backend=self.backend,
+                saved=self.saved,
             )
         key = store.key(self)
         out, v = lif_multistep(x, self.tau, self.v_th, self.v_reset, self.alpha, self.detach_reset,
@@ -89,7 +102,8 @@ class TernaryNeuron(Neuron):
     ``form="guo"`` (default, Ternary Spike, Guo et al. 2024): ``u = decay * u + x``; fire ``sign(u)`` where
     ``|u| >= v_th / 2``; hard reset; straight-through gradient inside [-1, 1].
     ``form="lif"``: LIF charge with ``+-v_th`` thresholds and the sigmoid surrogate. Which form A2OS2A uses is
-    not confirmed from its text; hence the option. ``backend`` as for :class:`LIF`.
+    not confirmed from its text; hence the option. ``backend`` and ``saved`` as for :class:`LIF` (``saved``
+    matters only for ``form="lif"``; the "guo" form always keeps one byte per element and step).
     """
 
     values = "ternary"
@@ -102,6 +116,7 @@ class TernaryNeuron(Neuron):
         tau: float = 2.0,
         alpha: float = 4.0,
         backend: str = "auto",
+        saved: str = "auto",
     ) -> None:
         super().__init__()
         if form not in ("guo", "lif"):
@@ -110,11 +125,13 @@ class TernaryNeuron(Neuron):
             raise ValueError(f"TernaryNeuron backend must be one of {BACKENDS}, got {backend!r}")
         self.form, self.decay, self.v_th, self.tau, self.alpha = form, decay, v_th, tau, alpha
         self.backend = backend
+        self.saved = _check_saved(saved)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         store = current_store()
         if store is None:
-            return ternary_multistep(x, self.form, self.decay, self.v_th, self.tau, self.alpha, backend=self.backend)
+            return ternary_multistep(x, self.form, self.decay, self.v_th, self.tau, self.alpha, backend=self.backend,
+                                     saved=self.saved)
         key = store.key(self)
         out, v = ternary_multistep(x, self.form, self.decay, self.v_th, self.tau, self.alpha, backend=self.backend,
                                    v_init=store.get(key), return_v=True)

@@ -8,6 +8,11 @@ Saved-state formats (``save``), chosen by :func:`choose_save`:
 | "q16"  | 2                  | surrogate, 15-bit fixed point, + spike/reset bit      | <= 3.1e-5 alpha/4 |
 | "h"    | dtype size         | membrane before firing; surrogate recomputed          | exact             |
 | "code" | 1                  | ternary "guo": straight-through mask bit, reset bit   | exact             |
+| "x"    | 0 new (the input)  | nothing: backward re-runs the charge from the input   | exact             |
+
+``"x"`` (``saved="recompute"``) keeps a reference to the input instead of new state: free when something else
+holds the input anyway, 4 bytes per element and step when nothing does. Backward recomputes the membrane
+with the forward's own arithmetic, so gradients equal ``"h"``'s bit for bit.
 
 The spike bit is all the reset needs and the surrogate value all the charge needs, so nothing else is kept.
 """
@@ -19,8 +24,8 @@ from typing import NamedTuple
 import torch
 
 KIND_IDS = {"lif": 0, "ternary_lif": 1, "ternary_guo": 2}
-SAVE_IDS = {"none": 0, "code": 1, "q16": 2, "q24": 3, "h": 4}
-SAVED_CHOICES = ("auto", "exact", "q24", "q16")
+SAVE_IDS = {"none": 0, "code": 1, "q16": 2, "q24": 3, "h": 4, "x": 5}
+SAVED_CHOICES = ("auto", "exact", "recompute", "q24", "q16")
 Q_MAX = {"q16": (1 << 15) - 1, "q24": (1 << 23) - 1}
 
 
@@ -44,13 +49,16 @@ def choose_save(kind: str, dtype: torch.dtype, detach_reset: bool, saved: str = 
     """Pick the saved-state format: the smallest one whose gradient stays within 1e-6 of the reference loop.
 
     ``saved="auto"``: ``q24`` for float32 (and lower), ``h`` (exact) for float64 or when the reset is not
-    detached (its gradient needs the membrane itself); ``"exact"`` forces ``h``; ``"q16"`` trades gradient
-    precision (about 3e-5) for 2 bytes per element and step.
+    detached (its gradient needs the membrane itself); ``"exact"`` forces ``h``; ``"recompute"`` saves no new
+    state (``x``: the input is kept and the membrane rebuilt in backward); ``"q16"`` trades gradient precision
+    (about 3e-5) for 2 bytes per element and step.
     """
     if saved not in SAVED_CHOICES:
         raise ValueError(f"saved must be one of {SAVED_CHOICES}, got {saved!r}")
     if kind == "ternary_guo":
         return "code"
+    if saved == "recompute":
+        return "x"
     if saved == "exact" or (kind == "lif" and not detach_reset):
         return "h"
     if saved == "auto":

@@ -24,6 +24,7 @@ import torch
 from .common import KIND_IDS, SAVE_IDS, NeuronParams, saved_shape
 
 SOURCE = Path(__file__).with_name("csrc") / "neurons.cpp"
+RECOMPUTES = True  # backward takes the input itself (save "x") and rebuilds the membrane natively
 BASE_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno", "-fno-trapping-math",
               "-ffp-contract=off"]
 
@@ -168,7 +169,7 @@ def backward(grad: torch.Tensor, saved: torch.Tensor, kind: str, p: NeuronParams
     T = grad.shape[0]
     N = grad.numel() // max(T, 1)
     grad_x = torch.empty_like(grad)
-    planes, hsave = (None, saved) if save == "h" else (saved, None)
+    planes, hsave = (None, saved) if save in ("h", "x") else (saved, None)
     rc = lib.spk_backward(
         int(grad.dtype == torch.float64), _ptr(grad), _ptr(grad_x), _ptr(planes), _ptr(hsave), T, N,
         KIND_IDS[kind], SAVE_IDS[save], p.tau, p.v_th, p.v_reset, p.alpha, p.decay, int(p.detach_reset),

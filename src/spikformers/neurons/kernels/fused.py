@@ -69,7 +69,10 @@ class NeuronFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, kind, params, save, impl):  # type: ignore[override]
-        spikes, state = impl.forward(x, kind, params, save)
+        if save == "x":  # keep the input itself; backward rebuilds the membrane from it
+            spikes, state = impl.forward(x, kind, params, "none")[0], x
+        else:
+            spikes, state = impl.forward(x, kind, params, save)
         ctx.save_for_backward(state)
         ctx.meta = (kind, params, save, impl)
         return spikes
@@ -78,6 +81,8 @@ class NeuronFunction(torch.autograd.Function):
     def backward(ctx, grad):  # type: ignore[override]
         (state,) = ctx.saved_tensors
         kind, params, save, impl = ctx.meta
+        if save == "x" and not getattr(impl, "RECOMPUTES", False):  # generic: re-run forward keeping h
+            state, save = impl.forward(state, kind, params, "h")[1], "h"
         return impl.backward(grad.contiguous(), state, kind, params, save), None, None, None, None
 
 

@@ -6,7 +6,9 @@
 //   SAVE_Q16 / SAVE_Q24: byte planes [nbytes][T*N]; the top bit of the last plane is the spike (or "did
 //                        reset") bit, the other 15 / 23 bits are the surrogate gradient in fixed point;
 //   SAVE_H:              the membrane before firing h[t] in the input dtype (recomputed surrogate, exact);
-//   SAVE_CODE:           one byte per element (ternary "guo" form: bit 0 straight-through mask, bit 1 reset).
+//   SAVE_CODE:           one byte per element (ternary "guo" form: bit 0 straight-through mask, bit 1 reset);
+//   SAVE_X:              nothing new: backward gets the input x back and re-runs the charge to rebuild h[t]
+//                        (same arithmetic as the forward, so bit-identical), then proceeds as SAVE_H.
 // The arithmetic follows the reference loops operation by operation (no FMA contraction, true division
 // by tau), so spikes are bit-identical to them.
 
@@ -19,7 +21,7 @@
 namespace {
 
 enum Kind { LIF = 0, TERNARY_LIF = 1, TERNARY_GUO = 2 };
-enum Save { SAVE_NONE = 0, SAVE_CODE = 1, SAVE_Q16 = 2, SAVE_Q24 = 3, SAVE_H = 4 };
+enum Save { SAVE_NONE = 0, SAVE_CODE = 1, SAVE_Q16 = 2, SAVE_Q24 = 3, SAVE_H = 4, SAVE_X = 5 };
 
 constexpr int64_t BLOCK = 512;
 
@@ -58,6 +60,18 @@ inline S sigmoid_grad(S u, S alpha) {
     S e = exp_neg(-std::fabs(z));
     S d = S(1) + e;
     return alpha * e / (d * d);
+}
+
+// Membrane after charging, h = v + (x - (v - v_reset)) / tau (the ternary LIF form rests at 0).
+template <typename S, int KIND>
+inline S charge(S v, S x, S tau, S v_reset) {
+    return KIND == LIF ? v + (x - (v - v_reset)) / tau : v + (x - v) / tau;
+}
+
+// Whether the neuron fires (and so resets) at membrane h: h >= v_th, or for the ternary form also -h >= v_th.
+template <typename S, int KIND>
+inline int32_t resets(S h, S v_th) {
+    return KIND == LIF ? int32_t(h - v_th >= S(0)) : int32_t((h - v_th >= S(0)) != (-h - v_th >= S(0)));
 }
 
 template <int SAVE>
@@ -142,7 +156,7 @@ void forward_range(const S* x, S* out, uint8_t* planes, S* hsave, const S* v_ini
             S* __restrict ht = hsave + base;
             if (KIND == LIF) {
                 for (int64_t i = 0; i < n; ++i) {
-                    S h = v[i] + (xt[i] - (v[i] - v_reset)) / tau;
+                    S h = charge<S, LIF>(v[i], xt[i], tau, v_reset);
                     S u = h - v_th;
                     int32_t fire = u >= S(0);
                     ot[i] = static_cast<S>(fire);
@@ -157,7 +171,7 @@ void forward_range(const S* x, S* out, uint8_t* planes, S* hsave, const S* v_ini
                 }
             } else if (KIND == TERNARY_LIF) {
                 for (int64_t i = 0; i < n; ++i) {
-                    S h = v[i] + (xt[i] - v[i]) / tau;
+                    S h = charge<S, TERNARY_LIF>(v[i], xt[i], tau, v_reset);
                     S up = h - v_th;
                     S un = -h - v_th;
                     int32_t pos = up >= S(0);
@@ -207,8 +221,22 @@ void backward_range(const S* gs, S* gx, const uint8_t* planes, const S* hsave, i
     alignas(64) S sg[BLOCK];
     alignas(64) S keep[BLOCK];
     alignas(64) S extra[BLOCK];
+    std::vector<S> hbuf(SAVE == SAVE_X ? T * BLOCK : 0);  // SAVE_X: h[t] of one block, rebuilt from x
     for (int64_t b0 = begin; b0 < end; b0 += BLOCK) {
         const int64_t n = (end - b0) < BLOCK ? (end - b0) : BLOCK;
+        if (SAVE == SAVE_X) {
+            S* __restrict v = gv;  // gv is free until the reverse pass; use it as the membrane
+            for (int64_t i = 0; i < n; ++i) v[i] = KIND == LIF ? v_reset : S(0);
+            for (int64_t t = 0; t < T; ++t) {
+                const S* __restrict xt = hsave + t * N + b0;
+                S* __restrict ht = hbuf.data() + t * BLOCK;
+                for (int64_t i = 0; i < n; ++i) {
+                    S h = charge<S, KIND>(v[i], xt[i], tau, v_reset);
+                    ht[i] = h;
+                    v[i] = resets<S, KIND>(h, v_th) ? (KIND == LIF ? v_reset : S(0)) : h;
+                }
+            }
+        }
         for (int64_t i = 0; i < n; ++i) gv[i] = S(0);
         for (int64_t t = T - 1; t >= 0; --t) {
             const int64_t base = t * N + b0;
@@ -226,8 +254,8 @@ void backward_range(const S* gs, S* gx, const uint8_t* planes, const S* hsave, i
                 }
                 continue;
             }
-            if (SAVE == SAVE_H) {
-                const S* __restrict ht = hsave + base;
+            if (SAVE == SAVE_H || SAVE == SAVE_X) {
+                const S* __restrict ht = SAVE == SAVE_X ? hbuf.data() + t * BLOCK : hsave + base;
                 for (int64_t i = 0; i < n; ++i) {
                     S h = ht[i];
                     if (KIND == LIF) {
@@ -244,7 +272,7 @@ void backward_range(const S* gs, S* gx, const uint8_t* planes, const S* hsave, i
             } else {
                 load_planes<S, SAVE>(planes, TN, base, sg, keep, from_q, n);
             }
-            if (KIND == LIF && SAVE == SAVE_H && !detach) {
+            if (KIND == LIF && (SAVE == SAVE_H || SAVE == SAVE_X) && !detach) {
                 for (int64_t i = 0; i < n; ++i) {
                     S g_spike = gst[i] + gv[i] * extra[i];
                     S gh = g_spike * sg[i] + gv[i] * keep[i];
@@ -324,9 +352,9 @@ int backward_dispatch(const S* gs, S* gx, const uint8_t* planes, const S* hsave,
         backward_t<S, K, SV>(gs, gx, planes, hsave, T, N, p, nt);          \
         return 0;                                                          \
     }
-    SPK_CASE(LIF, SAVE_Q16) SPK_CASE(LIF, SAVE_Q24) SPK_CASE(LIF, SAVE_H)
+    SPK_CASE(LIF, SAVE_Q16) SPK_CASE(LIF, SAVE_Q24) SPK_CASE(LIF, SAVE_H) SPK_CASE(LIF, SAVE_X)
     SPK_CASE(TERNARY_LIF, SAVE_Q16) SPK_CASE(TERNARY_LIF, SAVE_Q24) SPK_CASE(TERNARY_LIF, SAVE_H)
-    SPK_CASE(TERNARY_GUO, SAVE_CODE)
+    SPK_CASE(TERNARY_LIF, SAVE_X) SPK_CASE(TERNARY_GUO, SAVE_CODE)
 #undef SPK_CASE
     return 1;
 }
@@ -335,7 +363,7 @@ int backward_dispatch(const S* gs, S* gx, const uint8_t* planes, const S* hsave,
 
 extern "C" {
 
-int spk_abi_version() { return 2; }
+int spk_abi_version() { return 3; }
 
 // v_init (may be null: start from rest) and v_final (may be null) are [N] membranes in the input dtype.
 int spk_forward(int is_double, const void* x, void* out, uint8_t* planes, void* hsave, const void* v_init,
