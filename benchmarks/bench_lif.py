@@ -19,7 +19,12 @@ from collections.abc import Callable
 import torch
 from torch.autograd.graph import saved_tensors_hooks
 
-from spikformers.neurons.kernels import lif_multistep, select_impl
+from spikformers.neurons.kernels import choose_save, lif_multistep, select_impl
+
+
+def default_saved(x: torch.Tensor) -> str:
+    """What ``saved="auto"`` means for ``x``'s implementation (recompute on the C++ path, else q24)."""
+    return "recompute" if getattr(select_impl(x, "auto"), "RECOMPUTES", False) else "q24"
 
 
 class _Spike(torch.autograd.Function):
@@ -95,8 +100,8 @@ def bench_shape(T: int, repeats: int, device: str) -> dict:
     variants: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
         "loop": plain_loop,
         "fused": lambda x: lif_multistep(x),
+        "fused_q24": lambda x: lif_multistep(x, saved="q24"),
         "fused_q16": lambda x: lif_multistep(x, saved="q16"),
-        "fused_recompute": lambda x: lif_multistep(x, saved="recompute"),
         "fused_exact": lambda x: lif_multistep(x, saved="exact"),
         "eager_fallback": lambda x: lif_multistep(x, backend="eager"),
     }
@@ -139,12 +144,14 @@ def bench_shape(T: int, repeats: int, device: str) -> dict:
     saved = {k: v[0] for k, v in both.items()}
     new_saved = {k: v[1] for k, v in both.items()}
     copy_bw = 2 * 4 * n / med["copy"]
-    # bytes the fused kernels must move: fwd reads x, writes spikes and 3-byte state; bwd reads grad and state,
-    # writes grad_x
-    fused_bytes = (4 + 4 + 3 + 4 + 3 + 4) * n
+    # bytes the default fused path must move per element: forward reads x and writes spikes (+ the saved state);
+    # backward reads grad and the state (or x again, for "recompute") and writes grad_x
+    state = {"x": 0, "q24": 3, "q16": 2, "h": 4}[choose_save("lif", x.dtype, True, default_saved(x))]
+    fused_bytes = (4 + 4 + state + 4 + (state or 4) + 4) * n
     return {
         "shape": list(shape),
         "impl": select_impl(x, "auto").__name__.rsplit(".", 1)[-1],
+        "auto_saved": default_saved(x),
         "median_s": med,
         "speedup_vs_loop": {k: med["loop"] / med[k] for k in variants},
         "speedup_vs_spikingjelly": ({k: med["spikingjelly"] / med[k] for k in variants} if sj else None),
@@ -161,7 +168,7 @@ def bench_shape(T: int, repeats: int, device: str) -> dict:
 
 def print_table(res: dict) -> None:
     """Print one shape's results as a table."""
-    print(f"\nLIF fwd+bwd at {res['shape']} (auto backend: {res['impl']})")
+    print(f"\nLIF fwd+bwd at {res['shape']} (auto backend: {res['impl']}, saved={res['auto_saved']})")
     print(f"{'variant':<16}{'median ms':>11}{'x vs loop':>11}{'x vs SJ':>9}{'saved MB':>10}{'saved/loop':>12}"
           f"{'new MB':>8}")
     for k, t in res["median_s"].items():
@@ -175,7 +182,7 @@ def print_table(res: dict) -> None:
           f"loop {res['median_s']['loop_inference'] * 1e3:.1f} ms, {res['inference_speedup']:.2f}x")
     print(f"bandwidth: fused fwd+bwd {res['fused_GBps']:.1f} GB/s vs copy {res['copy_GBps']:.1f} GB/s "
           f"({res['fused_bandwidth_vs_copy']:.2f} of copy)")
-    print("saved MB counts every storage autograd keeps; new MB leaves out the input itself (fused_recompute keeps\n"
+    print("saved MB counts every storage autograd keeps; new MB leaves out the input itself (saved=recompute keeps\n"
           "only the input, which costs memory only where nothing else holds it)")
     if res["speedup_vs_spikingjelly"] is None:
         print("SpikingJelly: " + res["spikingjelly"])

@@ -30,30 +30,53 @@ import torch
 from torch.autograd.graph import saved_tensors_hooks
 
 import spikformers
-from spikformers.layers import set_compact_spikes
+from spikformers.layers import SPARSE_MAX_RATE, set_compact_spikes, set_sparse_spikes
 from spikformers.memory import chunked_forward
 from spikformers.neurons import LIF, TernaryNeuron
 
 MODEL = "spikformer_4_384_cifar"
 
 
+# (compact saved spike inputs, event-driven linears) per variant; the reference is the library before this work:
+# per-step loops and plain (float-saving, dense) layers
+LAYERS = {"fused": (True, True), "fused_dense": (True, False), "fused_plain_layers": (False, False),
+          "reference": (False, False), "neuron_floor": (True, False)}
+
+
 @contextlib.contextmanager
 def layers_as(variant: str):
-    """The reference variant is the library before this work: per-step loops and plain (float-saving) layers."""
-    previous = set_compact_spikes(variant != "reference" and variant != "fused_plain_layers")
+    """Set the layer options of ``variant`` (see :data:`LAYERS`) for the duration of the block."""
+    compact, sparse = LAYERS[variant]
+    previous = set_compact_spikes(compact), set_sparse_spikes(sparse)
     try:
         yield
     finally:
-        set_compact_spikes(previous)
+        set_compact_spikes(previous[0])
+        set_sparse_spikes(previous[1])
+
+
+class _FloorSpike(torch.autograd.Function):
+    """The cheapest possible neuron: one compare forward, gradient passed straight through (not a real LIF)."""
+
+    @staticmethod
+    def forward(ctx, x):  # type: ignore[override]
+        return (x >= 1.0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        return g
 
 
 def build(backend: str, device: str) -> torch.nn.Module:
-    """The model with every LIF / ternary neuron switched to ``backend``."""
+    """The model with every LIF / ternary neuron switched to ``backend`` (``"floor"``: :class:`_FloorSpike`)."""
     torch.manual_seed(0)
     model = spikformers.create_model(MODEL).to(device)
     for m in model.modules():
         if isinstance(m, (LIF, TernaryNeuron)):
-            m.backend = backend
+            if backend == "floor":
+                m.forward = _FloorSpike.apply
+            else:
+                m.backend = backend
     return model
 
 
@@ -78,6 +101,23 @@ def infer_step(model, x) -> None:
     """One evaluation forward pass."""
     model.eval()
     model(x)
+
+
+@torch.no_grad()
+def firing_rates(model, x) -> dict:
+    """Mean, min and max firing rate over the LIF neurons in one training-mode forward (event-driven layers pay
+    off below ``SPARSE_MAX_RATE``, so the figures above hold for rates like these)."""
+    rates: list[float] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: rates.append(o.float().mean().item()))
+             for m in model.modules() if isinstance(m, LIF)]
+    model.train()
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {"mean": statistics.fmean(rates), "min": min(rates), "max": max(rates), "neurons": len(rates),
+            "sparse_max_rate": SPARSE_MAX_RATE}
 
 
 def saved_bytes(model, x) -> int:
@@ -153,7 +193,8 @@ def memory_report(models: dict, opts: dict, x, y, device: str, infer_T: int, chu
 
 
 def _rss_child(variant: str, backend: str, batch: int, queue) -> None:
-    set_compact_spikes(variant == "fused")
+    set_compact_spikes(LAYERS[variant][0])
+    set_sparse_spikes(LAYERS[variant][1])
     torch.manual_seed(0)
     model = build(backend, "cpu")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -200,6 +241,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rss", action="store_true", help="also run the child-process RSS cross-check (CPU)")
     ap.add_argument("--plain-layers", action="store_true",
                     help="also time the fused model with plain layers (compact spike saving off)")
+    ap.add_argument("--no-floor", action="store_true",
+                    help="skip the neuron-floor model (every neuron a single compare) that bounds any neuron speed-up")
     ap.add_argument("--infer-T", type=int, default=16, help="time steps of the chunked-inference comparison")
     ap.add_argument("--chunk", type=int, default=4, help="chunk length of chunked inference")
     ap.add_argument("--json", default=None)
@@ -207,9 +250,11 @@ def main(argv: list[str] | None = None) -> dict:
     dev = args.device
     x = torch.randn(args.batch, 3, 32, 32, device=dev)
     y = torch.randint(0, 10, (args.batch,), device=dev)
-    variants = {"fused": "auto", "reference": "reference"}
+    variants = {"fused": "auto", "reference": "reference", "fused_dense": "auto"}
     if args.plain_layers:
         variants["fused_plain_layers"] = "auto"
+    if not args.no_floor:
+        variants["neuron_floor"] = "floor"
     models = {k: build(b, dev) for k, b in variants.items()}
     opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
     for k in variants:
@@ -244,10 +289,22 @@ def main(argv: list[str] | None = None) -> dict:
     mb = 2**20
     saved, peak, infer = report["saved_for_backward_bytes"], report["train_peak_bytes"], report["infer_peak_bytes"]
     print(f"\n{MODEL}, T={report['T']}, batch {args.batch}, {dev}, {report['threads']} threads")
-    print(f"{'step':<10}{'fused ms':>10}{'reference ms':>14}{'speed-up':>10}")
-    for s in ("train", "infer"):
-        print(f"{s:<10}{med['fused_' + s] * 1e3:>10.0f}{med['reference_' + s] * 1e3:>14.0f}"
-              f"{med['reference_' + s] / med['fused_' + s]:>10.2f}")
+    report["speedup"] = {k: {s: med[f"reference_{s}"] / med[f"{k}_{s}"] for s in ("train", "infer")} for k in variants}
+    print(f"{'variant':<20}{'train ms':>10}{'speed-up':>10}{'infer ms':>10}{'speed-up':>10}")
+    for k in variants:
+        print(f"{k:<20}{med[k + '_train'] * 1e3:>10.0f}{report['speedup'][k]['train']:>10.2f}"
+              f"{med[k + '_infer'] * 1e3:>10.0f}{report['speedup'][k]['infer']:>10.2f}")
+    print("fused: fused neurons, compact saved spikes, event-driven linears; fused_dense: the same with dense linears")
+    with layers_as("fused"):
+        report["firing_rates"] = fr = firing_rates(models["fused"], x)
+    print(f"firing rates of the {fr['neurons']} LIF layers (this untrained model, this input): mean {fr['mean']:.3f}, "
+          f"min {fr['min']:.3f}, max {fr['max']:.3f}; linears run event-driven up to {SPARSE_MAX_RATE}")
+    if "neuron_floor" in variants:
+        report["neuron_floor_speedup"] = report["speedup"]["neuron_floor"]
+        print(f"neuron floor (every neuron one compare, layers as fused_dense): train "
+              f"{med['neuron_floor_train'] * 1e3:.0f} ms, infer {med['neuron_floor_infer'] * 1e3:.0f} ms; no neuron "
+              f"can make the step faster than reference/floor = {report['neuron_floor_speedup']['train']:.2f}x "
+              f"(train), {report['neuron_floor_speedup']['infer']:.2f}x (infer)")
     if "fused_plain_layers" in variants:
         report["compact_layers_time_ratio"] = {
             s: med[f"fused_{s}"] / med[f"fused_plain_layers_{s}"] for s in ("train", "infer")}

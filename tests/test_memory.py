@@ -73,6 +73,26 @@ def test_pack_roundtrip(shape):
     assert layers.pack_exact(binary).data is p.data  # shared between calls on the same tensor
 
 
+@pytest.mark.skipif(not cpu.available(), reason=f"C++ kernels unavailable: {cpu.error}")
+@pytest.mark.parametrize("n", [1, 7, 8, 513, 4096 + 3, 300_001])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_bit_packing_matches_torch(monkeypatch, n, dtype):
+    gen = torch.Generator().manual_seed(n)
+    x = (torch.rand(n, generator=gen) > 0.7).to(dtype)
+    fast = layers.pack_exact(x)
+    assert fast.form == "bits" and torch.equal(layers.unpack_exact(*fast[:4]), x)
+    monkeypatch.setattr(layers, "_fast", lambda dtype, device: False)
+    slow = layers.pack_exact(x.clone())
+    assert torch.equal(fast.data, slow.data)  # same bit layout, so either side can unpack the other's
+    monkeypatch.undo()
+    for bad in (0, n // 2, n - 1):  # one value that is not 0/1 anywhere: never packed as bits
+        y = x.clone()
+        y[bad] = 2.0
+        assert cpu.pack_bits(y) is None and layers.pack_exact(y).form == "u8"
+        y[bad] = float("nan")
+        assert layers.pack_exact(y).form == "raw"
+
+
 def _spikes(shape, seed=0, scale=1):
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, 2 * scale, shape, generator=gen).float().requires_grad_()
@@ -101,6 +121,41 @@ def test_compact_ops_match_plain(scale):
     assert saved_bytes(lambda: layers.spike_linear(x, w, b)) < saved_bytes(lambda: F.linear(x, w, b))
 
 
+@pytest.mark.skipif(not cpu.available(), reason=f"C++ kernels unavailable: {cpu.error}")
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 2e-5), (torch.float64, 1e-12)])
+@pytest.mark.parametrize("K,N", [(16, 70), (64, 128), (40, 3)])
+def test_event_driven_linear_matches_dense(monkeypatch, dtype, atol, K, N):
+    calls = []
+    for name in ("binary_linear", "binary_linear_wgrad"):
+        real = getattr(cpu, name)
+        monkeypatch.setattr(cpu, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    gen = torch.Generator().manual_seed(K * N)
+    w = torch.randn(N, K, generator=gen, dtype=dtype, requires_grad=True)
+    b = torch.randn(N, generator=gen, dtype=dtype, requires_grad=True)
+    for rate, sparse in ((0.02, True), (0.1, True), (0.5, False)):
+        calls.clear()
+        x = (torch.rand(3, 50, K, generator=gen) < rate).to(dtype).requires_grad_()
+        y = layers.spike_linear(x, w, b)
+        g = torch.randn(y.shape, generator=gen, dtype=dtype)
+        got = torch.autograd.grad(y, (x, w, b), g)
+        want = torch.autograd.grad(F.linear(x, w, b), (x, w, b), g)
+        torch.testing.assert_close(y, F.linear(x, w, b), atol=atol, rtol=0)
+        for a, e in zip(got, want):
+            torch.testing.assert_close(a, e, atol=atol * 10, rtol=0)
+        assert calls == (["binary_linear", "binary_linear_wgrad"] if sparse else [])
+        with torch.no_grad():  # inference takes the same path
+            calls.clear()
+            torch.testing.assert_close(layers.spike_linear(x, w, b), F.linear(x, w, b), atol=atol, rtol=0)
+            assert calls == (["binary_linear"] if sparse else [])
+    previous = layers.set_sparse_spikes(False)
+    try:
+        calls.clear()
+        x = (torch.rand(3, 50, K, generator=gen) < 0.02).to(dtype).requires_grad_()
+        assert torch.equal(layers.spike_linear(x, w, b), F.linear(x, w, b)) and not calls
+    finally:
+        layers.set_sparse_spikes(previous)
+
+
 def test_compact_ops_under_bf16_autocast_match_plain():
     """Under autocast the gradient arrives in bf16 beside float32 weights; compact ops must give plain's grads."""
     x = _spikes((3, 5, 7, 12))
@@ -126,14 +181,18 @@ def test_compact_ops_under_bf16_autocast_match_plain():
 def test_compact_model_same_numbers_less_memory():
     model = spikformer()
     x = torch.randn(2, 3, 16, 16)
-    out1, g1 = grads(model, x)
-    big = saved_bytes(lambda: model(x))
-    previous = layers.set_compact_spikes(False)
+    sparse = layers.set_sparse_spikes(False)  # bit-for-bit equality holds without the event-driven linears
     try:
-        out2, g2 = grads(model, x)
-        plain = saved_bytes(lambda: model(x))
+        out1, g1 = grads(model, x)
+        big = saved_bytes(lambda: model(x))
+        previous = layers.set_compact_spikes(False)
+        try:
+            out2, g2 = grads(model, x)
+            plain = saved_bytes(lambda: model(x))
+        finally:
+            layers.set_compact_spikes(previous)
     finally:
-        layers.set_compact_spikes(previous)
+        layers.set_sparse_spikes(sparse)
     assert torch.equal(out1, out2)
     assert g1.keys() == g2.keys()
     for k in g1:

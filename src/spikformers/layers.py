@@ -6,6 +6,9 @@ Compact saved inputs: the linear, conv, max-pool and attention-product operation
 backward as bits when it holds only 0/1 (spikes), as bytes when it holds small non-negative integers (sums of
 spikes on the residual stream), and as the float tensor otherwise; the check is exact (the input is rebuilt
 bit for bit), so outputs and gradients equal the plain torch ops'. ``set_compact_spikes(False)`` turns it off.
+
+Event-driven linears: on the CPU, :func:`spike_linear` computes sparse spike inputs by addition (see there);
+``set_sparse_spikes(False)`` turns that off and restores bit-for-bit equality with ``F.linear``.
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ from torch.nn import functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .neurons import Neuron, create_neuron
+from .neurons.kernels import cpu as _cpu_kernels
 
 _COMPACT = True
+_SPARSE = True
+SPARSE_MAX_RATE = 0.15  # firing rate up to which the event-driven linear beats the dense product (benchmarks/)
 _BIT_WEIGHTS: dict[torch.device, torch.Tensor] = {}
 _pack_cache: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
@@ -31,6 +37,13 @@ def set_compact_spikes(enabled: bool) -> bool:
     return previous
 
 
+def set_sparse_spikes(enabled: bool) -> bool:
+    """Switch the event-driven CPU linear on or off (see :func:`spike_linear`); returns the previous setting."""
+    global _SPARSE
+    previous, _SPARSE = _SPARSE, bool(enabled)
+    return previous
+
+
 class Packed(NamedTuple):
     """Lossless compact copy of a tensor: ``data`` is bits (``"bits"``), bytes (``"u8"``) or the tensor (``"raw"``)."""
 
@@ -38,6 +51,7 @@ class Packed(NamedTuple):
     form: str
     shape: tuple[int, ...]
     dtype: torch.dtype
+    ones: int = -1  # how many elements are 1, where packing counted them ("bits" from the C++ path)
 
 
 def _weights(device: torch.device) -> torch.Tensor:
@@ -45,6 +59,11 @@ def _weights(device: torch.device) -> torch.Tensor:
     if w is None:
         w = _BIT_WEIGHTS[device] = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=device)
     return w
+
+
+def _fast(dtype: torch.dtype, device: torch.device) -> bool:
+    """True when the compiled CPU bit packing applies (float32/float64 on the CPU, library built)."""
+    return device.type == "cpu" and dtype in (torch.float32, torch.float64) and _cpu_kernels.available()
 
 
 def pack_exact(x: torch.Tensor) -> Packed:
@@ -57,7 +76,11 @@ def pack_exact(x: torch.Tensor) -> Packed:
     if hit is not None and hit[0] == x._version:
         return raw if hit[1] is None else hit[1]
     packed = raw
-    if x.is_floating_point() and x.numel() > 0:
+    if _fast(x.dtype, x.device) and x.is_contiguous():  # one C++ pass checks and packs
+        found = _cpu_kernels.pack_bits(x)
+        if found is not None:
+            packed = Packed(found[0], "bits", tuple(x.shape), x.dtype, found[1])
+    if packed is raw and x.is_floating_point() and x.numel() > 0:
         u = x.to(torch.uint8)
         if torch.equal(u.to(x.dtype), x):
             flat = u.reshape(-1)
@@ -82,6 +105,8 @@ def unpack_exact(data: torch.Tensor, form: str, shape: tuple[int, ...], dtype: t
     n = 1
     for d in shape:
         n *= d
+    if _fast(dtype, data.device):
+        return _cpu_kernels.unpack_bits(data, n, dtype).view(shape)
     shifts = torch.arange(8, dtype=torch.uint8, device=data.device)
     bits = (data[:, None] >> shifts) & 1
     return bits.reshape(-1)[:n].to(dtype).view(shape)
@@ -98,23 +123,54 @@ def _load(ctx: Any, saved: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
     return [unpack_exact(d, *f) for d, f in zip(saved, ctx.forms)]
 
 
+def _event_driven_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the event-driven CPU linear can take ``x`` at all (its firing rate is checked separately).
+
+    Not while a ``TorchFunctionMode`` is active (the energy counter, ``FlopCounterMode``): those watch ``F.linear``.
+    """
+    return (_SPARSE and _fast(x.dtype, x.device) and x.is_contiguous() and x.dim() >= 2 and x.shape[-1] % 8 == 0
+            and weight.dtype == x.dtype and not torch.is_autocast_enabled("cpu")
+            and torch._C._len_torch_function_stack() == 0)
+
+
+def _event_driven(x: torch.Tensor, px: Packed, weight: torch.Tensor) -> bool:
+    """Whether to run the linear on ``x`` by adding the weight columns of the inputs that fired (CPU, sparse spikes)."""
+    return px.form == "bits" and 0 <= px.ones <= SPARSE_MAX_RATE * x.numel() and _event_driven_ok(x, weight)
+
+
+def _binary_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    K = x.shape[-1]
+    y = _cpu_kernels.binary_linear(x.view(-1, K), weight.detach().t().contiguous(),
+                                   None if bias is None else bias.detach())
+    return y.view(*x.shape[:-1], weight.shape[0])
+
+
 class _SpikeLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):  # type: ignore[override]
         (px,) = _save(ctx, x)
         ctx.save_for_backward(px.data, weight)
         ctx.has_bias = bias is not None
-        return F.linear(x, weight, bias)
+        ctx.sparse = _event_driven(x, px, weight)
+        return _binary_linear(x, weight, bias) if ctx.sparse else F.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
         xd, weight = ctx.saved_tensors
+        gx = gw = gb = None
+        g2 = g.reshape(-1, g.shape[-1])
+        if ctx.sparse:  # x stays packed: the weight gradient adds the gradient rows where x fired
+            if ctx.needs_input_grad[0]:
+                gx = g.matmul(weight)
+            if ctx.needs_input_grad[1]:
+                gw = _cpu_kernels.binary_linear_wgrad(xd, g2.contiguous(), weight.shape[1]).t()
+            if ctx.has_bias and ctx.needs_input_grad[2]:
+                gb = g2.sum(0)
+            return gx, gw, gb
         (x,) = _load(ctx, (xd,))
         x, weight = x.to(g.dtype), weight.to(g.dtype)  # under autocast g is bf16/fp16; autograd casts grads back
-        gx = gw = gb = None
         if ctx.needs_input_grad[0]:
             gx = g.matmul(weight)
-        g2 = g.reshape(-1, g.shape[-1])
         if ctx.needs_input_grad[1]:
             gw = g2.t().mm(x.reshape(-1, x.shape[-1]))
         if ctx.has_bias and ctx.needs_input_grad[2]:
@@ -173,15 +229,29 @@ class _SpikeMatmul(torch.autograd.Function):
         return ga, gb
 
 
+def _needs_grad(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def _compact(*tensors: torch.Tensor | None) -> bool:
-    return _COMPACT and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    return _COMPACT and _needs_grad(*tensors)
 
 
 def spike_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear`` (``[..., C_in] -> [..., C_out]``) that keeps a spike / small-integer input compactly."""
-    if not _compact(x, weight, bias):
-        return F.linear(x, weight, bias)
-    return _SpikeLinear.apply(x, weight, bias)
+    """``F.linear`` (``[..., C_in] -> [..., C_out]``) that keeps a spike / small-integer input compactly.
+
+    On the CPU, a float input of sparse spikes (firing rate up to :data:`SPARSE_MAX_RATE`) is computed event-driven:
+    each output row adds the weight columns of the inputs that fired, and the weight gradient adds gradient rows
+    where they fired, which costs the firing rate times the dense product. Results equal the dense ones to float
+    rounding (the sums run in another order), not bit for bit; ``set_sparse_spikes(False)`` turns it off.
+    """
+    if _compact(x, weight, bias):
+        return _SpikeLinear.apply(x, weight, bias)
+    if not _needs_grad(x, weight, bias) and _event_driven_ok(x, weight):  # inference: count the spikes, then pick
+        found = _cpu_kernels.pack_bits(x)
+        if found is not None and found[1] <= SPARSE_MAX_RATE * x.numel():
+            return _binary_linear(x, weight, bias)
+    return F.linear(x, weight, bias)
 
 
 def spike_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride: int = 1,

@@ -52,9 +52,10 @@ class LIF(Neuron):
         detach_reset: do not back-propagate through the reset's dependence on the spike.
         backend: ``"auto"`` (fastest for the device: Triton on CUDA, the C++ kernel on CPU, else eager torch),
             ``"fused"`` (same), ``"cpp"``, ``"triton"``, ``"eager"`` or ``"reference"`` (plain per-step loop).
-        saved: what the fused backends keep for backward: ``"auto"`` (23-bit surrogate + spike bit, 3 bytes per
-            element and step), ``"recompute"`` (nothing new: the input is kept and the membrane rebuilt,
-            fastest), ``"exact"`` (the membrane) or ``"q16"`` (2 bytes, gradients off by ~3e-5).
+        saved: what the fused backends keep for backward: ``"recompute"`` (nothing new: the input is kept and
+            the membrane rebuilt), ``"q24"`` (23-bit surrogate + spike bit, 3 bytes per element and step),
+            ``"exact"`` (the membrane), ``"q16"`` (2 bytes, gradients off by ~3e-5) or ``"auto"`` (recompute
+            on the C++ path, q24 on Triton and eager).
 
     Shape: ``x: [T, ...]`` -> spikes ``[T, ...]`` of the same dtype, values in {0, 1}.
     """

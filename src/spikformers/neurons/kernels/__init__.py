@@ -10,8 +10,11 @@ Paths (all give the same spikes and, to 1e-6, the same gradients as the loops in
 | "reference" | anywhere                       | the plain per-step autograd loop (the oracle)                  |
 | "auto"      | -                              | triton on CUDA, else cpp, else eager (``"fused"`` is an alias) |
 
-Every fused path is one autograd node that saves only what backward needs: spikes as bits and the
-surrogate gradient in 23-bit fixed point (3 bytes per element and step) by default; see :mod:`.common`.
+Every fused path is one autograd node that saves only what backward needs; see :mod:`.common`. By default
+(``saved="auto"``) the C++ path keeps no new state: it holds on to its input and rebuilds the membrane in
+backward (``"recompute"``), which is faster on a CPU than computing and storing the surrogate; the Triton and
+eager paths keep the surrogate in 23-bit fixed point plus the spike bit (3 bytes per element and step,
+``"q24"``), which moves fewer bytes on a GPU. Any path takes any choice.
 """
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ import torch
 
 from .common import KIND_IDS, SAVE_IDS, NeuronParams, saved_shape
 
-SOURCE = Path(__file__).with_name("csrc") / "neurons.cpp"
+CSRC = Path(__file__).with_name("csrc")
+SOURCES = (CSRC / "neurons.cpp", CSRC / "spikes.cpp")  # built into one library; parallel.h is shared
 RECOMPUTES = True  # backward takes the input itself (save "x") and rebuilds the membrane natively
 BASE_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno", "-fno-trapping-math",
               "-ffp-contract=off"]
@@ -59,7 +60,7 @@ def _cpu_id() -> str:
 
 def _compile(compiler: str, flags: list[str], target: Path) -> None:
     tmp = target.with_name(f"{target.stem}.{os.getpid()}.{threading.get_ident()}.tmp.so")
-    cmd = [compiler, *flags, str(SOURCE), "-o", str(tmp)]
+    cmd = [compiler, *flags, *(str(p) for p in SOURCES), "-o", str(tmp)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
@@ -71,7 +72,7 @@ def _build() -> ctypes.CDLL:
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++") or shutil.which("c++")
     if compiler is None:
         raise RuntimeError("no C++ compiler found (looked for $CXX, g++, clang++, c++)")
-    source = SOURCE.read_bytes()
+    source = b"".join(p.read_bytes() for p in (*SOURCES, CSRC / "parallel.h"))
     last: Exception | None = None
     for flags in (BASE_FLAGS + ["-march=native"], BASE_FLAGS):
         key = hashlib.sha256(
@@ -93,6 +94,15 @@ def _build() -> ctypes.CDLL:
         fn = getattr(lib, name)
         fn.argtypes = args
         fn.restype = ctypes.c_int
+    lib.spk_pack_bits.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
+    lib.spk_pack_bits.restype = ctypes.c_int64
+    lib.spk_unpack_bits.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
+    lib.spk_unpack_bits.restype = None
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.spk_binary_linear.argtypes = [ctypes.c_int, ptr, ptr, ptr, ptr, i64, i64, i64, ctypes.c_int]
+    lib.spk_binary_linear.restype = None
+    lib.spk_binary_linear_wgrad.argtypes = [ctypes.c_int, ptr, ptr, ptr, i64, i64, i64, ctypes.c_int]
+    lib.spk_binary_linear_wgrad.restype = None
     return lib
 
 
@@ -178,3 +188,49 @@ def backward(grad: torch.Tensor, saved: torch.Tensor, kind: str, p: NeuronParams
     if rc != 0:
         raise RuntimeError(f"spk_backward: unsupported kind/save combination {kind!r}/{save!r}")
     return grad_x
+
+
+def pack_bits(x: torch.Tensor) -> tuple[torch.Tensor, int] | None:
+    """Bits of contiguous CPU float ``x`` (element ``8b+j`` in bit ``j`` of byte ``b``) and how many are 1;
+    None if not every value is 0 or 1."""
+    lib = library()
+    assert lib is not None
+    n = x.numel()
+    bits = torch.empty((n + 7) // 8, dtype=torch.uint8)
+    ones = lib.spk_pack_bits(int(x.dtype == torch.float64), _ptr(x), n, _ptr(bits), torch.get_num_threads())
+    return None if ones < 0 else (bits, ones)
+
+
+def unpack_bits(bits: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """The ``n`` values (0 or 1, ``dtype`` float32/float64) that :func:`pack_bits` packed into ``bits``."""
+    lib = library()
+    assert lib is not None
+    out = torch.empty(n, dtype=dtype)
+    lib.spk_unpack_bits(int(dtype == torch.float64), _ptr(bits), n, _ptr(out), torch.get_num_threads())
+    return out
+
+
+def binary_linear(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ weight_t + bias`` for contiguous ``x: [M, K]`` holding only 0/1, ``weight_t: [K, N]`` contiguous.
+
+    Adds the rows of ``weight_t`` whose input fired, so it costs (firing rate) x the dense product.
+    """
+    lib = library()
+    assert lib is not None
+    M, K = x.shape
+    N = weight_t.shape[1]
+    y = torch.empty(M, N, dtype=x.dtype)
+    lib.spk_binary_linear(int(x.dtype == torch.float64), _ptr(x), _ptr(weight_t), _ptr(bias), _ptr(y), M, K, N,
+                          torch.get_num_threads())
+    return y
+
+
+def binary_linear_wgrad(bits: torch.Tensor, g: torch.Tensor, K: int) -> torch.Tensor:
+    """``x^T @ g`` (``[K, N]``) for ``x: [M, K]`` packed as ``bits`` (K a multiple of 8), contiguous ``g: [M, N]``."""
+    lib = library()
+    assert lib is not None
+    M, N = g.shape
+    out = torch.empty(K, N, dtype=g.dtype)
+    lib.spk_binary_linear_wgrad(int(g.dtype == torch.float64), _ptr(bits), _ptr(g), _ptr(out), M, K, N,
+                                torch.get_num_threads())
+    return out

@@ -111,6 +111,8 @@ def run_neuron(
                 "carrying the membrane between calls (v_init / return_v) is inference-only on the fused backends; "
                 "run under torch.no_grad() or use backend='reference'"
             )
+        if saved == "auto" and getattr(impl, "RECOMPUTES", False):
+            saved = "recompute"  # C++: rebuilding the membrane is cheaper than storing the surrogate
         save = choose_save(kind, compute, params.detach_reset, saved)
         out = NeuronFunction.apply(xc, kind, params, save, impl)
         return out if out.dtype == x.dtype else out.to(x.dtype)

@@ -18,6 +18,8 @@
 #include <thread>
 #include <vector>
 
+#include "parallel.h"
+
 namespace {
 
 enum Kind { LIF = 0, TERNARY_LIF = 1, TERNARY_GUO = 2 };
@@ -292,31 +294,10 @@ void backward_range(const S* gs, S* gx, const uint8_t* planes, const S* hsave, i
     }
 }
 
-template <typename F>
-void parallel(int64_t N, int64_t T, int nthreads, F fn) {
-    int64_t work = N * T;
-    int64_t max_threads = work / 65536 + 1;
-    int64_t nt = nthreads < 1 ? 1 : nthreads;
-    if (nt > max_threads) nt = max_threads;
-    if (nt > N / 64 + 1) nt = N / 64 + 1;
-    if (nt <= 1) {
-        fn(0, N);
-        return;
-    }
-    int64_t chunk = ((N + nt - 1) / nt + 63) / 64 * 64;
-    std::vector<std::thread> pool;
-    for (int64_t k = 1; k < nt; ++k) {
-        int64_t b = k * chunk, e = b + chunk < N ? b + chunk : N;
-        if (b < e) pool.emplace_back(fn, b, e);
-    }
-    fn(0, chunk < N ? chunk : N);
-    for (auto& th : pool) th.join();
-}
-
 template <typename S, int KIND, int SAVE>
 void forward_t(const S* x, S* out, uint8_t* planes, S* hsave, const S* v_init, S* v_final, int64_t T, int64_t N,
                const Params& p, int nt) {
-    parallel(N, T, nt, [&](int64_t b, int64_t e) {
+    spk::parallel(N, T, nt, [&](int64_t b, int64_t e) {
         forward_range<S, KIND, SAVE>(x, out, planes, hsave, v_init, v_final, T, N, p, b, e);
     });
 }
@@ -324,7 +305,7 @@ void forward_t(const S* x, S* out, uint8_t* planes, S* hsave, const S* v_init, S
 template <typename S, int KIND, int SAVE>
 void backward_t(const S* gs, S* gx, const uint8_t* planes, const S* hsave, int64_t T, int64_t N, const Params& p,
                 int nt) {
-    parallel(N, T, nt, [&](int64_t b, int64_t e) {
+    spk::parallel(N, T, nt, [&](int64_t b, int64_t e) {
         backward_range<S, KIND, SAVE>(gs, gx, planes, hsave, T, N, p, b, e);
     });
 }
