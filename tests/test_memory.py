@@ -126,15 +126,16 @@ def test_compact_ops_match_plain(scale):
 @pytest.mark.parametrize("K,N", [(16, 70), (64, 128), (40, 3)])
 def test_event_driven_linear_matches_dense(monkeypatch, dtype, atol, K, N):
     calls = []
-    for name in ("binary_linear", "binary_linear_wgrad"):
+    for name in ("sparse_linear", "sparse_linear_wgrad"):
         real = getattr(cpu, name)
         monkeypatch.setattr(cpu, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
     gen = torch.Generator().manual_seed(K * N)
     w = torch.randn(N, K, generator=gen, dtype=dtype, requires_grad=True)
     b = torch.randn(N, generator=gen, dtype=dtype, requires_grad=True)
-    for rate, sparse in ((0.02, True), (0.1, True), (0.5, False)):
-        calls.clear()
-        x = (torch.rand(3, 50, K, generator=gen) < rate).to(dtype).requires_grad_()
+    for rate, sparse, top in ((0.02, True, 1), (0.1, True, 1), (0.05, True, 4), (0.5, False, 1)):
+        calls.clear()  # top > 1: spike counts (a residual stream), kept as bytes
+        x = (torch.rand(3, 50, K, generator=gen) < rate) * torch.randint(1, top + 1, (3, 50, K), generator=gen)
+        x = x.to(dtype).requires_grad_()
         y = layers.spike_linear(x, w, b)
         g = torch.randn(y.shape, generator=gen, dtype=dtype)
         got = torch.autograd.grad(y, (x, w, b), g)
@@ -142,11 +143,11 @@ def test_event_driven_linear_matches_dense(monkeypatch, dtype, atol, K, N):
         torch.testing.assert_close(y, F.linear(x, w, b), atol=atol, rtol=0)
         for a, e in zip(got, want):
             torch.testing.assert_close(a, e, atol=atol * 10, rtol=0)
-        assert calls == (["binary_linear", "binary_linear_wgrad"] if sparse else [])
+        assert calls == (["sparse_linear", "sparse_linear_wgrad"] if sparse else [])
         with torch.no_grad():  # inference takes the same path
             calls.clear()
             torch.testing.assert_close(layers.spike_linear(x, w, b), F.linear(x, w, b), atol=atol, rtol=0)
-            assert calls == (["binary_linear"] if sparse else [])
+            assert calls == (["sparse_linear"] if sparse else [])
     previous = layers.set_sparse_spikes(False)
     try:
         calls.clear()

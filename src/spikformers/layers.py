@@ -51,7 +51,7 @@ class Packed(NamedTuple):
     form: str
     shape: tuple[int, ...]
     dtype: torch.dtype
-    ones: int = -1  # how many elements are 1, where packing counted them ("bits" from the C++ path)
+    nonzero: int = -1  # how many elements are not zero, where packing counted them (the C++ path)
 
 
 def _weights(device: torch.device) -> torch.Tensor:
@@ -76,10 +76,15 @@ def pack_exact(x: torch.Tensor) -> Packed:
     if hit is not None and hit[0] == x._version:
         return raw if hit[1] is None else hit[1]
     packed = raw
-    if _fast(x.dtype, x.device) and x.is_contiguous():  # one C++ pass checks and packs
-        found = _cpu_kernels.pack_bits(x)
-        if found is not None:
-            packed = Packed(found[0], "bits", tuple(x.shape), x.dtype, found[1])
+    if _fast(x.dtype, x.device) and x.is_contiguous():  # one C++ pass per format checks, packs and counts
+        for form, pack in (("bits", _cpu_kernels.pack_bits), ("u8", _cpu_kernels.pack_u8)):
+            found = pack(x)
+            if found is not None:
+                packed = Packed(found[0], form, tuple(x.shape), x.dtype, found[1])
+                break
+        else:
+            _pack_cache[x] = (x._version, None)
+            return raw
     if packed is raw and x.is_floating_point() and x.numel() > 0:
         u = x.to(torch.uint8)
         if torch.equal(u.to(x.dtype), x):
@@ -101,7 +106,7 @@ def unpack_exact(data: torch.Tensor, form: str, shape: tuple[int, ...], dtype: t
     if form == "raw":
         return data
     if form == "u8":
-        return data.to(dtype)
+        return data.to(dtype).reshape(shape)
     n = 1
     for d in shape:
         n *= d
@@ -124,7 +129,7 @@ def _load(ctx: Any, saved: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
 
 
 def _event_driven_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether the event-driven CPU linear can take ``x`` at all (its firing rate is checked separately).
+    """Whether the event-driven CPU linear can take ``x`` at all (how sparse it is gets checked separately).
 
     Not while a ``TorchFunctionMode`` is active (the energy counter, ``FlopCounterMode``): those watch ``F.linear``.
     """
@@ -134,13 +139,14 @@ def _event_driven_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def _event_driven(x: torch.Tensor, px: Packed, weight: torch.Tensor) -> bool:
-    """Whether to run the linear on ``x`` by adding the weight columns of the inputs that fired (CPU, sparse spikes)."""
-    return px.form == "bits" and 0 <= px.ones <= SPARSE_MAX_RATE * x.numel() and _event_driven_ok(x, weight)
+    """Whether to run the linear on ``x`` by adding the weight columns of its non-zero inputs (CPU, sparse spikes)."""
+    return (px.form in ("bits", "u8") and 0 <= px.nonzero <= SPARSE_MAX_RATE * x.numel()
+            and _event_driven_ok(x, weight))
 
 
-def _binary_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def _sparse_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     K = x.shape[-1]
-    y = _cpu_kernels.binary_linear(x.view(-1, K), weight.detach().t().contiguous(),
+    y = _cpu_kernels.sparse_linear(x.view(-1, K), weight.detach().t().contiguous(),
                                    None if bias is None else bias.detach())
     return y.view(*x.shape[:-1], weight.shape[0])
 
@@ -152,18 +158,18 @@ class _SpikeLinear(torch.autograd.Function):
         ctx.save_for_backward(px.data, weight)
         ctx.has_bias = bias is not None
         ctx.sparse = _event_driven(x, px, weight)
-        return _binary_linear(x, weight, bias) if ctx.sparse else F.linear(x, weight, bias)
+        return _sparse_linear(x, weight, bias) if ctx.sparse else F.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
         xd, weight = ctx.saved_tensors
         gx = gw = gb = None
         g2 = g.reshape(-1, g.shape[-1])
-        if ctx.sparse:  # x stays packed: the weight gradient adds the gradient rows where x fired
+        if ctx.sparse:  # x stays packed: the weight gradient adds the gradient rows where x is not zero
             if ctx.needs_input_grad[0]:
                 gx = g.matmul(weight)
             if ctx.needs_input_grad[1]:
-                gw = _cpu_kernels.binary_linear_wgrad(xd, g2.contiguous(), weight.shape[1]).t()
+                gw = _cpu_kernels.sparse_linear_wgrad(xd, ctx.forms[0][0], g2.contiguous(), weight.shape[1]).t()
             if ctx.has_bias and ctx.needs_input_grad[2]:
                 gb = g2.sum(0)
             return gx, gw, gb
@@ -240,17 +246,18 @@ def _compact(*tensors: torch.Tensor | None) -> bool:
 def spike_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear`` (``[..., C_in] -> [..., C_out]``) that keeps a spike / small-integer input compactly.
 
-    On the CPU, a float input of sparse spikes (firing rate up to :data:`SPARSE_MAX_RATE`) is computed event-driven:
-    each output row adds the weight columns of the inputs that fired, and the weight gradient adds gradient rows
-    where they fired, which costs the firing rate times the dense product. Results equal the dense ones to float
-    rounding (the sums run in another order), not bit for bit; ``set_sparse_spikes(False)`` turns it off.
+    On the CPU, a float input of sparse spikes or spike counts (at most :data:`SPARSE_MAX_RATE` of it not zero) is
+    computed event-driven: each output row adds the weight columns of the non-zero inputs, and the weight gradient
+    adds gradient rows where they are not zero, which costs that fraction of the dense product. Results equal the
+    dense ones to float rounding (the sums run in another order), not bit for bit; ``set_sparse_spikes(False)``
+    turns it off.
     """
     if _compact(x, weight, bias):
         return _SpikeLinear.apply(x, weight, bias)
     if not _needs_grad(x, weight, bias) and _event_driven_ok(x, weight):  # inference: count the spikes, then pick
-        found = _cpu_kernels.pack_bits(x)
+        found = _cpu_kernels.pack_bits(x) or _cpu_kernels.pack_u8(x)
         if found is not None and found[1] <= SPARSE_MAX_RATE * x.numel():
-            return _binary_linear(x, weight, bias)
+            return _sparse_linear(x, weight, bias)
     return F.linear(x, weight, bias)
 
 

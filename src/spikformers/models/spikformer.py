@@ -52,7 +52,7 @@ class SPS(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stages(x)
         x = self.rpe_neuron(self.rpe(x)) + x
-        return x.flatten(3).transpose(2, 3)  # [T, B, D, H, W] -> [T, B, N, D]
+        return x.flatten(3).transpose(2, 3).contiguous()  # [T, B, D, H, W] -> [T, B, N, D], token rows contiguous
 
 
 class Block(nn.Module):

@@ -94,15 +94,16 @@ def _build() -> ctypes.CDLL:
         fn = getattr(lib, name)
         fn.argtypes = args
         fn.restype = ctypes.c_int
-    lib.spk_pack_bits.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
-    lib.spk_pack_bits.restype = ctypes.c_int64
-    lib.spk_unpack_bits.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
-    lib.spk_unpack_bits.restype = None
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.spk_binary_linear.argtypes = [ctypes.c_int, ptr, ptr, ptr, ptr, i64, i64, i64, ctypes.c_int]
-    lib.spk_binary_linear.restype = None
-    lib.spk_binary_linear_wgrad.argtypes = [ctypes.c_int, ptr, ptr, ptr, i64, i64, i64, ctypes.c_int]
-    lib.spk_binary_linear_wgrad.restype = None
+    i64, ptr, i32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+    for name, args, res in (
+        ("spk_pack_bits", [i32, ptr, i64, ptr, i32], i64),
+        ("spk_pack_u8", [i32, ptr, i64, ptr, i32], i64),
+        ("spk_unpack_bits", [i32, ptr, i64, ptr, i32], None),
+        ("spk_sparse_linear", [i32, ptr, ptr, ptr, ptr, i64, i64, i64, i32], None),
+        ("spk_sparse_linear_wgrad", [i32, i32, ptr, ptr, ptr, i64, i64, i64, i32], None),
+    ):
+        getattr(lib, name).argtypes = args
+        getattr(lib, name).restype = res
     return lib
 
 
@@ -190,15 +191,24 @@ def backward(grad: torch.Tensor, saved: torch.Tensor, kind: str, p: NeuronParams
     return grad_x
 
 
+def _pack(x: torch.Tensor, fn: str, size: int) -> tuple[torch.Tensor, int] | None:
+    lib = library()
+    assert lib is not None
+    out = torch.empty(size, dtype=torch.uint8)
+    nonzero = getattr(lib, fn)(int(x.dtype == torch.float64), _ptr(x), x.numel(), _ptr(out), torch.get_num_threads())
+    return None if nonzero < 0 else (out, nonzero)
+
+
 def pack_bits(x: torch.Tensor) -> tuple[torch.Tensor, int] | None:
     """Bits of contiguous CPU float ``x`` (element ``8b+j`` in bit ``j`` of byte ``b``) and how many are 1;
     None if not every value is 0 or 1."""
-    lib = library()
-    assert lib is not None
-    n = x.numel()
-    bits = torch.empty((n + 7) // 8, dtype=torch.uint8)
-    ones = lib.spk_pack_bits(int(x.dtype == torch.float64), _ptr(x), n, _ptr(bits), torch.get_num_threads())
-    return None if ones < 0 else (bits, ones)
+    return _pack(x, "spk_pack_bits", (x.numel() + 7) // 8)
+
+
+def pack_u8(x: torch.Tensor) -> tuple[torch.Tensor, int] | None:
+    """Bytes of contiguous CPU float ``x`` and how many are not zero; None if not every value is an integer in
+    [0, 255]."""
+    return _pack(x, "spk_pack_u8", x.numel())
 
 
 def unpack_bits(bits: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
@@ -210,27 +220,29 @@ def unpack_bits(bits: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
     return out
 
 
-def binary_linear(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``x @ weight_t + bias`` for contiguous ``x: [M, K]`` holding only 0/1, ``weight_t: [K, N]`` contiguous.
+def sparse_linear(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ weight_t + bias`` for contiguous ``x: [M, K]`` that is mostly zeros and contiguous ``weight_t: [K, N]``.
 
-    Adds the rows of ``weight_t`` whose input fired, so it costs (firing rate) x the dense product.
+    Each output row adds the rows of ``weight_t`` where ``x`` is not zero (times that value), so it costs the
+    fraction of non-zeros times the dense product.
     """
     lib = library()
     assert lib is not None
     M, K = x.shape
     N = weight_t.shape[1]
     y = torch.empty(M, N, dtype=x.dtype)
-    lib.spk_binary_linear(int(x.dtype == torch.float64), _ptr(x), _ptr(weight_t), _ptr(bias), _ptr(y), M, K, N,
+    lib.spk_sparse_linear(int(x.dtype == torch.float64), _ptr(x), _ptr(weight_t), _ptr(bias), _ptr(y), M, K, N,
                           torch.get_num_threads())
     return y
 
 
-def binary_linear_wgrad(bits: torch.Tensor, g: torch.Tensor, K: int) -> torch.Tensor:
-    """``x^T @ g`` (``[K, N]``) for ``x: [M, K]`` packed as ``bits`` (K a multiple of 8), contiguous ``g: [M, N]``."""
+def sparse_linear_wgrad(data: torch.Tensor, form: str, g: torch.Tensor, K: int) -> torch.Tensor:
+    """``x^T @ g`` (``[K, N]``) for ``x: [M, K]`` packed as ``"bits"`` (K a multiple of 8) or ``"u8"``; ``g: [M, N]``.
+    """
     lib = library()
     assert lib is not None
     M, N = g.shape
     out = torch.empty(K, N, dtype=g.dtype)
-    lib.spk_binary_linear_wgrad(int(g.dtype == torch.float64), _ptr(bits), _ptr(g), _ptr(out), M, K, N,
-                                torch.get_num_threads())
+    lib.spk_sparse_linear_wgrad(int(g.dtype == torch.float64), 0 if form == "bits" else 1, _ptr(data), _ptr(g),
+                                _ptr(out), M, K, N, torch.get_num_threads())
     return out

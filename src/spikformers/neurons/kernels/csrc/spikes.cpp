@@ -1,10 +1,13 @@
-// Spike tensors on the CPU: bit packing for the layers' compact saved inputs, and linear layers whose input is
-// binary (spikes), computed by adding the weight rows of the inputs that fired instead of a dense product.
+// Spike tensors on the CPU: compact packing for the layers' saved inputs, and event-driven linear layers whose
+// input is mostly zeros (spikes, or the small integer spike counts of a residual stream): each output row adds
+// the weight columns of the inputs that are not zero, instead of a dense product.
 //
 // Built together with neurons.cpp by spikformers/neurons/kernels/cpu.py. All arrays are contiguous row-major.
 // Packed bits: byte b holds elements 8b..8b+7, element 8b+j in bit j (the layout torch code in layers.py uses).
+// Packed bytes ("u8"): one byte per element, for inputs that are integers in [0, 255].
 
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -13,67 +16,68 @@
 
 namespace {
 
-// Packing checks in the same pass that every value is 0
-// or 1 and gives up (returns 1) at the first chunk that is not, so a non-spike tensor costs little.
-constexpr int64_t PACK_CHUNK = 64;  // bytes per chunk: 512 elements
+// ---------------------------------------------------------------------------------------------- packing
+// Packing checks in the same pass that every value fits the format and gives up at the first chunk that does not,
+// so a tensor of another kind costs little. It also counts the non-zero values (the firing rate).
+constexpr int64_t PACK_CHUNK = 64;  // bytes of bits per chunk: 512 elements
 
 template <typename S>
-void pack_range(const S* __restrict x, int64_t n, uint8_t* __restrict bits, int64_t begin, int64_t end,
-                std::atomic<int>& bad, std::atomic<int64_t>& ones) {
+void pack_bits_range(const S* __restrict x, int64_t n, uint8_t* __restrict bits, int64_t begin, int64_t end,
+                     std::atomic<int>& bad, std::atomic<int64_t>& nonzero) {
     int64_t count = 0;
     for (int64_t c0 = begin; c0 < end; c0 += PACK_CHUNK) {
         if (bad.load(std::memory_order_relaxed)) break;
         const int64_t c1 = c0 + PACK_CHUNK < end ? c0 + PACK_CHUNK : end;
         int32_t ok = 1;
-        if (c1 * 8 <= n) {
-            for (int64_t b = c0; b < c1; ++b) {
-                const S* __restrict xb = x + 8 * b;
-                uint32_t byte = 0;
-                for (int j = 0; j < 8; ++j) {
-                    S v = xb[j];
-                    ok &= (v == S(0)) | (v == S(1));
-                    byte |= static_cast<uint32_t>(v == S(1)) << j;
-                }
-                bits[b] = static_cast<uint8_t>(byte);
+        for (int64_t b = c0; b < c1; ++b) {
+            const int64_t jn = 8 * b + 8 <= n ? 8 : n - 8 * b;
+            uint32_t byte = 0;
+            for (int64_t j = 0; j < jn; ++j) {
+                S v = x[8 * b + j];
+                ok &= (v == S(0)) | (v == S(1));
+                byte |= static_cast<uint32_t>(v == S(1)) << j;
             }
-        } else {  // the last, partial byte
-            for (int64_t b = c0; b < c1; ++b) {
-                uint32_t byte = 0;
-                for (int64_t j = 0; j < 8 && 8 * b + j < n; ++j) {
-                    S v = x[8 * b + j];
-                    ok &= (v == S(0)) | (v == S(1));
-                    byte |= static_cast<uint32_t>(v == S(1)) << j;
-                }
-                bits[b] = static_cast<uint8_t>(byte);
-            }
+            bits[b] = static_cast<uint8_t>(byte);
+            count += __builtin_popcount(byte);
         }
         if (!ok) bad.store(1, std::memory_order_relaxed);
-        for (int64_t b = c0; b < c1; ++b) count += __builtin_popcount(bits[b]);
     }
-    ones.fetch_add(count, std::memory_order_relaxed);
+    nonzero.fetch_add(count, std::memory_order_relaxed);
 }
 
 template <typename S>
-void unpack_range(const uint8_t* __restrict bits, int64_t n, S* __restrict out, int64_t begin, int64_t end) {
+void pack_u8_range(const S* __restrict x, uint8_t* __restrict out, int64_t begin, int64_t end, std::atomic<int>& bad,
+                   std::atomic<int64_t>& nonzero) {
+    int64_t count = 0;
+    for (int64_t c0 = begin; c0 < end; c0 += 8 * PACK_CHUNK) {
+        if (bad.load(std::memory_order_relaxed)) break;
+        const int64_t c1 = c0 + 8 * PACK_CHUNK < end ? c0 + 8 * PACK_CHUNK : end;
+        int32_t ok = 1;
+        for (int64_t i = c0; i < c1; ++i) {
+            S v = x[i];
+            S c = v < S(0) ? S(0) : (v > S(255) ? S(255) : v);  // NaN fails the equality below
+            uint8_t u = static_cast<uint8_t>(c);
+            ok &= static_cast<S>(u) == v;
+            out[i] = u;
+            count += u != 0;
+        }
+        if (!ok) bad.store(1, std::memory_order_relaxed);
+    }
+    nonzero.fetch_add(count, std::memory_order_relaxed);
+}
+
+template <typename S>
+void unpack_bits_range(const uint8_t* __restrict bits, int64_t n, S* __restrict out, int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
         const uint32_t byte = bits[b];
-        if (8 * b + 8 <= n) {
-            for (int j = 0; j < 8; ++j) out[8 * b + j] = static_cast<S>((byte >> j) & 1u);
-        } else {
-            for (int64_t j = 0; 8 * b + j < n; ++j) out[8 * b + j] = static_cast<S>((byte >> j) & 1u);
-        }
+        const int64_t jn = 8 * b + 8 <= n ? 8 : n - 8 * b;
+        for (int64_t j = 0; j < jn; ++j) out[8 * b + j] = static_cast<S>((byte >> j) & 1u);
     }
 }
 
-template <typename F>
-void parallel_bytes(int64_t nbytes, int nthreads, F fn) {
-    // same splitting rule as the neuron kernels, on bytes of packed output (8 elements each)
-    spk::parallel(nbytes, 8, nthreads, fn);
-}
-
-
+// ----------------------------------------------------------------------------------- event-driven linear
 // Each output row block of TILE columns is accumulated in registers (GCC/Clang vector extensions: 64-byte
-// vectors, split by the compiler where the CPU has narrower ones) while the weight columns it reads stay in L2.
+// vectors, split by the compiler where the CPU has narrower ones) while the weight panel it reads stays in L2.
 template <typename S>
 struct Vec {
     typedef S type __attribute__((vector_size(64)));
@@ -81,31 +85,46 @@ struct Vec {
 };
 constexpr int VECS = 4;  // vectors per tile: 64 float or 32 double columns
 
-// The k where row m of a binary [M, K] matrix is 1, for rows [m0, m1), as CSR: offsets (m1 - m0 + 1) and indices.
+// The non-zero entries of rows of a [M, K] matrix as CSR: offsets (rows + 1), column indices and values.
 template <typename S>
-void active_from_values(const S* x, int64_t K, int64_t m0, int64_t m1, std::vector<int64_t>& off,
-                        std::vector<int32_t>& idx) {
-    off.assign(1, 0);
-    idx.clear();
+struct Csr {
+    std::vector<int64_t> off{0};
+    std::vector<int32_t> idx;
+    std::vector<S> val;
+    void add(int64_t k, S v) {
+        idx.push_back(static_cast<int32_t>(k));
+        val.push_back(v);
+    }
+    void end_row() { off.push_back(static_cast<int64_t>(idx.size())); }
+};
+
+template <typename S>
+void csr_from_values(const S* x, int64_t K, int64_t m0, int64_t m1, Csr<S>& a) {
     for (int64_t m = m0; m < m1; ++m) {
         const S* __restrict row = x + m * K;
         for (int64_t k = 0; k < K; ++k)
-            if (row[k] != S(0)) idx.push_back(static_cast<int32_t>(k));
-        off.push_back(static_cast<int64_t>(idx.size()));
+            if (row[k] != S(0)) a.add(k, row[k]);
+        a.end_row();
     }
 }
 
-// The same from packed bits (K a multiple of 8, so every row starts on a byte).
-void active_from_bits(const uint8_t* bits, int64_t M, int64_t K, std::vector<int64_t>& off, std::vector<int32_t>& idx) {
-    off.assign(1, 0);
-    idx.clear();
+template <typename S>
+void csr_from_bits(const uint8_t* bits, int64_t M, int64_t K, Csr<S>& a) {  // K a multiple of 8
     for (int64_t m = 0; m < M; ++m) {
         const uint8_t* row = bits + m * (K / 8);
-        for (int64_t b = 0; b < K / 8; ++b) {
-            for (uint32_t byte = row[b]; byte; byte &= byte - 1)
-                idx.push_back(static_cast<int32_t>(8 * b + __builtin_ctz(byte)));
-        }
-        off.push_back(static_cast<int64_t>(idx.size()));
+        for (int64_t b = 0; b < K / 8; ++b)
+            for (uint32_t byte = row[b]; byte; byte &= byte - 1) a.add(8 * b + __builtin_ctz(byte), S(1));
+        a.end_row();
+    }
+}
+
+template <typename S>
+void csr_from_u8(const uint8_t* u8, int64_t M, int64_t K, Csr<S>& a) {
+    for (int64_t m = 0; m < M; ++m) {
+        const uint8_t* row = u8 + m * K;
+        for (int64_t k = 0; k < K; ++k)
+            if (row[k]) a.add(k, static_cast<S>(row[k]));
+        a.end_row();
     }
 }
 
@@ -121,8 +140,8 @@ inline void store(S* p, typename Vec<S>::type v) {
     std::memcpy(p, &v, sizeof(v));
 }
 
-// Columns [n0, n0 + TILE) of wt [K, N] copied into one contiguous [K, TILE] panel, so that the rows a tile
-// reads are packed together in cache instead of N apart.
+// Columns [t * TILE, (t + 1) * TILE) of wt [K, N] as contiguous [K, TILE] panels, so that the rows one tile reads
+// sit together in cache instead of N apart.
 template <typename S>
 std::vector<S> panels(const S* wt, int64_t K, int64_t N, int64_t tile) {
     const int64_t tiles = N / tile;
@@ -132,16 +151,15 @@ std::vector<S> panels(const S* wt, int64_t K, int64_t N, int64_t tile) {
     return out;
 }
 
-// y[m, :] = bias + sum over the k where x[m, k] = 1 of wt[k, :], for rows [m0, m1). wt is the weight transposed,
-// [K, N]; panel holds its full tiles (see panels()).
+// y[m, :] = bias + sum over the non-zero x[m, k] of x[m, k] * wt[k, :], for rows [m0, m1). wt: the weight
+// transposed, [K, N]; panel: its full tiles (see panels()).
 template <typename S>
-void binary_linear_rows(const S* x, const S* wt, const S* panel, const S* bias, S* y, int64_t K, int64_t N, int64_t m0,
+void sparse_linear_rows(const S* x, const S* wt, const S* panel, const S* bias, S* y, int64_t K, int64_t N, int64_t m0,
                         int64_t m1) {
     using V = typename Vec<S>::type;
     constexpr int64_t L = Vec<S>::lanes, TILE = VECS * L;
-    std::vector<int64_t> off;
-    std::vector<int32_t> idx;
-    active_from_values(x, K, m0, m1, off, idx);
+    Csr<S> a;
+    csr_from_values(x, K, m0, m1, a);
     const int64_t n_full = N / TILE * TILE;
     for (int64_t n0 = 0; n0 < n_full; n0 += TILE) {
         const S* tile = panel + n0 * K;  // [K, TILE]
@@ -150,9 +168,10 @@ void binary_linear_rows(const S* x, const S* wt, const S* panel, const S* bias, 
         for (int64_t m = m0; m < m1; ++m) {
             V acc[VECS];
             for (int v = 0; v < VECS; ++v) acc[v] = b[v];
-            for (int64_t a = off[m - m0]; a < off[m - m0 + 1]; ++a) {
-                const S* w = tile + static_cast<int64_t>(idx[a]) * TILE;
-                for (int v = 0; v < VECS; ++v) acc[v] += load(w + v * L);
+            for (int64_t e = a.off[m - m0]; e < a.off[m - m0 + 1]; ++e) {
+                const S* w = tile + static_cast<int64_t>(a.idx[e]) * TILE;
+                const S s = a.val[e];
+                for (int v = 0; v < VECS; ++v) acc[v] += s * load(w + v * L);
             }
             for (int v = 0; v < VECS; ++v) store(y + m * N + n0 + v * L, acc[v]);
         }
@@ -160,16 +179,17 @@ void binary_linear_rows(const S* x, const S* wt, const S* panel, const S* bias, 
     for (int64_t m = m0; m < m1 && n_full < N; ++m) {  // the last columns, fewer than a tile
         for (int64_t j = n_full; j < N; ++j) {
             S acc = bias ? bias[j] : S(0);
-            for (int64_t a = off[m - m0]; a < off[m - m0 + 1]; ++a) acc += wt[static_cast<int64_t>(idx[a]) * N + j];
+            for (int64_t e = a.off[m - m0]; e < a.off[m - m0 + 1]; ++e)
+                acc += a.val[e] * wt[static_cast<int64_t>(a.idx[e]) * N + j];
             y[m * N + j] = acc;
         }
     }
 }
 
-// gwt[k, n0:n1] = sum over the rows m with x[m, k] = 1 of g[m, n0:n1] (the weight gradient, transposed).
+// gwt[k, n0:n1] = sum over the non-zero x[m, k] of x[m, k] * g[m, n0:n1] (the weight gradient, transposed).
 template <typename S>
-void binary_linear_wgrad_cols(const std::vector<int64_t>& off, const std::vector<int32_t>& idx, const S* g, S* gwt,
-                              int64_t M, int64_t K, int64_t N, int64_t n0, int64_t n1) {
+void sparse_linear_wgrad_cols(const Csr<S>& a, const S* g, S* gwt, int64_t M, int64_t K, int64_t N, int64_t n0,
+                              int64_t n1) {
     using V = typename Vec<S>::type;
     constexpr int64_t L = Vec<S>::lanes, TILE = VECS * L;
     for (int64_t k = 0; k < K; ++k) std::memset(gwt + k * N + n0, 0, (n1 - n0) * sizeof(S));
@@ -178,18 +198,38 @@ void binary_linear_wgrad_cols(const std::vector<int64_t>& off, const std::vector
         for (int64_t m = 0; m < M; ++m) {
             V gm[VECS];
             for (int v = 0; v < VECS; ++v) gm[v] = load(g + m * N + c0 + v * L);
-            for (int64_t a = off[m]; a < off[m + 1]; ++a) {
-                S* out = gwt + static_cast<int64_t>(idx[a]) * N + c0;
-                for (int v = 0; v < VECS; ++v) store(out + v * L, load(out + v * L) + gm[v]);
+            for (int64_t e = a.off[m]; e < a.off[m + 1]; ++e) {
+                S* out = gwt + static_cast<int64_t>(a.idx[e]) * N + c0;
+                const S s = a.val[e];
+                for (int v = 0; v < VECS; ++v) store(out + v * L, load(out + v * L) + s * gm[v]);
             }
         }
     }
     for (int64_t m = 0; m < M && c0 < n1; ++m) {
-        for (int64_t a = off[m]; a < off[m + 1]; ++a) {
-            S* out = gwt + static_cast<int64_t>(idx[a]) * N;
-            for (int64_t j = c0; j < n1; ++j) out[j] += g[m * N + j];
+        for (int64_t e = a.off[m]; e < a.off[m + 1]; ++e) {
+            S* out = gwt + static_cast<int64_t>(a.idx[e]) * N;
+            for (int64_t j = c0; j < n1; ++j) out[j] += a.val[e] * g[m * N + j];
         }
     }
+}
+
+template <typename S>
+void sparse_linear(const S* x, const S* wt, const S* bias, S* y, int64_t M, int64_t K, int64_t N, int nthreads) {
+    const std::vector<S> panel = panels(wt, K, N, VECS * Vec<S>::lanes);
+    spk::parallel(M, K + N, nthreads, [&](int64_t b, int64_t e) {
+        sparse_linear_rows<S>(x, wt, panel.data(), bias, y, K, N, b, e);
+    });
+}
+
+template <typename S>
+void sparse_linear_wgrad(int form, const uint8_t* data, const S* g, S* gwt, int64_t M, int64_t K, int64_t N,
+                         int nthreads) {
+    Csr<S> a;
+    if (form == 0)
+        csr_from_bits(data, M, K, a);
+    else
+        csr_from_u8(data, M, K, a);
+    spk::parallel(N, M, nthreads, [&](int64_t b, int64_t e) { sparse_linear_wgrad_cols<S>(a, g, gwt, M, K, N, b, e); });
 }
 
 }  // namespace
@@ -200,62 +240,60 @@ extern "C" {
 // (bits then hold them), -1 if not.
 int64_t spk_pack_bits(int is_double, const void* x, int64_t n, uint8_t* bits, int nthreads) {
     std::atomic<int> bad{0};
-    std::atomic<int64_t> ones{0};
-    const int64_t nbytes = (n + 7) / 8;
-    parallel_bytes(nbytes, nthreads, [&](int64_t b, int64_t e) {
+    std::atomic<int64_t> nonzero{0};
+    spk::parallel((n + 7) / 8, 8, nthreads, [&](int64_t b, int64_t e) {
         if (is_double)
-            pack_range<double>(static_cast<const double*>(x), n, bits, b, e, bad, ones);
+            pack_bits_range<double>(static_cast<const double*>(x), n, bits, b, e, bad, nonzero);
         else
-            pack_range<float>(static_cast<const float*>(x), n, bits, b, e, bad, ones);
+            pack_bits_range<float>(static_cast<const float*>(x), n, bits, b, e, bad, nonzero);
     });
-    return bad.load() ? -1 : ones.load();
+    return bad.load() ? -1 : nonzero.load();
+}
+
+// x: n contiguous values; out: n bytes. Returns how many values are not zero when every value is an integer in
+// [0, 255] (out then holds them), -1 if not.
+int64_t spk_pack_u8(int is_double, const void* x, int64_t n, uint8_t* out, int nthreads) {
+    std::atomic<int> bad{0};
+    std::atomic<int64_t> nonzero{0};
+    spk::parallel(n, 1, nthreads, [&](int64_t b, int64_t e) {
+        if (is_double)
+            pack_u8_range<double>(static_cast<const double*>(x), out, b, e, bad, nonzero);
+        else
+            pack_u8_range<float>(static_cast<const float*>(x), out, b, e, bad, nonzero);
+    });
+    return bad.load() ? -1 : nonzero.load();
 }
 
 // Inverse of spk_pack_bits: out gets n values 0 or 1.
 void spk_unpack_bits(int is_double, const uint8_t* bits, int64_t n, void* out, int nthreads) {
-    const int64_t nbytes = (n + 7) / 8;
-    parallel_bytes(nbytes, nthreads, [&](int64_t b, int64_t e) {
+    spk::parallel((n + 7) / 8, 8, nthreads, [&](int64_t b, int64_t e) {
         if (is_double)
-            unpack_range<double>(bits, n, static_cast<double*>(out), b, e);
+            unpack_bits_range<double>(bits, n, static_cast<double*>(out), b, e);
         else
-            unpack_range<float>(bits, n, static_cast<float*>(out), b, e);
+            unpack_bits_range<float>(bits, n, static_cast<float*>(out), b, e);
     });
 }
 
-// y [M, N] = x [M, K] (values 0/1) @ wt [K, N] + bias [N] (bias may be null).
-void spk_binary_linear(int is_double, const void* x, const void* wt, const void* bias, void* y, int64_t M, int64_t K,
+// y [M, N] = x [M, K] @ wt [K, N] + bias [N] (bias may be null), skipping the zeros of x.
+void spk_sparse_linear(int is_double, const void* x, const void* wt, const void* bias, void* y, int64_t M, int64_t K,
                        int64_t N, int nthreads) {
-    if (is_double) {
-        const auto* w = static_cast<const double*>(wt);
-        const std::vector<double> panel = panels(w, K, N, VECS * Vec<double>::lanes);
-        spk::parallel(M, K + N, nthreads, [&](int64_t b, int64_t e) {
-            binary_linear_rows<double>(static_cast<const double*>(x), w, panel.data(), static_cast<const double*>(bias),
-                                       static_cast<double*>(y), K, N, b, e);
-        });
-    } else {
-        const auto* w = static_cast<const float*>(wt);
-        const std::vector<float> panel = panels(w, K, N, VECS * Vec<float>::lanes);
-        spk::parallel(M, K + N, nthreads, [&](int64_t b, int64_t e) {
-            binary_linear_rows<float>(static_cast<const float*>(x), w, panel.data(), static_cast<const float*>(bias),
-                                      static_cast<float*>(y), K, N, b, e);
-        });
-    }
+    if (is_double)
+        sparse_linear<double>(static_cast<const double*>(x), static_cast<const double*>(wt),
+                              static_cast<const double*>(bias), static_cast<double*>(y), M, K, N, nthreads);
+    else
+        sparse_linear<float>(static_cast<const float*>(x), static_cast<const float*>(wt),
+                             static_cast<const float*>(bias), static_cast<float*>(y), M, K, N, nthreads);
 }
 
-// gwt [K, N] = bits(x)^T [K, M] @ g [M, N], with x [M, K] packed by spk_pack_bits and K a multiple of 8.
-void spk_binary_linear_wgrad(int is_double, const uint8_t* bits, const void* g, void* gwt, int64_t M, int64_t K,
-                             int64_t N, int nthreads) {
-    std::vector<int64_t> off;
-    std::vector<int32_t> idx;
-    active_from_bits(bits, M, K, off, idx);
-    spk::parallel(N, M, nthreads, [&](int64_t b, int64_t e) {
-        if (is_double)
-            binary_linear_wgrad_cols<double>(off, idx, static_cast<const double*>(g), static_cast<double*>(gwt), M,
-                                             K, N, b, e);
-        else
-            binary_linear_wgrad_cols<float>(off, idx, static_cast<const float*>(g), static_cast<float*>(gwt), M, K,
-                                            N, b, e);
-    });
+// gwt [K, N] = x^T [K, M] @ g [M, N] for x [M, K] packed as bits (form 0; K a multiple of 8) or bytes (form 1).
+void spk_sparse_linear_wgrad(int is_double, int form, const uint8_t* data, const void* g, void* gwt, int64_t M,
+                             int64_t K, int64_t N, int nthreads) {
+    if (is_double)
+        sparse_linear_wgrad<double>(form, data, static_cast<const double*>(g), static_cast<double*>(gwt), M, K, N,
+                                    nthreads);
+    else
+        sparse_linear_wgrad<float>(form, data, static_cast<const float*>(g), static_cast<float*>(gwt), M, K, N,
+                                   nthreads);
 }
 
 }  // extern "C"
