@@ -171,6 +171,8 @@ def test_ema_mixup_bf16_run_is_reproduced_by_eval(tmp_path: Path, capsys: pytest
     (["train.ema_eval=true"], "'train.ema_eval' needs 'train.ema: true'"),
     (["train.amp=fp8"], r"'train.amp': expected one of \['none', 'bf16', 'fp16'\]"),
     (["mixup.mixup_alpha=0.5", "data.batch_size=33"], "mixup needs an even batch"),
+    (["train.neuron_saved=q8"], r"'train.neuron_saved': expected one of \['auto', 'exact', 'recompute'"),
+    (["train.neuron_backend=cuda"], r"'train.neuron_backend': expected one of \['auto', 'fused', 'cpp'"),
 ])
 def test_bad_loop_settings_are_rejected_before_training(overrides: list[str], message: str, tmp_path: Path) -> None:
     from spikformers.train.engine import train
@@ -179,3 +181,30 @@ def test_bad_loop_settings_are_rejected_before_training(overrides: list[str], me
         train(load_config(None, ["model.name=spikformer_1_64_cifar", "progress=false", f"out={tmp_path}",
                                  *overrides]))
     assert not (tmp_path / "metrics.csv").exists()
+
+
+def test_speed_options_reach_the_model_and_are_restored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from spikformers import layers
+    from spikformers.memory import _CheckpointedForward, backbone_blocks
+    from spikformers.neurons import LIF
+    from spikformers.train import engine
+
+    seen = {}
+    real = engine.apply_speed_options
+
+    def spy(model, cfg):  # type: ignore[no-untyped-def]
+        real(model, cfg)
+        lifs = [m for m in model.modules() if isinstance(m, LIF)]
+        seen.update(saved={m.saved for m in lifs}, backend={m.backend for m in lifs}, sparse=layers._SPARSE,
+                    compact=layers._COMPACT, ckpt=all(isinstance(b.__dict__.get("forward"), _CheckpointedForward)
+                                                      and b.forward.enabled for b in backbone_blocks(model)))
+
+    monkeypatch.setattr(engine, "apply_speed_options", spy)
+    cfg = load_config(None, ["model.name=spikformer_1_64_cifar", "model.T=2", "data.img_size=8", "optim.epochs=1",
+                             "optim.warmup_epochs=0", "data.limit_train=32", "data.limit_test=16", "progress=false",
+                             "train.tensorboard=false", "train.neuron_saved=q24", "train.neuron_backend=eager",
+                             "train.event_driven=false", "train.compact_spikes=false", "train.grad_checkpointing=true",
+                             f"out={tmp_path}"])
+    engine.train(cfg)
+    assert seen == {"saved": {"q24"}, "backend": {"eager"}, "sparse": False, "compact": False, "ckpt": True}
+    assert layers._SPARSE and layers._COMPACT  # the process-wide switches are back as they were

@@ -158,6 +158,23 @@ class ReLUNeuron(Neuron):
 NEURONS: dict[str, type[Neuron]] = {"lif": LIF, "ternary": TernaryNeuron, "relu": ReLUNeuron}
 
 
+def configure_neurons(model: nn.Module, backend: str | None = None, saved: str | None = None) -> int:
+    """Set ``backend`` and/or ``saved`` on every LIF and ternary neuron of ``model``; returns how many were set."""
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"neuron backend must be one of {BACKENDS}, got {backend!r}")
+    if saved is not None:
+        _check_saved(saved)
+    found = 0
+    for m in model.modules():
+        if isinstance(m, (LIF, TernaryNeuron)):
+            found += 1
+            if backend is not None:
+                m.backend = backend
+            if saved is not None:
+                m.saved = saved
+    return found
+
+
 def create_neuron(kind: str | type[Neuron] = "lif", **kwargs: Any) -> Neuron:
     """Build a neuron from its kind string (``"lif"``, ``"ternary"``, ``"relu"``) or class."""
     if isinstance(kind, type):

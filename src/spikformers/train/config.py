@@ -80,6 +80,12 @@ class LoopConfig:
     sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
     tensorboard: bool = True  # also log to <out>/tb when tensorboard is installed
     save_every: int = 1  # write the resume state every N epochs (always at the last)
+    # speed and memory (docs/training.md, "Speed and memory")
+    neuron_backend: str = "auto"  # auto | cpp | triton | eager | reference
+    neuron_saved: str = "auto"  # what neurons keep for backward: auto | recompute | q24 | exact | q16
+    grad_checkpointing: bool = False  # recompute each block in backward (Spikformer / HST backbones)
+    compact_spikes: bool = True  # layers keep spike inputs as bits / bytes for backward
+    event_driven: bool = True  # CPU: linears on sparse spikes add the weight columns that fired
 
 
 @dataclass

@@ -217,6 +217,13 @@ def check_loop_config(cfg: TrainConfig, device: torch.device, world_size: int) -
     if cfg.mixup.mixup_alpha > 0 or cfg.mixup.cutmix_alpha > 0:
         if cfg.data.batch_size % 2:
             raise ConfigError(f"config key 'data.batch_size': mixup needs an even batch, got {cfg.data.batch_size}")
+    from ..neurons.kernels import BACKENDS
+    from ..neurons.kernels.common import SAVED_CHOICES
+
+    for key, value, choices in (("neuron_backend", cfg.train.neuron_backend, BACKENDS),
+                                ("neuron_saved", cfg.train.neuron_saved, SAVED_CHOICES)):
+        if value not in choices:
+            raise ConfigError(f"config key 'train.{key}': expected one of {list(choices)}, got {value!r}")
 
 
 # ------------------------------------------------------------------------------------------------ RNG state
@@ -303,7 +310,10 @@ def _fmt(v: float | None, spec: str) -> str:
 # ------------------------------------------------------------------------------------------------ the loop
 def train(cfg: TrainConfig) -> RunResult:
     """Train and evaluate per ``cfg`` (one process, or each process of a torchrun job); write the run folder."""
+    from .. import layers
+
     info = dist_utils.init_distributed(cfg.device)
+    previous = layers.set_compact_spikes(True), layers.set_sparse_spikes(True)  # the run sets its own, restored after
     try:
         check_loop_config(cfg, info.device, info.world_size)
         result = _train(cfg, info)
@@ -311,8 +321,26 @@ def train(cfg: TrainConfig) -> RunResult:
         if info.enabled and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
         raise
+    finally:
+        layers.set_compact_spikes(previous[0])
+        layers.set_sparse_spikes(previous[1])
     dist_utils.cleanup()
     return result
+
+
+def apply_speed_options(model: nn.Module, cfg: TrainConfig) -> None:
+    """Apply the ``train.*`` speed and memory options (neuron kernels, checkpointing, compact / sparse layers)."""
+    from .. import layers
+    from ..neurons import configure_neurons
+
+    t = cfg.train
+    configure_neurons(model, backend=t.neuron_backend, saved=t.neuron_saved)
+    if t.grad_checkpointing:
+        if not hasattr(model, "set_grad_checkpointing"):
+            raise ConfigError(f"config key 'train.grad_checkpointing': {cfg.model.name} does not support it")
+        model.set_grad_checkpointing(True)
+    layers.set_compact_spikes(t.compact_spikes)
+    layers.set_sparse_spikes(t.event_driven)
 
 
 def _train(cfg: TrainConfig, info: dist_utils.DistInfo) -> RunResult:
@@ -321,6 +349,7 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo) -> RunResult:
     device, main = info.device, info.is_main
     seed_everything(cfg.seed, cfg.deterministic)
     model = build_model(cfg)
+    apply_speed_options(model, cfg)
     num_classes = model.default_cfg["config"]["num_classes"]
     if cfg.train.beta is not None and not hasattr(model, "beta"):
         raise ConfigError(f"config key 'train.beta': {cfg.model.name} has no second-pass weight beta")
