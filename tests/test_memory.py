@@ -157,6 +157,53 @@ def test_event_driven_linear_matches_dense(monkeypatch, dtype, atol, K, N):
         layers.set_sparse_spikes(previous)
 
 
+@pytest.mark.skipif(not cpu.available(), reason=f"C++ kernels unavailable: {cpu.error}")
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 2e-5), (torch.float64, 1e-12)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_event_driven_conv_matches_dense(monkeypatch, dtype, atol, with_bias):
+    calls = []
+    for name in ("sparse_conv3x3", "sparse_conv3x3_wgrad"):
+        real = getattr(cpu, name)
+        monkeypatch.setattr(cpu, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    gen = torch.Generator().manual_seed(7 + with_bias)
+    B, Cin, Cout, H, W = 3, 5, 70, 7, 9  # odd sizes: 63 pixels a plane, a partial tile of output channels
+    w = torch.randn(Cout, Cin, 3, 3, generator=gen, dtype=dtype, requires_grad=True)
+    b = torch.randn(Cout, generator=gen, dtype=dtype, requires_grad=True) if with_bias else None
+    params = (w, b) if with_bias else (w,)
+    cases = [(0.02, 1, 1, True), (0.1, 1, 1, True), (0.02, 3, 1, True), (0.1, 4, 1, True), (0.5, 1, 1, False),
+             (0.1, 1, 2, False)]  # rate, top (> 1: spike counts, kept as bytes), stride, event-driven
+    for rate, top, stride, sparse in cases:
+        calls.clear()
+        shape = (B, Cin, H, W)
+        x = (torch.rand(shape, generator=gen) < rate) * torch.randint(1, top + 1, shape, generator=gen)
+        x = x.to(dtype).requires_grad_()
+        y = layers.spike_conv2d(x, w, b, stride, 1)
+        want_y = F.conv2d(x, w, b, stride, 1)
+        torch.testing.assert_close(y, want_y, atol=atol, rtol=0)
+        g = torch.randn(y.shape, generator=gen, dtype=dtype)
+        got = torch.autograd.grad(y, (x, *params), g)
+        want = torch.autograd.grad(want_y, (x, *params), g)
+        for a, e in zip(got, want):
+            torch.testing.assert_close(a, e, atol=atol * 10, rtol=0)
+        assert calls == (["sparse_conv3x3", "sparse_conv3x3_wgrad"] if sparse else [])
+        calls.clear()  # only the input gradient: no weight gradient kernel
+        y = layers.spike_conv2d(x, w.detach(), None if b is None else b.detach(), stride, 1)
+        torch.testing.assert_close(torch.autograd.grad(y, x, g)[0], want[0], atol=atol * 10, rtol=0)
+        assert calls == (["sparse_conv3x3"] if sparse else [])
+        for mode in (torch.no_grad, torch.inference_mode):  # inference takes the same path
+            calls.clear()
+            with mode():
+                torch.testing.assert_close(layers.spike_conv2d(x, w, b, stride, 1), want_y, atol=atol, rtol=0)
+            assert calls == (["sparse_conv3x3"] if sparse else [])
+    previous = layers.set_sparse_spikes(False)
+    try:
+        calls.clear()
+        x = (torch.rand(B, Cin, H, W, generator=gen) < 0.02).to(dtype).requires_grad_()
+        assert torch.equal(layers.spike_conv2d(x, w, b, 1, 1), F.conv2d(x, w, b, 1, 1)) and not calls
+    finally:
+        layers.set_sparse_spikes(previous)
+
+
 def test_compact_ops_under_bf16_autocast_match_plain():
     """Under autocast the gradient arrives in bf16 beside float32 weights; compact ops must give plain's grads."""
     x = _spikes((3, 5, 7, 12))

@@ -7,8 +7,9 @@ backward as bits when it holds only 0/1 (spikes), as bytes when it holds small n
 spikes on the residual stream), and as the float tensor otherwise; the check is exact (the input is rebuilt
 bit for bit), so outputs and gradients equal the plain torch ops'. ``set_compact_spikes(False)`` turns it off.
 
-Event-driven linears: on the CPU, :func:`spike_linear` computes sparse spike inputs by addition (see there);
-``set_sparse_spikes(False)`` turns that off and restores bit-for-bit equality with ``F.linear``.
+Event-driven linears and convs: on the CPU, :func:`spike_linear` and (3x3, stride 1, padding 1) :func:`spike_conv2d`
+compute sparse spike inputs by addition (see there); ``set_sparse_spikes(False)`` turns that off and restores
+bit-for-bit equality with ``F.linear`` / ``F.conv2d``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from .neurons.kernels import cpu as _cpu_kernels
 _COMPACT = True
 _SPARSE = True
 SPARSE_MAX_RATE = 0.15  # firing rate up to which the event-driven linear beats the dense product (benchmarks/)
+SPARSE_CONV_MAX_RATE = 0.25  # the same for the event-driven 3x3 conv: it breaks even near 0.35 (forward and weight
+# gradient; SPS shapes, batch 128, 2 threads), so it is used with some margin
 _BIT_WEIGHTS: dict[torch.device, torch.Tensor] = {}
 _pack_cache: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
@@ -38,7 +41,8 @@ def set_compact_spikes(enabled: bool) -> bool:
 
 
 def set_sparse_spikes(enabled: bool) -> bool:
-    """Switch the event-driven CPU linear on or off (see :func:`spike_linear`); returns the previous setting."""
+    """Switch the event-driven CPU linear and conv on or off (see :func:`spike_linear`, :func:`spike_conv2d`); returns
+    the previous setting."""
     global _SPARSE
     previous, _SPARSE = _SPARSE, bool(enabled)
     return previous
@@ -151,6 +155,29 @@ def _sparse_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return y.view(*x.shape[:-1], weight.shape[0])
 
 
+def _conv_event_driven_ok(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int,
+                          padding: int) -> bool:
+    """Whether the event-driven CPU conv can take ``x`` at all: a 3x3 kernel, stride 1, padding 1 (how sparse ``x`` is
+    gets checked separately); as :func:`_event_driven_ok`, never under autocast or a ``TorchFunctionMode``."""
+    return (_SPARSE and stride == 1 and padding == 1 and _fast(x.dtype, x.device) and x.is_contiguous()
+            and x.dim() == 4 and x.numel() > 0 and max(x.shape[2:]) < 65536 and weight.dim() == 4
+            and tuple(weight.shape[1:]) == (x.shape[1], 3, 3) and weight.dtype == x.dtype
+            and (bias is None or bias.dtype == x.dtype) and not torch.is_autocast_enabled("cpu")
+            and torch._C._len_torch_function_stack() == 0)
+
+
+def _conv_event_driven(x: torch.Tensor, px: Packed, weight: torch.Tensor, bias: torch.Tensor | None, stride: int,
+                       padding: int) -> bool:
+    """Whether to run the conv on ``x`` by adding the weights of its non-zero inputs (CPU, sparse spikes)."""
+    return (px.form in ("bits", "u8") and 0 <= px.nonzero <= SPARSE_CONV_MAX_RATE * x.numel()
+            and _conv_event_driven_ok(x, weight, bias, stride, padding))
+
+
+def _sparse_conv(px: Packed, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return _cpu_kernels.sparse_conv3x3(px.data, px.form, px.shape, weight.detach(),
+                                       None if bias is None else bias.detach())
+
+
 class _SpikeLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):  # type: ignore[override]
@@ -190,11 +217,25 @@ class _SpikeConv2d(torch.autograd.Function):
         (px,) = _save(ctx, x)
         ctx.save_for_backward(px.data, weight)
         ctx.conf = (None if bias is None else list(bias.shape), [stride] * 2, [padding] * 2)
-        return F.conv2d(x, weight, bias, stride, padding)
+        ctx.sparse = _conv_event_driven(x, px, weight, bias, stride, padding)
+        return _sparse_conv(px, weight, bias) if ctx.sparse else F.conv2d(x, weight, bias, stride, padding)
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
         xd, weight = ctx.saved_tensors
+        if ctx.sparse:  # the weight gradient adds gradient pixels where x is not zero; the input gradient stays dense
+            gx = gw = gb = None
+            form, shape, _ = ctx.forms[0]
+            if ctx.needs_input_grad[0]:
+                (x,) = _load(ctx, (xd,))
+                gx = torch.ops.aten.convolution_backward(
+                    g, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, False, False]
+                )[0]
+            if ctx.needs_input_grad[1]:
+                gw = _cpu_kernels.sparse_conv3x3_wgrad(xd, form, g.contiguous(), tuple(weight.shape), shape)
+            if ctx.conf[0] is not None and ctx.needs_input_grad[2]:
+                gb = g.sum((0, 2, 3))
+            return gx, gw, gb, None, None
         (x,) = _load(ctx, (xd,))
         x, weight = x.to(g.dtype), weight.to(g.dtype)
         bias_sizes, stride, padding = ctx.conf
@@ -263,10 +304,25 @@ def spike_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 
 def spike_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride: int = 1,
                  padding: int = 0) -> torch.Tensor:
-    """``F.conv2d`` on ``[N, C, H, W]`` (dilation 1, one group) that keeps a spike input compactly."""
-    if not _compact(x, weight, bias):
-        return F.conv2d(x, weight, bias, stride, padding)
-    return _SpikeConv2d.apply(x, weight, bias, stride, padding)
+    """``F.conv2d`` on ``[N, C, H, W]`` (dilation 1, one group) that keeps a spike input compactly.
+
+    On the CPU, a 3x3 conv with stride 1 and padding 1 (the spiking convs of SPS) on a float input of sparse spikes
+    or spike counts (at most :data:`SPARSE_CONV_MAX_RATE` of it not zero) is computed event-driven: each output
+    pixel adds the weights of the non-zero inputs around it, and the weight gradient adds gradient pixels where the
+    input is not zero (the input gradient stays a dense conv). Results equal the dense ones to float rounding, not
+    bit for bit; ``set_sparse_spikes(False)`` turns it off.
+    """
+    if _compact(x, weight, bias):
+        return _SpikeConv2d.apply(x, weight, bias, stride, padding)
+    if not _needs_grad(x, weight, bias) and _conv_event_driven_ok(x, weight, bias, stride, padding):
+        for form, pack in (("bits", _cpu_kernels.pack_bits), ("u8", _cpu_kernels.pack_u8)):  # inference: count, pick
+            found = pack(x)
+            if found is not None:
+                px = Packed(found[0], form, tuple(x.shape), x.dtype, found[1])
+                if _conv_event_driven(x, px, weight, bias, stride, padding):
+                    return _sparse_conv(px, weight, bias)
+                break
+    return F.conv2d(x, weight, bias, stride, padding)
 
 
 def spike_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ import torch
 from .common import KIND_IDS, SAVE_IDS, NeuronParams, saved_shape
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = (CSRC / "neurons.cpp", CSRC / "spikes.cpp")  # built into one library; parallel.h is shared
+SOURCES = (CSRC / "neurons.cpp", CSRC / "spikes.cpp", CSRC / "conv.cpp")  # one library; parallel.h is shared
 RECOMPUTES = True  # backward takes the input itself (save "x") and rebuilds the membrane natively
 BASE_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno", "-fno-trapping-math",
               "-ffp-contract=off"]
@@ -101,6 +101,8 @@ def _build() -> ctypes.CDLL:
         ("spk_unpack_bits", [i32, ptr, i64, ptr, i32], None),
         ("spk_sparse_linear", [i32, ptr, ptr, ptr, ptr, i64, i64, i64, i32], None),
         ("spk_sparse_linear_wgrad", [i32, i32, ptr, ptr, ptr, i64, i64, i64, i32], None),
+        ("spk_sparse_conv3x3", [i32, i32, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i32], None),
+        ("spk_sparse_conv3x3_wgrad", [i32, i32, ptr, ptr, ptr, i64, i64, i64, i64, i64, i32], None),
     ):
         getattr(lib, name).argtypes = args
         getattr(lib, name).restype = res
@@ -246,3 +248,51 @@ def sparse_linear_wgrad(data: torch.Tensor, form: str, g: torch.Tensor, K: int) 
     lib.spk_sparse_linear_wgrad(int(g.dtype == torch.float64), 0 if form == "bits" else 1, _ptr(data), _ptr(g),
                                 _ptr(out), M, K, N, torch.get_num_threads())
     return out
+
+
+def _form_id(form: str) -> int:
+    if form not in ("bits", "u8"):
+        raise ValueError(f"packed input must be 'bits' or 'u8', got {form!r}")
+    return 0 if form == "bits" else 1
+
+
+def _padded_channels(C: int, dtype: torch.dtype) -> int:
+    lanes = 8 if dtype == torch.float64 else 16  # one 64-byte vector
+    return -(-C // lanes) * lanes
+
+
+def sparse_conv3x3(data: torch.Tensor, form: str, x_shape: tuple[int, ...], weight: torch.Tensor,
+                   bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, stride=1, padding=1)`` for a 3x3 ``weight`` and ``x: [B, Cin, H, W]`` packed by
+    ``pack_bits`` (``"bits"``) or ``pack_u8`` (``"u8"``), adding only the weights of the non-zero inputs.
+
+    ``weight`` / ``bias`` (float32/64) give the output dtype; the result is a contiguous ``[B, Cout, H, W]``.
+    """
+    lib = library()
+    assert lib is not None
+    B, Cin, H, W = x_shape
+    Cout = weight.shape[0]
+    if tuple(weight.shape) != (Cout, Cin, 3, 3):
+        raise ValueError(f"sparse_conv3x3 needs a [Cout, {Cin}, 3, 3] weight, got {tuple(weight.shape)}")
+    weight = weight.contiguous()
+    bias = None if bias is None else bias.to(weight.dtype).contiguous()
+    y = torch.empty(B, Cout, H, W, dtype=weight.dtype)
+    lib.spk_sparse_conv3x3(int(weight.dtype == torch.float64), _form_id(form), _ptr(data), _ptr(weight), _ptr(bias),
+                           _ptr(y), B, Cin, Cout, H, W, torch.get_num_threads())
+    return y
+
+
+def sparse_conv3x3_wgrad(data: torch.Tensor, form: str, g: torch.Tensor, weight_shape: tuple[int, ...],
+                         x_shape: tuple[int, ...]) -> torch.Tensor:
+    """Weight gradient ``[Cout, Cin, 3, 3]`` of :func:`sparse_conv3x3` for the packed input and ``g: [B, Cout, H, W]``.
+    """
+    lib = library()
+    assert lib is not None
+    B, Cin, H, W = x_shape
+    Cout = weight_shape[0]
+    C = _padded_channels(Cout, g.dtype)
+    g = g.contiguous()
+    out = torch.zeros(Cin * 9, C, dtype=g.dtype)
+    lib.spk_sparse_conv3x3_wgrad(int(g.dtype == torch.float64), _form_id(form), _ptr(data), _ptr(g), _ptr(out), B,
+                                 Cin, Cout, H, W, torch.get_num_threads())
+    return out[:, :Cout].t().reshape(Cout, Cin, 3, 3)
