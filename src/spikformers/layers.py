@@ -27,8 +27,8 @@ from .neurons.kernels import cpu as _cpu_kernels
 _COMPACT = True
 _SPARSE = True
 SPARSE_MAX_RATE = 0.15  # firing rate up to which the event-driven linear beats the dense product (benchmarks/)
-SPARSE_CONV_MAX_RATE = 0.25  # the same for the event-driven 3x3 conv: it breaks even near 0.35 (forward and weight
-# gradient; SPS shapes, batch 128, 2 threads), so it is used with some margin
+SPARSE_CONV_MAX_RATE = 0.25  # the same for the event-driven 3x3 conv: its forward breaks even with the dense conv at
+# 0.3-0.4 firing (0.3 on 8x8 maps), its weight gradient at 0.35-0.45 (SPS shapes, batch 128, 2 threads)
 _BIT_WEIGHTS: dict[torch.device, torch.Tensor] = {}
 _pack_cache: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
