@@ -428,6 +428,7 @@ extern "C" {
 void spk_sparse_conv3x3(int is_double, int form, const uint8_t* data, const void* w, const void* bias, void* y,
                         int64_t B, int64_t Cin, int64_t Cout, int64_t H, int64_t W, int nthreads) {
     const Shape s = make_shape(is_double, B, Cin, Cout, H, W);
+    spk::advise_huge_pages(y, static_cast<std::size_t>(B * Cout * H * W) * (is_double ? 8 : 4));
     if (is_double)
         conv3x3<double>(form, data, static_cast<const double*>(w), static_cast<const double*>(bias),
                         static_cast<double*>(y), s, nthreads);
