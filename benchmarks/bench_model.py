@@ -30,7 +30,7 @@ import torch
 from torch.autograd.graph import saved_tensors_hooks
 
 import spikformers
-from spikformers.layers import SPARSE_MAX_RATE, set_compact_spikes, set_sparse_spikes
+from spikformers.layers import SPARSE_CONV_MAX_RATE, SPARSE_MAX_RATE, set_compact_spikes, set_sparse_spikes
 from spikformers.memory import chunked_forward
 from spikformers.neurons import LIF, TernaryNeuron
 
@@ -117,7 +117,7 @@ def firing_rates(model, x) -> dict:
         for h in hooks:
             h.remove()
     return {"mean": statistics.fmean(rates), "min": min(rates), "max": max(rates), "neurons": len(rates),
-            "sparse_max_rate": SPARSE_MAX_RATE}
+            "sparse_max_rate": SPARSE_MAX_RATE, "sparse_conv_max_rate": SPARSE_CONV_MAX_RATE}
 
 
 def saved_bytes(model, x) -> int:
@@ -294,11 +294,13 @@ def main(argv: list[str] | None = None) -> dict:
     for k in variants:
         print(f"{k:<20}{med[k + '_train'] * 1e3:>10.0f}{report['speedup'][k]['train']:>10.2f}"
               f"{med[k + '_infer'] * 1e3:>10.0f}{report['speedup'][k]['infer']:>10.2f}")
-    print("fused: fused neurons, compact saved spikes, event-driven linears; fused_dense: the same with dense linears")
+    print("fused: fused neurons, compact saved spikes, event-driven linears and convs; fused_dense: the same with "
+          "dense layers")
     with layers_as("fused"):
         report["firing_rates"] = fr = firing_rates(models["fused"], x)
     print(f"firing rates of the {fr['neurons']} LIF layers (this untrained model, this input): mean {fr['mean']:.3f}, "
-          f"min {fr['min']:.3f}, max {fr['max']:.3f}; linears run event-driven up to {SPARSE_MAX_RATE}")
+          f"min {fr['min']:.3f}, max {fr['max']:.3f}; layers run event-driven up to {SPARSE_MAX_RATE} (linears), "
+          f"{SPARSE_CONV_MAX_RATE} (3x3 convs) non-zero")
     if "neuron_floor" in variants:
         report["neuron_floor_speedup"] = report["speedup"]["neuron_floor"]
         print(f"neuron floor (every neuron one compare, layers as fused_dense): train "
