@@ -24,7 +24,7 @@ import torch
 from .common import KIND_IDS, SAVE_IDS, NeuronParams, saved_shape
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = (CSRC / "neurons.cpp", CSRC / "spikes.cpp", CSRC / "conv.cpp")  # one library; parallel.h is shared
+SOURCES = (CSRC / "neurons.cpp", CSRC / "spikes.cpp", CSRC / "conv.cpp")  # one library; parallel.h and vec.h are shared
 RECOMPUTES = True  # backward takes the input itself (save "x") and rebuilds the membrane natively
 BASE_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno", "-fno-trapping-math",
               "-ffp-contract=off"]
@@ -72,7 +72,7 @@ def _build() -> ctypes.CDLL:
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++") or shutil.which("c++")
     if compiler is None:
         raise RuntimeError("no C++ compiler found (looked for $CXX, g++, clang++, c++)")
-    source = b"".join(p.read_bytes() for p in (*SOURCES, CSRC / "parallel.h"))
+    source = b"".join(p.read_bytes() for p in (*SOURCES, CSRC / "parallel.h", CSRC / "vec.h"))
     last: Exception | None = None
     for flags in (BASE_FLAGS + ["-march=native"], BASE_FLAGS):
         key = hashlib.sha256(

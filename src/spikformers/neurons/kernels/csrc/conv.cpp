@@ -18,35 +18,23 @@
 #include <vector>
 
 #include "parallel.h"
+#include "vec.h"
 
 namespace {
 
 template <typename S>
-struct Lanes {
-    typedef S type __attribute__((vector_size(64)));
-    static constexpr int64_t n = 64 / sizeof(S);
-};
+using Lanes = spk::Vec<S>;
+using spk::vload;
+using spk::vstore;
 constexpr int MAX_VECS = 4;  // vectors per output tile: 64 float or 32 double channels
 constexpr int64_t GRAD_BLOCK_BYTES = 32 << 10;  // weight gradient: transposed output gradient read per block
-
-template <typename S>
-inline typename Lanes<S>::type vload(const S* p) {
-    typename Lanes<S>::type v;
-    std::memcpy(&v, p, sizeof(v));
-    return v;
-}
-
-template <typename S>
-inline void vstore(S* p, typename Lanes<S>::type v) {
-    std::memcpy(p, &v, sizeof(v));
-}
 
 // Square transpose of n vectors of n lanes (n = 16 float or 8 double) in place: log2(n) rounds of interleaving
 // row i with row i + n/2 (lanes 0 .. n/2 into the even row, n/2 .. n into the odd one) transpose the matrix.
 template <typename S>
 inline void transpose(typename Lanes<S>::type* r) {
     using V = typename Lanes<S>::type;
-    constexpr int n = static_cast<int>(Lanes<S>::n);
+    constexpr int n = static_cast<int>(Lanes<S>::lanes);
 #if defined(__GNUC__) && !defined(__clang__)
     typedef std::conditional_t<sizeof(S) == 4, int32_t, int64_t> I;
     typedef I M __attribute__((vector_size(64)));
@@ -161,7 +149,7 @@ void pixel_lists(int form, const uint8_t* data, const Shape& s, int nthreads, Pi
 // whole number of vectors) at co0 * Cin * 9, laid out [Cin][9][tw]; channels past Cout are zero.
 template <typename S>
 std::vector<S> conv_panels(const S* w, const Shape& s) {
-    constexpr int64_t TILE = MAX_VECS * Lanes<S>::n;
+    constexpr int64_t TILE = MAX_VECS * Lanes<S>::lanes;
     std::vector<S> out(s.Cpad * s.Cin * 9, S(0));
     for (int64_t co0 = 0; co0 < s.Cpad; co0 += TILE) {
         const int64_t tw = s.Cpad - co0 < TILE ? s.Cpad - co0 : TILE;
@@ -175,7 +163,7 @@ std::vector<S> conv_panels(const S* w, const Shape& s) {
 // acc += x * the NV vectors at p (x == 1 for bits: a plain add).
 template <typename S, int NV, bool ONES>
 inline void add_row(typename Lanes<S>::type* acc, const S* p, S x) {
-    constexpr int64_t L = Lanes<S>::n;
+    constexpr int64_t L = Lanes<S>::lanes;
     if (ONES) {
         for (int v = 0; v < NV; ++v) acc[v] += vload(p + v * L);
     } else {
@@ -188,7 +176,7 @@ inline void add_row(typename Lanes<S>::type* acc, const S* p, S x) {
 template <typename S, int NV, bool ONES>
 inline void kernel_row(const int64_t* off, const int32_t* chan, const S* val, const S* panel, int64_t line, int64_t j,
                        int64_t W, typename Lanes<S>::type* acc) {
-    constexpr int64_t L = Lanes<S>::n, TW = NV * L;
+    constexpr int64_t L = Lanes<S>::lanes, TW = NV * L;
     for (int64_t dj = j > 0 ? 0 : 1; dj < 3 && j + dj - 1 < W; ++dj) {
         const int64_t pix = line + j + dj - 1;
         const S* tap = panel + dj * TW;
@@ -205,7 +193,7 @@ template <typename S, int NV, bool ONES>
 void forward_tile(const PixelLists<S>& a, const S* panel, const S* bias, S* y, const Shape& s, int64_t co0,
                   int64_t r0, int64_t r1, S* row) {
     using V = typename Lanes<S>::type;
-    constexpr int64_t L = Lanes<S>::n, TW = NV * L;
+    constexpr int64_t L = Lanes<S>::lanes, TW = NV * L;
     const int64_t H = s.H, W = s.W;
     const int64_t* off = a.off.data();
     const int32_t* chan = a.chan.data();
@@ -246,7 +234,7 @@ void forward_tile(const PixelLists<S>& a, const S* panel, const S* bias, S* y, c
 template <typename S, bool ONES>
 void forward_rows(const PixelLists<S>& a, const S* panels, const S* bias, S* y, const Shape& s, int64_t r0,
                   int64_t r1) {
-    constexpr int64_t L = Lanes<S>::n, TILE = MAX_VECS * L;
+    constexpr int64_t L = Lanes<S>::lanes, TILE = MAX_VECS * L;
     std::vector<S> row((s.W + L - 1) / L * L * TILE);
     for (int64_t co0 = 0; co0 < s.Cpad; co0 += TILE) {  // tiles outside: one panel at a time in cache
         const S* panel = panels + co0 * s.Cin * 9;
@@ -321,7 +309,7 @@ void plane_lists(int form, const uint8_t* data, const Shape& s, int nthreads, Pl
 template <typename S>
 void gather_nhwc(const S* g, S* buf, const Shape& s, int64_t b0, int64_t nb, int64_t c0, int64_t nc) {
     using V = typename Lanes<S>::type;
-    constexpr int64_t L = Lanes<S>::n;
+    constexpr int64_t L = Lanes<S>::lanes;
     const int64_t HW = s.H * s.W, full = HW / L * L;
     for (int64_t b = b0; b < b0 + nb; ++b) {
         S* dst = buf + (b - b0) * HW * nc;
@@ -346,7 +334,7 @@ template <typename S, int NV, bool ONES>
 void wgrad_tile(const PlaneLists<S>& a, const S* buf, int64_t nc, int64_t cb, S* gwt, const Shape& s, int64_t co0,
                 int64_t b0, int64_t nb) {
     using V = typename Lanes<S>::type;
-    constexpr int64_t L = Lanes<S>::n;
+    constexpr int64_t L = Lanes<S>::lanes;
     const int64_t H = s.H, W = s.W, HW = H * W;
     for (int64_t c = 0; c < s.Cin; ++c) {
         for (int64_t di = 0; di < 3; ++di) {
@@ -376,7 +364,7 @@ void wgrad_tile(const PlaneLists<S>& a, const S* buf, int64_t nc, int64_t cb, S*
 
 template <typename S, bool ONES>
 void wgrad_columns(const PlaneLists<S>& a, const S* g, S* gwt, const Shape& s, int64_t c0, int64_t c1) {
-    constexpr int64_t L = Lanes<S>::n;
+    constexpr int64_t L = Lanes<S>::lanes;
     const int64_t HW = s.H * s.W, nvec = (c1 - c0) / L, ntiles = (nvec + MAX_VECS - 1) / MAX_VECS;
     std::vector<S> buf;
     for (int64_t t = 0; t < ntiles; ++t) {  // tiles of equal width, at most MAX_VECS vectors
@@ -402,7 +390,7 @@ void wgrad_columns(const PlaneLists<S>& a, const S* g, S* gwt, const Shape& s, i
 // columns of gwt and reads only its channels of g.
 template <typename S>
 void conv3x3_wgrad(int form, const uint8_t* data, const S* g, S* gwt, const Shape& s, int nthreads) {
-    constexpr int64_t L = Lanes<S>::n;
+    constexpr int64_t L = Lanes<S>::lanes;
     PlaneLists<S> a;
     plane_lists(form, data, s, nthreads, a);
     const int64_t nnz = a.off.back();
@@ -415,7 +403,7 @@ void conv3x3_wgrad(int form, const uint8_t* data, const S* g, S* gwt, const Shap
 }
 
 Shape make_shape(int is_double, int64_t B, int64_t Cin, int64_t Cout, int64_t H, int64_t W) {
-    const int64_t L = is_double ? Lanes<double>::n : Lanes<float>::n;
+    const int64_t L = is_double ? Lanes<double>::lanes : Lanes<float>::lanes;
     return Shape{B, Cin, Cout, H, W, (Cout + L - 1) / L * L};
 }
 

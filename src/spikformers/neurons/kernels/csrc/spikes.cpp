@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "parallel.h"
+#include "vec.h"
 
 namespace {
 
@@ -76,13 +77,11 @@ void unpack_bits_range(const uint8_t* __restrict bits, int64_t n, S* __restrict 
 }
 
 // ----------------------------------------------------------------------------------- event-driven linear
-// Each output row block of TILE columns is accumulated in registers (GCC/Clang vector extensions: 64-byte
-// vectors, split by the compiler where the CPU has narrower ones) while the weight panel it reads stays in L2.
-template <typename S>
-struct Vec {
-    typedef S type __attribute__((vector_size(64)));
-    static constexpr int lanes = 64 / sizeof(S);
-};
+// Each output row block of TILE columns is accumulated in registers (spk::Vec, 64-byte vectors) while the weight
+// panel it reads stays in L2.
+using spk::Vec;
+using spk::vload;
+using spk::vstore;
 constexpr int VECS = 4;  // vectors per tile: 64 float or 32 double columns
 
 // The non-zero entries of rows of a [M, K] matrix as CSR: offsets (rows + 1), column indices and values.
@@ -128,18 +127,6 @@ void csr_from_u8(const uint8_t* u8, int64_t M, int64_t K, Csr<S>& a) {
     }
 }
 
-template <typename S>
-inline typename Vec<S>::type load(const S* p) {
-    typename Vec<S>::type v;
-    std::memcpy(&v, p, sizeof(v));
-    return v;
-}
-
-template <typename S>
-inline void store(S* p, typename Vec<S>::type v) {
-    std::memcpy(p, &v, sizeof(v));
-}
-
 // Columns [t * TILE, (t + 1) * TILE) of wt [K, N] as contiguous [K, TILE] panels, so that the rows one tile reads
 // sit together in cache instead of N apart.
 template <typename S>
@@ -164,16 +151,16 @@ void sparse_linear_rows(const S* x, const S* wt, const S* panel, const S* bias, 
     for (int64_t n0 = 0; n0 < n_full; n0 += TILE) {
         const S* tile = panel + n0 * K;  // [K, TILE]
         V b[VECS];
-        for (int v = 0; v < VECS; ++v) b[v] = bias ? load(bias + n0 + v * L) : V{};
+        for (int v = 0; v < VECS; ++v) b[v] = bias ? vload(bias + n0 + v * L) : V{};
         for (int64_t m = m0; m < m1; ++m) {
             V acc[VECS];
             for (int v = 0; v < VECS; ++v) acc[v] = b[v];
             for (int64_t e = a.off[m - m0]; e < a.off[m - m0 + 1]; ++e) {
                 const S* w = tile + static_cast<int64_t>(a.idx[e]) * TILE;
                 const S s = a.val[e];
-                for (int v = 0; v < VECS; ++v) acc[v] += s * load(w + v * L);
+                for (int v = 0; v < VECS; ++v) acc[v] += s * vload(w + v * L);
             }
-            for (int v = 0; v < VECS; ++v) store(y + m * N + n0 + v * L, acc[v]);
+            for (int v = 0; v < VECS; ++v) vstore(y + m * N + n0 + v * L, acc[v]);
         }
     }
     for (int64_t m = m0; m < m1 && n_full < N; ++m) {  // the last columns, fewer than a tile
@@ -197,11 +184,11 @@ void sparse_linear_wgrad_cols(const Csr<S>& a, const S* g, S* gwt, int64_t M, in
     for (; c0 + TILE <= n1; c0 += TILE) {
         for (int64_t m = 0; m < M; ++m) {
             V gm[VECS];
-            for (int v = 0; v < VECS; ++v) gm[v] = load(g + m * N + c0 + v * L);
+            for (int v = 0; v < VECS; ++v) gm[v] = vload(g + m * N + c0 + v * L);
             for (int64_t e = a.off[m]; e < a.off[m + 1]; ++e) {
                 S* out = gwt + static_cast<int64_t>(a.idx[e]) * N + c0;
                 const S s = a.val[e];
-                for (int v = 0; v < VECS; ++v) store(out + v * L, load(out + v * L) + s * gm[v]);
+                for (int v = 0; v < VECS; ++v) vstore(out + v * L, vload(out + v * L) + s * gm[v]);
             }
         }
     }
