@@ -204,6 +204,32 @@ def test_event_driven_conv_matches_dense(monkeypatch, dtype, atol, with_bias):
         layers.set_sparse_spikes(previous)
 
 
+@pytest.mark.skipif(not cpu.available(), reason=f"C++ kernels unavailable: {cpu.error}")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("H,W", [(1, 1), (2, 3), (7, 8), (16, 16), (9, 5)])
+def test_spike_max_pool_routes_gradients_like_torch(monkeypatch, dtype, H, W):
+    calls = []
+    for name in ("maxpool3s2", "maxpool3s2_backward"):
+        real = getattr(cpu, name)
+        monkeypatch.setattr(cpu, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    gen = torch.Generator().manual_seed(H * 31 + W)
+    for rate in (0.0, 0.1, 0.5, 1.0):  # ties everywhere: all-zero and all-one windows included
+        x = (torch.rand(2, 3, 4, H, W, generator=gen) < rate).to(dtype).requires_grad_()
+        calls.clear()
+        y = layers.max_pool(x)
+        ref = F.max_pool2d(x.flatten(0, 1), 3, 2, 1).unflatten(0, (2, 3))
+        assert torch.equal(y, ref)
+        g = torch.randn(y.shape, generator=gen, dtype=dtype)
+        (got,) = torch.autograd.grad(y, x, g)
+        (want,) = torch.autograd.grad(ref, x, g)
+        assert torch.equal(got, want)  # same element picked, same order of adding
+        assert calls == ["maxpool3s2", "maxpool3s2_backward"]
+    counts = torch.randint(0, 3, (2, 3, 4, H, W), generator=gen).to(dtype).requires_grad_()
+    calls.clear()
+    layers.max_pool(counts).sum().backward()  # not binary: torch's own pool
+    assert calls == [] or calls == ["maxpool3s2", "maxpool3s2_backward"] and counts.max() <= 1
+
+
 def test_compact_ops_under_bf16_autocast_match_plain():
     """Under autocast the gradient arrives in bf16 beside float32 weights; compact ops must give plain's grads."""
     x = _spikes((3, 5, 7, 12))

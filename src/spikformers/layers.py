@@ -251,10 +251,16 @@ class _SpikeMaxPool(torch.autograd.Function):
     def forward(ctx, x):  # type: ignore[override]
         (px,) = _save(ctx, x)
         ctx.save_for_backward(px.data)
+        # spikes on the CPU: pool and route the gradient from the bits, no indices kept or recomputed
+        ctx.bits = px.form == "bits" and _fast(x.dtype, x.device) and x.is_contiguous()
+        if ctx.bits:
+            return _cpu_kernels.maxpool3s2(x)
         return torch.ops.aten.max_pool2d_with_indices(x, [3, 3], [2, 2], [1, 1])[0]
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
+        if ctx.bits and g.dtype == ctx.forms[0][2]:
+            return _cpu_kernels.maxpool3s2_backward(ctx.saved_tensors[0], g.contiguous(), ctx.forms[0][1])
         (x,) = _load(ctx, ctx.saved_tensors)
         x = x.to(g.dtype)
         idx = torch.ops.aten.max_pool2d_with_indices(x, [3, 3], [2, 2], [1, 1])[1]

@@ -101,6 +101,8 @@ def _build() -> ctypes.CDLL:
         ("spk_unpack_bits", [i32, ptr, i64, ptr, i32], None),
         ("spk_sparse_linear", [i32, ptr, ptr, ptr, ptr, i64, i64, i64, i32], None),
         ("spk_sparse_linear_wgrad", [i32, i32, ptr, ptr, ptr, i64, i64, i64, i32], None),
+        ("spk_maxpool3s2", [i32, ptr, ptr, i64, i64, i64, i32], None),
+        ("spk_maxpool3s2_backward", [i32, ptr, ptr, ptr, i64, i64, i64, i32], None),
         ("spk_sparse_conv3x3", [i32, i32, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i32], None),
         ("spk_sparse_conv3x3_wgrad", [i32, i32, ptr, ptr, ptr, i64, i64, i64, i64, i64, i32], None),
     ):
@@ -296,3 +298,24 @@ def sparse_conv3x3_wgrad(data: torch.Tensor, form: str, g: torch.Tensor, weight_
     lib.spk_sparse_conv3x3_wgrad(int(g.dtype == torch.float64), _form_id(form), _ptr(data), _ptr(g), _ptr(out), B,
                                  Cin, Cout, H, W, torch.get_num_threads())
     return out[:, :Cout].t().reshape(Cout, Cin, 3, 3)
+
+
+def maxpool3s2(x: torch.Tensor) -> torch.Tensor:
+    """MaxPool(3, stride 2, padding 1) of contiguous CPU float ``x: [N, C, H, W]``."""
+    lib = library()
+    assert lib is not None
+    N, C, H, W = x.shape
+    y = torch.empty(N, C, (H - 1) // 2 + 1, (W - 1) // 2 + 1, dtype=x.dtype)
+    lib.spk_maxpool3s2(int(x.dtype == torch.float64), _ptr(x), _ptr(y), N * C, H, W, torch.get_num_threads())
+    return y
+
+
+def maxpool3s2_backward(bits: torch.Tensor, g: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Input gradient of :func:`maxpool3s2` for a binary input of ``shape`` packed as ``bits``, given ``g``."""
+    lib = library()
+    assert lib is not None
+    N, C, H, W = shape
+    gx = torch.empty(shape, dtype=g.dtype)
+    lib.spk_maxpool3s2_backward(int(g.dtype == torch.float64), _ptr(bits), _ptr(g), _ptr(gx), N * C, H, W,
+                                torch.get_num_threads())
+    return gx
