@@ -30,9 +30,9 @@ import torch
 from torch.autograd.graph import saved_tensors_hooks
 
 import spikformers
-from spikformers.layers import SPARSE_CONV_MAX_RATE, SPARSE_MAX_RATE, set_compact_spikes, set_sparse_spikes
 from spikformers.memory import chunked_forward
 from spikformers.neurons import LIF, TernaryNeuron
+from spikformers.spike_ops import SPARSE_CONV_MAX_RATE, SPARSE_MAX_RATE, set_compact_spikes, set_sparse_spikes
 
 MODEL = "spikformer_4_384_cifar"
 

@@ -7,7 +7,7 @@ import torch
 from torch.autograd.graph import saved_tensors_hooks
 from torch.nn import functional as F
 
-from spikformers import create_model, layers
+from spikformers import create_model, layers, spike_ops
 from spikformers.attention.psa import PSA
 from spikformers.memory import backbone_blocks, checkpoint_blocks, chunked_forward
 from spikformers.models.hst import HST
@@ -65,12 +65,12 @@ def test_pack_roundtrip(shape):
     real = torch.randn(shape, generator=gen)
     for x, form in ((binary, "bits"), (counts, "u8"), (real, "raw"), (-binary, "raw"), (binary * 0.5, "raw"),
                     (binary.transpose(0, -1), "bits")):
-        p = layers.pack_exact(x)
+        p = spike_ops.pack_exact(x)
         assert p.form == form
-        assert torch.equal(layers.unpack_exact(p.data, p.form, p.shape, p.dtype), x)
-    p = layers.pack_exact(binary)
+        assert torch.equal(spike_ops.unpack_exact(p.data, p.form, p.shape, p.dtype), x)
+    p = spike_ops.pack_exact(binary)
     assert p.data.numel() == -(-binary.numel() // 8)
-    assert layers.pack_exact(binary).data is p.data  # shared between calls on the same tensor
+    assert spike_ops.pack_exact(binary).data is p.data  # shared between calls on the same tensor
 
 
 @pytest.mark.skipif(not cpu.available(), reason=f"C++ kernels unavailable: {cpu.error}")
@@ -79,18 +79,18 @@ def test_pack_roundtrip(shape):
 def test_compiled_bit_packing_matches_torch(monkeypatch, n, dtype):
     gen = torch.Generator().manual_seed(n)
     x = (torch.rand(n, generator=gen) > 0.7).to(dtype)
-    fast = layers.pack_exact(x)
-    assert fast.form == "bits" and torch.equal(layers.unpack_exact(*fast[:4]), x)
-    monkeypatch.setattr(layers, "_fast", lambda dtype, device: False)
-    slow = layers.pack_exact(x.clone())
+    fast = spike_ops.pack_exact(x)
+    assert fast.form == "bits" and torch.equal(spike_ops.unpack_exact(*fast[:4]), x)
+    monkeypatch.setattr(spike_ops, "_fast", lambda dtype, device: False)
+    slow = spike_ops.pack_exact(x.clone())
     assert torch.equal(fast.data, slow.data)  # same bit layout, so either side can unpack the other's
     monkeypatch.undo()
     for bad in (0, n // 2, n - 1):  # one value that is not 0/1 anywhere: never packed as bits
         y = x.clone()
         y[bad] = 2.0
-        assert cpu.pack_bits(y) is None and layers.pack_exact(y).form == "u8"
+        assert cpu.pack_bits(y) is None and spike_ops.pack_exact(y).form == "u8"
         y[bad] = float("nan")
-        assert layers.pack_exact(y).form == "raw"
+        assert spike_ops.pack_exact(y).form == "raw"
 
 
 def _spikes(shape, seed=0, scale=1):
@@ -106,10 +106,10 @@ def test_compact_ops_match_plain(scale):
     wc, bc = torch.randn(5, 3, 3, 3, requires_grad=True), torch.randn(5, requires_grad=True)
     a, m = _spikes((2, 3, 7, 5), seed=2, scale=scale), _spikes((2, 3, 5, 4), seed=3, scale=scale)
     cases = [
-        (lambda: layers.spike_linear(x, w, b), lambda: F.linear(x, w, b), (x, w, b)),
-        (lambda: layers.spike_conv2d(xc, wc, bc, 2, 1), lambda: F.conv2d(xc, wc, bc, 2, 1), (xc, wc, bc)),
-        (lambda: layers.spike_conv2d(xc, wc, None, 1, 1), lambda: F.conv2d(xc, wc, None, 1, 1), (xc, wc)),
-        (lambda: layers.spike_matmul(a, m), lambda: a @ m, (a, m)),
+        (lambda: spike_ops.spike_linear(x, w, b), lambda: F.linear(x, w, b), (x, w, b)),
+        (lambda: spike_ops.spike_conv2d(xc, wc, bc, 2, 1), lambda: F.conv2d(xc, wc, bc, 2, 1), (xc, wc, bc)),
+        (lambda: spike_ops.spike_conv2d(xc, wc, None, 1, 1), lambda: F.conv2d(xc, wc, None, 1, 1), (xc, wc)),
+        (lambda: spike_ops.spike_matmul(a, m), lambda: a @ m, (a, m)),
         (lambda: layers.max_pool(xc[None]), lambda: F.max_pool2d(xc, 3, 2, 1)[None], (xc,)),
     ]
     for compact, plain, inputs in cases:
@@ -118,7 +118,7 @@ def test_compact_ops_match_plain(scale):
         g = torch.randn_like(y1)
         for g1, g2 in zip(torch.autograd.grad(y1, inputs, g), torch.autograd.grad(y2, inputs, g)):
             torch.testing.assert_close(g1, g2, **TOL)
-    assert saved_bytes(lambda: layers.spike_linear(x, w, b)) < saved_bytes(lambda: F.linear(x, w, b))
+    assert saved_bytes(lambda: spike_ops.spike_linear(x, w, b)) < saved_bytes(lambda: F.linear(x, w, b))
 
 
 @pytest.mark.skipif(not cpu.available(), reason=f"C++ kernels unavailable: {cpu.error}")
@@ -136,7 +136,7 @@ def test_event_driven_linear_matches_dense(monkeypatch, dtype, atol, K, N):
         calls.clear()  # top > 1: spike counts (a residual stream), kept as bytes
         x = (torch.rand(3, 50, K, generator=gen) < rate) * torch.randint(1, top + 1, (3, 50, K), generator=gen)
         x = x.to(dtype).requires_grad_()
-        y = layers.spike_linear(x, w, b)
+        y = spike_ops.spike_linear(x, w, b)
         g = torch.randn(y.shape, generator=gen, dtype=dtype)
         got = torch.autograd.grad(y, (x, w, b), g)
         want = torch.autograd.grad(F.linear(x, w, b), (x, w, b), g)
@@ -146,15 +146,15 @@ def test_event_driven_linear_matches_dense(monkeypatch, dtype, atol, K, N):
         assert calls == (["sparse_linear", "sparse_linear_wgrad"] if sparse else [])
         with torch.no_grad():  # inference takes the same path
             calls.clear()
-            torch.testing.assert_close(layers.spike_linear(x, w, b), F.linear(x, w, b), atol=atol, rtol=0)
+            torch.testing.assert_close(spike_ops.spike_linear(x, w, b), F.linear(x, w, b), atol=atol, rtol=0)
             assert calls == (["sparse_linear"] if sparse else [])
-    previous = layers.set_sparse_spikes(False)
+    previous = spike_ops.set_sparse_spikes(False)
     try:
         calls.clear()
         x = (torch.rand(3, 50, K, generator=gen) < 0.02).to(dtype).requires_grad_()
-        assert torch.equal(layers.spike_linear(x, w, b), F.linear(x, w, b)) and not calls
+        assert torch.equal(spike_ops.spike_linear(x, w, b), F.linear(x, w, b)) and not calls
     finally:
-        layers.set_sparse_spikes(previous)
+        spike_ops.set_sparse_spikes(previous)
 
 
 @pytest.mark.skipif(not cpu.available(), reason=f"C++ kernels unavailable: {cpu.error}")
@@ -177,7 +177,7 @@ def test_event_driven_conv_matches_dense(monkeypatch, dtype, atol, with_bias):
         shape = (B, Cin, H, W)
         x = (torch.rand(shape, generator=gen) < rate) * torch.randint(1, top + 1, shape, generator=gen)
         x = x.to(dtype).requires_grad_()
-        y = layers.spike_conv2d(x, w, b, stride, 1)
+        y = spike_ops.spike_conv2d(x, w, b, stride, 1)
         want_y = F.conv2d(x, w, b, stride, 1)
         torch.testing.assert_close(y, want_y, atol=atol, rtol=0)
         g = torch.randn(y.shape, generator=gen, dtype=dtype)
@@ -187,21 +187,21 @@ def test_event_driven_conv_matches_dense(monkeypatch, dtype, atol, with_bias):
             torch.testing.assert_close(a, e, atol=atol * 10, rtol=0)
         assert calls == (["sparse_conv3x3", "sparse_conv3x3_wgrad"] if sparse else [])
         calls.clear()  # only the input gradient: no weight gradient kernel
-        y = layers.spike_conv2d(x, w.detach(), None if b is None else b.detach(), stride, 1)
+        y = spike_ops.spike_conv2d(x, w.detach(), None if b is None else b.detach(), stride, 1)
         torch.testing.assert_close(torch.autograd.grad(y, x, g)[0], want[0], atol=atol * 10, rtol=0)
         assert calls == (["sparse_conv3x3"] if sparse else [])
         for mode in (torch.no_grad, torch.inference_mode):  # inference takes the same path
             calls.clear()
             with mode():
-                torch.testing.assert_close(layers.spike_conv2d(x, w, b, stride, 1), want_y, atol=atol, rtol=0)
+                torch.testing.assert_close(spike_ops.spike_conv2d(x, w, b, stride, 1), want_y, atol=atol, rtol=0)
             assert calls == (["sparse_conv3x3"] if sparse else [])
-    previous = layers.set_sparse_spikes(False)
+    previous = spike_ops.set_sparse_spikes(False)
     try:
         calls.clear()
         x = (torch.rand(B, Cin, H, W, generator=gen) < 0.02).to(dtype).requires_grad_()
-        assert torch.equal(layers.spike_conv2d(x, w, b, 1, 1), F.conv2d(x, w, b, 1, 1)) and not calls
+        assert torch.equal(spike_ops.spike_conv2d(x, w, b, 1, 1), F.conv2d(x, w, b, 1, 1)) and not calls
     finally:
-        layers.set_sparse_spikes(previous)
+        spike_ops.set_sparse_spikes(previous)
 
 
 @pytest.mark.skipif(not cpu.available(), reason=f"C++ kernels unavailable: {cpu.error}")
@@ -238,9 +238,9 @@ def test_compact_ops_under_bf16_autocast_match_plain():
     wc = torch.randn(5, 3, 3, 3, requires_grad=True)
     a, m = _spikes((2, 3, 7, 5), seed=2), _spikes((2, 3, 5, 4), seed=3)
     cases = [
-        (lambda: layers.spike_linear(x, w, b), lambda: F.linear(x, w, b), (x, w, b)),
-        (lambda: layers.spike_conv2d(xc, wc, None, 1, 1), lambda: F.conv2d(xc, wc, None, 1, 1), (xc, wc)),
-        (lambda: layers.spike_matmul(a, m), lambda: a @ m, (a, m)),
+        (lambda: spike_ops.spike_linear(x, w, b), lambda: F.linear(x, w, b), (x, w, b)),
+        (lambda: spike_ops.spike_conv2d(xc, wc, None, 1, 1), lambda: F.conv2d(xc, wc, None, 1, 1), (xc, wc)),
+        (lambda: spike_ops.spike_matmul(a, m), lambda: a @ m, (a, m)),
     ]
     for compact, plain, inputs in cases:
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -255,18 +255,18 @@ def test_compact_ops_under_bf16_autocast_match_plain():
 def test_compact_model_same_numbers_less_memory():
     model = spikformer()
     x = torch.randn(2, 3, 16, 16)
-    sparse = layers.set_sparse_spikes(False)  # bit-for-bit equality holds without the event-driven linears
+    sparse = spike_ops.set_sparse_spikes(False)  # bit-for-bit equality holds without the event-driven linears
     try:
         out1, g1 = grads(model, x)
         big = saved_bytes(lambda: model(x))
-        previous = layers.set_compact_spikes(False)
+        previous = spike_ops.set_compact_spikes(False)
         try:
             out2, g2 = grads(model, x)
             plain = saved_bytes(lambda: model(x))
         finally:
-            layers.set_compact_spikes(previous)
+            spike_ops.set_compact_spikes(previous)
     finally:
-        layers.set_sparse_spikes(sparse)
+        spike_ops.set_sparse_spikes(sparse)
     assert torch.equal(out1, out2)
     assert g1.keys() == g2.keys()
     for k in g1:

@@ -184,7 +184,7 @@ def test_bad_loop_settings_are_rejected_before_training(overrides: list[str], me
 
 
 def test_speed_options_reach_the_model_and_are_restored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from spikformers import layers
+    from spikformers import spike_ops
     from spikformers.memory import _CheckpointedForward, backbone_blocks
     from spikformers.neurons import LIF
     from spikformers.train import engine
@@ -195,8 +195,8 @@ def test_speed_options_reach_the_model_and_are_restored(tmp_path: Path, monkeypa
     def spy(model, cfg):  # type: ignore[no-untyped-def]
         real(model, cfg)
         lifs = [m for m in model.modules() if isinstance(m, LIF)]
-        seen.update(saved={m.saved for m in lifs}, backend={m.backend for m in lifs}, sparse=layers._SPARSE,
-                    compact=layers._COMPACT, ckpt=all(isinstance(b.__dict__.get("forward"), _CheckpointedForward)
+        seen.update(saved={m.saved for m in lifs}, backend={m.backend for m in lifs}, sparse=spike_ops._SPARSE,
+                    compact=spike_ops._COMPACT, ckpt=all(isinstance(b.__dict__.get("forward"), _CheckpointedForward)
                                                       and b.forward.enabled for b in backbone_blocks(model)))
 
     monkeypatch.setattr(engine, "apply_speed_options", spy)
@@ -207,4 +207,4 @@ def test_speed_options_reach_the_model_and_are_restored(tmp_path: Path, monkeypa
                              f"out={tmp_path}"])
     engine.train(cfg)
     assert seen == {"saved": {"q24"}, "backend": {"eager"}, "sparse": False, "compact": False, "ckpt": True}
-    assert layers._SPARSE and layers._COMPACT  # the process-wide switches are back as they were
+    assert spike_ops._SPARSE and spike_ops._COMPACT  # the process-wide switches are back as they were

@@ -6,7 +6,8 @@
 - :func:`chunked_forward`: evaluation forward over T in chunks of ``chunk`` steps, every neuron carrying its
   membrane from one chunk to the next inside :func:`~spikformers.neurons.state.carry_membrane` (cleared on exit),
   so peak activation memory scales with ``chunk`` instead of T and the logits equal the full-T forward's.
-- Compact spike inputs for backward (always on) live in :mod:`spikformers.layers` (``set_compact_spikes``).
+- Compact spike inputs for backward and event-driven CPU products live in :mod:`spikformers.spike_ops`
+  (``set_compact_spikes``, ``set_sparse_spikes``).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..layers import spike_matmul
+from ..spike_ops import spike_matmul
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:

@@ -310,10 +310,11 @@ def _fmt(v: float | None, spec: str) -> str:
 # ------------------------------------------------------------------------------------------------ the loop
 def train(cfg: TrainConfig) -> RunResult:
     """Train and evaluate per ``cfg`` (one process, or each process of a torchrun job); write the run folder."""
-    from .. import layers
+    from .. import spike_ops
 
     info = dist_utils.init_distributed(cfg.device)
-    previous = layers.set_compact_spikes(True), layers.set_sparse_spikes(True)  # the run sets its own, restored after
+    # the run sets its own layer switches (apply_speed_options); they are put back afterwards
+    previous = spike_ops.set_compact_spikes(True), spike_ops.set_sparse_spikes(True)
     try:
         check_loop_config(cfg, info.device, info.world_size)
         result = _train(cfg, info)
@@ -322,15 +323,15 @@ def train(cfg: TrainConfig) -> RunResult:
             torch.distributed.destroy_process_group()
         raise
     finally:
-        layers.set_compact_spikes(previous[0])
-        layers.set_sparse_spikes(previous[1])
+        spike_ops.set_compact_spikes(previous[0])
+        spike_ops.set_sparse_spikes(previous[1])
     dist_utils.cleanup()
     return result
 
 
 def apply_speed_options(model: nn.Module, cfg: TrainConfig) -> None:
     """Apply the ``train.*`` speed and memory options (neuron kernels, checkpointing, compact / sparse layers)."""
-    from .. import layers
+    from .. import spike_ops
     from ..neurons import configure_neurons
 
     t = cfg.train
@@ -339,8 +340,8 @@ def apply_speed_options(model: nn.Module, cfg: TrainConfig) -> None:
         if not hasattr(model, "set_grad_checkpointing"):
             raise ConfigError(f"config key 'train.grad_checkpointing': {cfg.model.name} does not support it")
         model.set_grad_checkpointing(True)
-    layers.set_compact_spikes(t.compact_spikes)
-    layers.set_sparse_spikes(t.event_driven)
+    spike_ops.set_compact_spikes(t.compact_spikes)
+    spike_ops.set_sparse_spikes(t.event_driven)
 
 
 def _train(cfg: TrainConfig, info: dist_utils.DistInfo) -> RunResult:

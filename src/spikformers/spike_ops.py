@@ -1,0 +1,342 @@
+"""Operations on spike tensors: compact saving for backward, and event-driven compute on the CPU.
+
+Compact saved inputs: the linear, conv, max-pool and attention-product operations here keep their input for
+backward as bits when it holds only 0/1 (spikes), as bytes when it holds small non-negative integers (sums of
+spikes on the residual stream), and as the float tensor otherwise; the check is exact (the input is rebuilt
+bit for bit), so outputs and gradients equal the plain torch ops'. ``set_compact_spikes(False)`` turns it off.
+
+Event-driven linears, convs and max-pools: on the CPU, :func:`spike_linear` and (3x3, stride 1, padding 1)
+:func:`spike_conv2d` compute sparse spike inputs by addition (see there), and :func:`spike_max_pool` routes its
+gradient from the saved bits; ``set_sparse_spikes(False)`` turns the linears and convs back to ``F.linear`` /
+``F.conv2d`` bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+from torch.nn import functional as F
+from torch.utils.weak import WeakIdKeyDictionary
+
+from .neurons.kernels import cpu as _cpu_kernels
+
+_COMPACT = True
+_SPARSE = True
+SPARSE_MAX_RATE = 0.15  # firing rate up to which the event-driven linear beats the dense product (benchmarks/)
+SPARSE_CONV_MAX_RATE = 0.25  # the same for the event-driven 3x3 conv: its forward breaks even with the dense conv at
+# 0.3-0.4 firing (0.3 on 8x8 maps), its weight gradient at 0.35-0.45 (SPS shapes, batch 128, 2 threads)
+_BIT_WEIGHTS: dict[torch.device, torch.Tensor] = {}
+_pack_cache: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def set_compact_spikes(enabled: bool) -> bool:
+    """Switch compact saving of spike inputs on or off for the layers here; returns the previous setting."""
+    global _COMPACT
+    previous, _COMPACT = _COMPACT, bool(enabled)
+    return previous
+
+
+def set_sparse_spikes(enabled: bool) -> bool:
+    """Switch the event-driven CPU linear and conv on or off (see :func:`spike_linear`, :func:`spike_conv2d`); returns
+    the previous setting."""
+    global _SPARSE
+    previous, _SPARSE = _SPARSE, bool(enabled)
+    return previous
+
+
+class Packed(NamedTuple):
+    """Lossless compact copy of a tensor: ``data`` is bits (``"bits"``), bytes (``"u8"``) or the tensor (``"raw"``)."""
+
+    data: torch.Tensor
+    form: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    nonzero: int = -1  # how many elements are not zero, where packing counted them (the C++ path)
+
+
+def _weights(device: torch.device) -> torch.Tensor:
+    w = _BIT_WEIGHTS.get(device)
+    if w is None:
+        w = _BIT_WEIGHTS[device] = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=device)
+    return w
+
+
+def _fast(dtype: torch.dtype, device: torch.device) -> bool:
+    """True when the compiled CPU bit packing applies (float32/float64 on the CPU, library built)."""
+    return device.type == "cpu" and dtype in (torch.float32, torch.float64) and _cpu_kernels.available()
+
+
+def pack_exact(x: torch.Tensor) -> Packed:
+    """Compact copy of ``x``: 1 bit per element if all values are 0/1, 1 byte if integers in [0, 255], else ``x``.
+
+    Calls on the same tensor object (e.g. Q, K and V projections of one input) share one packed copy.
+    """
+    raw = Packed(x, "raw", tuple(x.shape), x.dtype)
+    hit = _pack_cache.get(x)
+    if hit is not None and hit[0] == x._version:
+        return raw if hit[1] is None else hit[1]
+    packed = raw
+    if _fast(x.dtype, x.device) and x.is_contiguous():  # one C++ pass per format checks, packs and counts
+        for form, pack in (("bits", _cpu_kernels.pack_bits), ("u8", _cpu_kernels.pack_u8)):
+            found = pack(x)
+            if found is not None:
+                packed = Packed(found[0], form, tuple(x.shape), x.dtype, found[1])
+                break
+        else:
+            _pack_cache[x] = (x._version, None)
+            return raw
+    if packed is raw and x.is_floating_point() and x.numel() > 0:
+        u = x.to(torch.uint8)
+        if torch.equal(u.to(x.dtype), x):
+            flat = u.reshape(-1)
+            if int(flat.max()) <= 1:
+                pad = (-flat.numel()) % 8
+                if pad:
+                    flat = torch.cat([flat, flat.new_zeros(pad)])
+                bits = torch.sum(flat.view(-1, 8) * _weights(x.device), dim=1, dtype=torch.uint8)
+                packed = Packed(bits, "bits", tuple(x.shape), x.dtype)
+            else:
+                packed = Packed(u, "u8", tuple(x.shape), x.dtype)
+    _pack_cache[x] = (x._version, None if packed is raw else packed)  # never hold x itself: the key is weak
+    return packed
+
+
+def unpack_exact(data: torch.Tensor, form: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Rebuild the tensor :func:`pack_exact` packed (contiguous, same values)."""
+    if form == "raw":
+        return data
+    if form == "u8":
+        return data.to(dtype).reshape(shape)
+    n = 1
+    for d in shape:
+        n *= d
+    if _fast(dtype, data.device):
+        return _cpu_kernels.unpack_bits(data, n, dtype).view(shape)
+    shifts = torch.arange(8, dtype=torch.uint8, device=data.device)
+    bits = (data[:, None] >> shifts) & 1
+    return bits.reshape(-1)[:n].to(dtype).view(shape)
+
+
+def _save(ctx: Any, *tensors: torch.Tensor) -> None:
+    """Save ``tensors`` compactly on ``ctx`` (``ctx.forms`` keeps what unpacking needs)."""
+    packs = [pack_exact(t) for t in tensors]
+    ctx.forms = [(p.form, p.shape, p.dtype) for p in packs]
+    return packs
+
+
+def _load(ctx: Any, saved: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    return [unpack_exact(d, *f) for d, f in zip(saved, ctx.forms)]
+
+
+def _event_driven_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the event-driven CPU linear can take ``x`` at all (how sparse it is gets checked separately).
+
+    Not while a ``TorchFunctionMode`` is active (the energy counter, ``FlopCounterMode``): those watch ``F.linear``.
+    """
+    return (_SPARSE and _fast(x.dtype, x.device) and x.is_contiguous() and x.dim() >= 2 and x.shape[-1] % 8 == 0
+            and weight.dtype == x.dtype and not torch.is_autocast_enabled("cpu")
+            and torch._C._len_torch_function_stack() == 0)
+
+
+def _event_driven(x: torch.Tensor, px: Packed, weight: torch.Tensor) -> bool:
+    """Whether to run the linear on ``x`` by adding the weight columns of its non-zero inputs (CPU, sparse spikes)."""
+    return (px.form in ("bits", "u8") and 0 <= px.nonzero <= SPARSE_MAX_RATE * x.numel()
+            and _event_driven_ok(x, weight))
+
+
+def _sparse_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    K = x.shape[-1]
+    y = _cpu_kernels.sparse_linear(x.view(-1, K), weight.detach().t().contiguous(),
+                                   None if bias is None else bias.detach())
+    return y.view(*x.shape[:-1], weight.shape[0])
+
+
+def _conv_event_driven_ok(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int,
+                          padding: int) -> bool:
+    """Whether the event-driven CPU conv can take ``x`` at all: a 3x3 kernel, stride 1, padding 1 (how sparse ``x`` is
+    gets checked separately); as :func:`_event_driven_ok`, never under autocast or a ``TorchFunctionMode``."""
+    return (_SPARSE and stride == 1 and padding == 1 and _fast(x.dtype, x.device) and x.is_contiguous()
+            and x.dim() == 4 and x.numel() > 0 and max(x.shape[2:]) < 65536 and weight.dim() == 4
+            and tuple(weight.shape[1:]) == (x.shape[1], 3, 3) and weight.dtype == x.dtype
+            and (bias is None or bias.dtype == x.dtype) and not torch.is_autocast_enabled("cpu")
+            and torch._C._len_torch_function_stack() == 0)
+
+
+def _conv_event_driven(x: torch.Tensor, px: Packed, weight: torch.Tensor, bias: torch.Tensor | None, stride: int,
+                       padding: int) -> bool:
+    """Whether to run the conv on ``x`` by adding the weights of its non-zero inputs (CPU, sparse spikes)."""
+    return (px.form in ("bits", "u8") and 0 <= px.nonzero <= SPARSE_CONV_MAX_RATE * x.numel()
+            and _conv_event_driven_ok(x, weight, bias, stride, padding))
+
+
+def _sparse_conv(px: Packed, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return _cpu_kernels.sparse_conv3x3(px.data, px.form, px.shape, weight.detach(),
+                                       None if bias is None else bias.detach())
+
+
+class _SpikeLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):  # type: ignore[override]
+        (px,) = _save(ctx, x)
+        ctx.save_for_backward(px.data, weight)
+        ctx.has_bias = bias is not None
+        ctx.sparse = _event_driven(x, px, weight)
+        return _sparse_linear(x, weight, bias) if ctx.sparse else F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        xd, weight = ctx.saved_tensors
+        gx = gw = gb = None
+        g2 = g.reshape(-1, g.shape[-1])
+        if ctx.sparse:  # x stays packed: the weight gradient adds the gradient rows where x is not zero
+            if ctx.needs_input_grad[0]:
+                gx = g.matmul(weight)
+            if ctx.needs_input_grad[1]:
+                gw = _cpu_kernels.sparse_linear_wgrad(xd, ctx.forms[0][0], g2.contiguous(), weight.shape[1]).t()
+            if ctx.has_bias and ctx.needs_input_grad[2]:
+                gb = g2.sum(0)
+            return gx, gw, gb
+        (x,) = _load(ctx, (xd,))
+        x, weight = x.to(g.dtype), weight.to(g.dtype)  # under autocast g is bf16/fp16; autograd casts grads back
+        if ctx.needs_input_grad[0]:
+            gx = g.matmul(weight)
+        if ctx.needs_input_grad[1]:
+            gw = g2.t().mm(x.reshape(-1, x.shape[-1]))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = g2.sum(0)
+        return gx, gw, gb
+
+
+class _SpikeConv2d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding):  # type: ignore[override]
+        (px,) = _save(ctx, x)
+        ctx.save_for_backward(px.data, weight)
+        ctx.conf = (None if bias is None else list(bias.shape), [stride] * 2, [padding] * 2)
+        ctx.sparse = _conv_event_driven(x, px, weight, bias, stride, padding)
+        return _sparse_conv(px, weight, bias) if ctx.sparse else F.conv2d(x, weight, bias, stride, padding)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        xd, weight = ctx.saved_tensors
+        if ctx.sparse:  # the weight gradient adds gradient pixels where x is not zero; the input gradient stays dense
+            gx = gw = gb = None
+            form, shape, _ = ctx.forms[0]
+            if ctx.needs_input_grad[0]:
+                (x,) = _load(ctx, (xd,))
+                gx = torch.ops.aten.convolution_backward(
+                    g, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, False, False]
+                )[0]
+            if ctx.needs_input_grad[1]:
+                gw = _cpu_kernels.sparse_conv3x3_wgrad(xd, form, g.contiguous(), tuple(weight.shape), shape)
+            if ctx.conf[0] is not None and ctx.needs_input_grad[2]:
+                gb = g.sum((0, 2, 3))
+            return gx, gw, gb, None, None
+        (x,) = _load(ctx, (xd,))
+        x, weight = x.to(g.dtype), weight.to(g.dtype)
+        bias_sizes, stride, padding = ctx.conf
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias_sizes is not None and ctx.needs_input_grad[2]]
+        gx, gw, gb = torch.ops.aten.convolution_backward(
+            g, x, weight, bias_sizes, stride, padding, [1, 1], False, [0, 0], 1, mask
+        )
+        return gx, gw, gb, None, None
+
+
+class _SpikeMaxPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):  # type: ignore[override]
+        (px,) = _save(ctx, x)
+        ctx.save_for_backward(px.data)
+        # spikes on the CPU: pool and route the gradient from the bits, no indices kept or recomputed
+        ctx.bits = px.form == "bits" and _fast(x.dtype, x.device) and x.is_contiguous()
+        if ctx.bits:
+            return _cpu_kernels.maxpool3s2(x)
+        return torch.ops.aten.max_pool2d_with_indices(x, [3, 3], [2, 2], [1, 1])[0]
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        if ctx.bits and g.dtype == ctx.forms[0][2]:
+            return _cpu_kernels.maxpool3s2_backward(ctx.saved_tensors[0], g.contiguous(), ctx.forms[0][1])
+        (x,) = _load(ctx, ctx.saved_tensors)
+        x = x.to(g.dtype)
+        idx = torch.ops.aten.max_pool2d_with_indices(x, [3, 3], [2, 2], [1, 1])[1]
+        return torch.ops.aten.max_pool2d_with_indices_backward(g, x, [3, 3], [2, 2], [1, 1], [1, 1], False, idx)
+
+
+class _SpikeMatmul(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b):  # type: ignore[override]
+        pa, pb = _save(ctx, a, b)
+        ctx.save_for_backward(pa.data, pb.data)
+        return a.matmul(b)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        a, b = (t.to(g.dtype) for t in _load(ctx, ctx.saved_tensors))
+        ga = g.matmul(b.mT) if ctx.needs_input_grad[0] else None
+        gb = a.mT.matmul(g) if ctx.needs_input_grad[1] else None
+        return ga, gb
+
+
+def _needs_grad(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _compact(*tensors: torch.Tensor | None) -> bool:
+    return _COMPACT and _needs_grad(*tensors)
+
+
+def spike_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear`` (``[..., C_in] -> [..., C_out]``) that keeps a spike / small-integer input compactly.
+
+    On the CPU, a float input of sparse spikes or spike counts (at most :data:`SPARSE_MAX_RATE` of it not zero) is
+    computed event-driven: each output row adds the weight columns of the non-zero inputs, and the weight gradient
+    adds gradient rows where they are not zero, which costs that fraction of the dense product. Results equal the
+    dense ones to float rounding (the sums run in another order), not bit for bit; ``set_sparse_spikes(False)``
+    turns it off.
+    """
+    if _compact(x, weight, bias):
+        return _SpikeLinear.apply(x, weight, bias)
+    if not _needs_grad(x, weight, bias) and _event_driven_ok(x, weight):  # inference: count the spikes, then pick
+        found = _cpu_kernels.pack_bits(x) or _cpu_kernels.pack_u8(x)
+        if found is not None and found[1] <= SPARSE_MAX_RATE * x.numel():
+            return _sparse_linear(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+def spike_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride: int = 1,
+                 padding: int = 0) -> torch.Tensor:
+    """``F.conv2d`` on ``[N, C, H, W]`` (dilation 1, one group) that keeps a spike input compactly.
+
+    On the CPU, a 3x3 conv with stride 1 and padding 1 (the spiking convs of SPS) on a float input of sparse spikes
+    or spike counts (at most :data:`SPARSE_CONV_MAX_RATE` of it not zero) is computed event-driven: each output
+    pixel adds the weights of the non-zero inputs around it, and the weight gradient adds gradient pixels where the
+    input is not zero (the input gradient stays a dense conv). Results equal the dense ones to float rounding, not
+    bit for bit; ``set_sparse_spikes(False)`` turns it off.
+    """
+    if _compact(x, weight, bias):
+        return _SpikeConv2d.apply(x, weight, bias, stride, padding)
+    if not _needs_grad(x, weight, bias) and _conv_event_driven_ok(x, weight, bias, stride, padding):
+        for form, pack in (("bits", _cpu_kernels.pack_bits), ("u8", _cpu_kernels.pack_u8)):  # inference: count, pick
+            found = pack(x)
+            if found is not None:
+                px = Packed(found[0], form, tuple(x.shape), x.dtype, found[1])
+                if _conv_event_driven(x, px, weight, bias, stride, padding):
+                    return _sparse_conv(px, weight, bias)
+                break
+    return F.conv2d(x, weight, bias, stride, padding)
+
+
+def spike_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for same-batch operands ``[..., n, k] @ [..., k, m]`` keeping spike / integer operands compactly."""
+    if not _compact(a, b) or a.dim() < 2 or b.dim() < 2 or a.shape[:-2] != b.shape[:-2]:
+        return a @ b
+    return _SpikeMatmul.apply(a, b)
+
+
+def spike_max_pool(x: torch.Tensor) -> torch.Tensor:
+    """MaxPool(3, stride 2, padding 1) on ``[N, C, H, W]`` that keeps a spike input compactly for backward."""
+    if _compact(x):
+        return _SpikeMaxPool.apply(x)
+    return F.max_pool2d(x, 3, 2, 1)
