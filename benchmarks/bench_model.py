@@ -30,7 +30,7 @@ import torch
 from torch.autograd.graph import saved_tensors_hooks
 
 import spikformers
-from spikformers.memory import chunked_forward
+from spikformers.memory import chunked_forward, recompute_bn_neurons
 from spikformers.neurons import LIF, TernaryNeuron
 from spikformers.spike_ops import SPARSE_CONV_MAX_RATE, SPARSE_MAX_RATE, set_compact_spikes, set_sparse_spikes
 
@@ -40,7 +40,7 @@ MODEL = "spikformer_4_384_cifar"
 # (compact saved spike inputs, event-driven linears) per variant; the reference is the library before this work:
 # per-step loops and plain (float-saving, dense) layers
 LAYERS = {"fused": (True, True), "fused_dense": (True, False), "fused_plain_layers": (False, False),
-          "reference": (False, False), "neuron_floor": (True, False)}
+          "reference": (False, False), "neuron_floor": (True, False), "fused_lean": (True, True)}
 
 
 @contextlib.contextmanager
@@ -158,7 +158,7 @@ def peak_bytes(fn, device: str) -> int:
 def memory_report(models: dict, opts: dict, x, y, device: str, infer_T: int, chunk: int) -> dict:
     """Saved-for-backward bytes, training-step peaks (with and without checkpointing), chunked-inference peaks."""
     saved, peak = {}, {}
-    for k in ("fused", "reference"):
+    for k in ("fused", "reference", "fused_lean"):
         with layers_as(k):
             saved[k] = saved_bytes(models[k], x)
             peak[k] = peak_bytes(lambda k=k: train_step(models[k], opts[k], x, y), device)
@@ -186,6 +186,8 @@ def memory_report(models: dict, opts: dict, x, y, device: str, infer_T: int, chu
         "train_peak_bytes": peak,
         "train_peak_ratio": peak["fused"] / peak["reference"],
         "train_peak_ratio_checkpointing": peak["fused_checkpointing"] / peak["reference"],
+        "saved_ratio_lean": saved["fused_lean"] / saved["reference"],
+        "train_peak_ratio_lean": peak["fused_lean"] / peak["reference"],
         "infer_T": infer_T, "chunk": chunk, "infer_peak_bytes": infer,
         "infer_chunked_ratio": infer["chunked"] / infer["full"],
         "chunked_logits_equal": bool(torch.equal(full, chunked)),
@@ -250,12 +252,13 @@ def main(argv: list[str] | None = None) -> dict:
     dev = args.device
     x = torch.randn(args.batch, 3, 32, 32, device=dev)
     y = torch.randint(0, 10, (args.batch,), device=dev)
-    variants = {"fused": "auto", "reference": "reference", "fused_dense": "auto"}
+    variants = {"fused": "auto", "reference": "reference", "fused_dense": "auto", "fused_lean": "auto"}
     if args.plain_layers:
         variants["fused_plain_layers"] = "auto"
     if not args.no_floor:
         variants["neuron_floor"] = "floor"
     models = {k: build(b, dev) for k, b in variants.items()}
+    recompute_bn_neurons(models["fused_lean"])
     opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
     for k in variants:
         with layers_as(k):
@@ -295,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{k:<20}{med[k + '_train'] * 1e3:>10.0f}{report['speedup'][k]['train']:>10.2f}"
               f"{med[k + '_infer'] * 1e3:>10.0f}{report['speedup'][k]['infer']:>10.2f}")
     print("fused: fused neurons, compact saved spikes, event-driven linears and convs; fused_dense: the same with "
-          "dense layers")
+          "dense layers; fused_lean: fused with batch norm + neuron recomputed in backward (recompute_bn_neurons)")
     with layers_as("fused"):
         report["firing_rates"] = fr = firing_rates(models["fused"], x)
     print(f"firing rates of the {fr['neurons']} LIF layers (this untrained model, this input): mean {fr['mean']:.3f}, "
@@ -318,6 +321,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"training-step peak: fused {peak['fused'] / mb:.0f} MB, with checkpointing "
           f"{peak['fused_checkpointing'] / mb:.0f} MB, reference {peak['reference'] / mb:.0f} MB; ratios "
           f"{report['train_peak_ratio']:.3f}, {report['train_peak_ratio_checkpointing']:.3f}")
+    print(f"fused_lean (recompute_bn_neurons): saved for backward {saved['fused_lean'] / mb:.0f} MB "
+          f"({report['saved_ratio_lean']:.3f}), training-step peak {peak['fused_lean'] / mb:.0f} MB "
+          f"({report['train_peak_ratio_lean']:.3f})")
     print(f"inference peak at T={args.infer_T}: whole T {infer['full'] / mb:.0f} MB, chunks of {args.chunk} "
           f"{infer['chunked'] / mb:.0f} MB, ratio {report['infer_chunked_ratio']:.3f}, "
           f"logits identical: {report['chunked_logits_equal']}")

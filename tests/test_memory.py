@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 from spikformers import create_model, layers, spike_ops
 from spikformers.attention.psa import PSA
-from spikformers.memory import backbone_blocks, checkpoint_blocks, chunked_forward
+from spikformers.memory import backbone_blocks, checkpoint_blocks, chunked_forward, recompute_bn_neurons
 from spikformers.models.hst import HST
 from spikformers.models.spikformer import Spikformer
 from spikformers.neurons import LIF, TernaryNeuron
@@ -272,6 +272,24 @@ def test_compact_model_same_numbers_less_memory():
     for k in g1:
         torch.testing.assert_close(g1[k], g2[k], **TOL)
     assert big < 0.8 * plain
+
+
+@pytest.mark.parametrize("build", [spikformer, hst], ids=["spikformer", "hst"])
+def test_recompute_bn_neurons_same_numbers_less_memory(build):
+    x = torch.randn(2, 3, 16, 16)
+    plain, lean = build(), build()
+    assert recompute_bn_neurons(lean) > 0
+    out1, g1 = grads(plain, x)
+    out2, g2 = grads(lean, x)
+    assert torch.equal(out1, out2)
+    assert g1.keys() == g2.keys()
+    for k in g1:
+        torch.testing.assert_close(g2[k], g1[k], **TOL)
+    for (k, a), b in zip(plain.state_dict().items(), lean.state_dict().values()):
+        assert torch.equal(a, b), k  # running statistics updated once, not twice
+    assert saved_bytes(lambda: lean(x)) < 0.9 * saved_bytes(lambda: plain(x))
+    recompute_bn_neurons(lean, False)
+    assert saved_bytes(lambda: lean(x)) == saved_bytes(lambda: plain(x))
 
 
 @pytest.mark.parametrize("build", [spikformer, hst], ids=["spikformer", "hst"])

@@ -196,7 +196,9 @@ def test_speed_options_reach_the_model_and_are_restored(tmp_path: Path, monkeypa
         real(model, cfg)
         lifs = [m for m in model.modules() if isinstance(m, LIF)]
         seen.update(saved={m.saved for m in lifs}, backend={m.backend for m in lifs}, sparse=spike_ops._SPARSE,
-                    compact=spike_ops._COMPACT, ckpt=all(isinstance(b.__dict__.get("forward"), _CheckpointedForward)
+                    compact=spike_ops._COMPACT, lean=all(m.recompute_bn_neuron for m in model.modules()
+                                                         if hasattr(m, "recompute_bn_neuron")),
+                    ckpt=all(isinstance(b.__dict__.get("forward"), _CheckpointedForward)
                                                       and b.forward.enabled for b in backbone_blocks(model)))
 
     monkeypatch.setattr(engine, "apply_speed_options", spy)
@@ -204,7 +206,9 @@ def test_speed_options_reach_the_model_and_are_restored(tmp_path: Path, monkeypa
                              "optim.warmup_epochs=0", "data.limit_train=32", "data.limit_test=16", "progress=false",
                              "train.tensorboard=false", "train.neuron_saved=q24", "train.neuron_backend=eager",
                              "train.event_driven=false", "train.compact_spikes=false", "train.grad_checkpointing=true",
+                             "train.recompute_bn_neuron=true",
                              f"out={tmp_path}"])
     engine.train(cfg)
-    assert seen == {"saved": {"q24"}, "backend": {"eager"}, "sparse": False, "compact": False, "ckpt": True}
+    assert seen == {"saved": {"q24"}, "backend": {"eager"}, "sparse": False, "compact": False, "ckpt": True,
+                    "lean": True}
     assert spike_ops._SPARSE and spike_ops._COMPACT  # the process-wide switches are back as they were

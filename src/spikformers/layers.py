@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .memory import recompute_in_backward
 from .neurons import Neuron, create_neuron
 from .spike_ops import spike_conv2d, spike_linear, spike_max_pool
 
@@ -37,9 +38,16 @@ class LinearBN(nn.Module):
         self.linear = nn.Linear(in_features, out_features, bias=bias)
         self.bn = nn.BatchNorm1d(out_features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = spike_linear(x, self.linear.weight, self.linear.bias)
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """The linear alone: ``[..., C_in] -> [..., C_out]``."""
+        return spike_linear(x, self.linear.weight, self.linear.bias)
+
+    def normalize(self, y: torch.Tensor) -> torch.Tensor:
+        """The batch norm alone, over channels pooled across all other dimensions."""
         return self.bn(y.reshape(-1, y.shape[-1])).view_as(y)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.normalize(self.project(x))
 
 
 class LinearBNSpike(LinearBN):
@@ -55,9 +63,12 @@ class LinearBNSpike(LinearBN):
     ) -> None:
         super().__init__(in_features, out_features, bias)
         self.neuron = create_neuron(neuron, **neuron_kwargs)
+        self.recompute_bn_neuron = False  # spikformers.memory.recompute_bn_neurons: norm + neuron redone in backward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.neuron(super().forward(x))
+        if self.recompute_bn_neuron and torch.is_grad_enabled():
+            return recompute_in_backward(self, lambda y: self.neuron(self.normalize(y)), self.project(x))
+        return self.neuron(self.normalize(self.project(x)))  # nested: the linear's output is freed after the norm
 
 
 class ConvBN(nn.Module):
@@ -70,12 +81,19 @@ class ConvBN(nn.Module):
         self.conv = nn.Conv2d(in_chans, out_chans, kernel_size, stride, padding=kernel_size // 2, bias=bias)
         self.bn = nn.BatchNorm2d(out_chans)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """The conv alone, ``[T, B, C_in, H, W] -> [T*B, C_out, H', W']`` (time stays folded)."""
         c = self.conv
         if c.padding_mode != "zeros" or c.dilation != (1, 1) or c.groups != 1:  # pragma: no cover - not built here
-            return unfold(self.bn(c(fold(x))), x.shape[0])
-        y = spike_conv2d(fold(x), c.weight, c.bias, c.stride[0], c.padding[0])
-        return unfold(self.bn(y), x.shape[0])
+            return c(fold(x))
+        return spike_conv2d(fold(x), c.weight, c.bias, c.stride[0], c.padding[0])
+
+    def normalize(self, y: torch.Tensor, T: int) -> torch.Tensor:
+        """The batch norm alone, ``[T*B, C, H, W] -> [T, B, C, H, W]``."""
+        return unfold(self.bn(y), T)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.normalize(self.project(x), x.shape[0])
 
 
 def max_pool(x: torch.Tensor) -> torch.Tensor:
@@ -93,9 +111,14 @@ class ConvBNSpike(nn.Module):
         self.conv = ConvBN(in_chans, out_chans, 3)
         self.neuron = create_neuron(neuron)
         self.pool = pool
+        self.recompute_bn_neuron = False  # spikformers.memory.recompute_bn_neurons: norm + neuron redone in backward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.neuron(self.conv(x))
+        T = x.shape[0]
+        if self.recompute_bn_neuron and torch.is_grad_enabled():
+            x = recompute_in_backward(self, lambda y: self.neuron(self.conv.normalize(y, T)), self.conv.project(x))
+        else:
+            x = self.neuron(self.conv.normalize(self.conv.project(x), T))
         return max_pool(x) if self.pool else x
 
 

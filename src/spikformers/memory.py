@@ -6,6 +6,8 @@
 - :func:`chunked_forward`: evaluation forward over T in chunks of ``chunk`` steps, every neuron carrying its
   membrane from one chunk to the next inside :func:`~spikformers.neurons.state.carry_membrane` (cleared on exit),
   so peak activation memory scales with ``chunk`` instead of T and the logits equal the full-T forward's.
+- :func:`recompute_bn_neurons`: batch norm + neuron of every linear/conv unit recomputed in backward, so each unit
+  keeps only the norm's input.
 - Compact spike inputs for backward and event-driven CPU products live in :mod:`spikformers.spike_ops`
   (``set_compact_spikes``, ``set_sparse_spikes``).
 """
@@ -21,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .neurons.state import carry_membrane
 
-__all__ = ["backbone_blocks", "checkpoint_blocks", "chunked_forward", "CHUNK_UNSUPPORTED"]
+__all__ = ["backbone_blocks", "checkpoint_blocks", "chunked_forward", "recompute_bn_neurons", "CHUNK_UNSUPPORTED"]
 
 CHUNK_UNSUPPORTED = (
     "SpiLiFormer's two-pass forward (its feedback is computed from the first pass over all T), "
@@ -86,6 +88,26 @@ def checkpoint_blocks(model: nn.Module, enabled: bool = True) -> nn.Module:
         elif enabled:
             blk.forward = _CheckpointedForward(blk)
     return model
+
+
+def recompute_in_backward(module: nn.Module, fn, *args: torch.Tensor) -> torch.Tensor:
+    """``fn(*args)`` under non-reentrant checkpointing, with ``module``'s batch-norm statistics updated once."""
+    return checkpoint(fn, *args, use_reentrant=False,
+                      context_fn=lambda: (contextlib.nullcontext(), _keep_bn_stats(module)))
+
+
+def recompute_bn_neurons(model: nn.Module, enabled: bool = True) -> int:
+    """Recompute batch norm + neuron of every linear/conv unit in backward (or stop); returns how many units.
+
+    Each unit then keeps only the batch norm's input for backward: the norm's output, which a neuron with
+    ``saved="recompute"`` would otherwise hold, is rebuilt. Outputs, gradients and statistics are unchanged.
+    """
+    from .layers import ConvBNSpike, LinearBNSpike
+
+    units = [m for m in model.modules() if isinstance(m, (LinearBNSpike, ConvBNSpike))]
+    for m in units:
+        m.recompute_bn_neuron = enabled
+    return len(units)
 
 
 def _check_chunkable(model: nn.Module) -> None:

@@ -84,6 +84,7 @@ class LoopConfig:
     neuron_backend: str = "auto"  # auto | cpp | triton | eager | reference
     neuron_saved: str = "auto"  # what neurons keep for backward: auto | recompute | q24 | exact | q16
     grad_checkpointing: bool = False  # recompute each block in backward (Spikformer / HST backbones)
+    recompute_bn_neuron: bool = False  # recompute batch norm + neuron of each linear/conv unit in backward
     compact_spikes: bool = True  # layers keep spike inputs as bits / bytes for backward
     event_driven: bool = True  # CPU: linears on sparse spikes add the weight columns that fired
 

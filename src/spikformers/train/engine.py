@@ -340,6 +340,10 @@ def apply_speed_options(model: nn.Module, cfg: TrainConfig) -> None:
         if not hasattr(model, "set_grad_checkpointing"):
             raise ConfigError(f"config key 'train.grad_checkpointing': {cfg.model.name} does not support it")
         model.set_grad_checkpointing(True)
+    if t.recompute_bn_neuron:
+        from ..memory import recompute_bn_neurons
+
+        recompute_bn_neurons(model)
     spike_ops.set_compact_spikes(t.compact_spikes)
     spike_ops.set_sparse_spikes(t.event_driven)
 
