@@ -118,7 +118,7 @@ class ConvBNSpike(nn.Module):
         if self.recompute_bn_neuron and torch.is_grad_enabled():
             x = recompute_in_backward(self, lambda y: self.neuron(self.conv.normalize(y, T)), self.conv.project(x))
         else:
-            x = self.neuron(self.conv.normalize(self.conv.project(x), T))
+            x = self.neuron(self.conv(x))
         return max_pool(x) if self.pool else x
 
 
