@@ -67,6 +67,18 @@ def _fast(dtype: torch.dtype, device: torch.device) -> bool:
     return device.type == "cpu" and dtype in (torch.float32, torch.float64) and _cpu_kernels.available()
 
 
+def _pack_compiled(x: torch.Tensor) -> Packed | None:
+    """``x`` as bits, else as bytes, each tried in one C++ pass that also counts the non-zeros; None if neither fits.
+
+    Needs ``_fast`` and a contiguous ``x``. Caches nothing (works on inference-mode tensors too).
+    """
+    for form, pack in (("bits", _cpu_kernels.pack_bits), ("u8", _cpu_kernels.pack_u8)):
+        found = pack(x)
+        if found is not None:
+            return Packed(found[0], form, tuple(x.shape), x.dtype, found[1])
+    return None
+
+
 def pack_exact(x: torch.Tensor) -> Packed:
     """Compact copy of ``x``: 1 bit per element if all values are 0/1, 1 byte if integers in [0, 255], else ``x``.
 
@@ -77,16 +89,9 @@ def pack_exact(x: torch.Tensor) -> Packed:
     if hit is not None and hit[0] == x._version:
         return raw if hit[1] is None else hit[1]
     packed = raw
-    if _fast(x.dtype, x.device) and x.is_contiguous():  # one C++ pass per format checks, packs and counts
-        for form, pack in (("bits", _cpu_kernels.pack_bits), ("u8", _cpu_kernels.pack_u8)):
-            found = pack(x)
-            if found is not None:
-                packed = Packed(found[0], form, tuple(x.shape), x.dtype, found[1])
-                break
-        else:
-            _pack_cache[x] = (x._version, None)
-            return raw
-    if packed is raw and x.is_floating_point() and x.numel() > 0:
+    if _fast(x.dtype, x.device) and x.is_contiguous():
+        packed = _pack_compiled(x) or raw
+    elif x.is_floating_point() and x.numel() > 0:
         u = x.to(torch.uint8)
         if torch.equal(u.to(x.dtype), x):
             flat = u.reshape(-1)
@@ -129,20 +134,27 @@ def _load(ctx: Any, saved: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
     return [unpack_exact(d, *f) for d, f in zip(saved, ctx.forms)]
 
 
+def _event_driven_allowed(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """What the event-driven CPU linear and conv both need of ``x``: switched on, a contiguous CPU float32/64 input of
+    the weight's dtype, no autocast, and no ``TorchFunctionMode`` active (the energy counter and ``FlopCounterMode``
+    watch ``F.linear`` / ``F.conv2d``)."""
+    return (_SPARSE and _fast(x.dtype, x.device) and x.is_contiguous() and weight.dtype == x.dtype
+            and not torch.is_autocast_enabled("cpu") and torch._C._len_torch_function_stack() == 0)
+
+
+def _sparse_enough(x: torch.Tensor, px: Packed | None, max_rate: float) -> bool:
+    """Whether ``px`` (``x`` packed) counted at most ``max_rate`` of ``x`` as non-zero."""
+    return px is not None and px.form in ("bits", "u8") and 0 <= px.nonzero <= max_rate * x.numel()
+
+
 def _event_driven_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether the event-driven CPU linear can take ``x`` at all (how sparse it is gets checked separately).
-
-    Not while a ``TorchFunctionMode`` is active (the energy counter, ``FlopCounterMode``): those watch ``F.linear``.
-    """
-    return (_SPARSE and _fast(x.dtype, x.device) and x.is_contiguous() and x.dim() >= 2 and x.shape[-1] % 8 == 0
-            and weight.dtype == x.dtype and not torch.is_autocast_enabled("cpu")
-            and torch._C._len_torch_function_stack() == 0)
+    """Whether the event-driven CPU linear can take ``x`` at all (how sparse it is gets checked separately)."""
+    return x.dim() >= 2 and x.shape[-1] % 8 == 0 and _event_driven_allowed(x, weight)
 
 
-def _event_driven(x: torch.Tensor, px: Packed, weight: torch.Tensor) -> bool:
+def _event_driven(x: torch.Tensor, px: Packed | None, weight: torch.Tensor) -> bool:
     """Whether to run the linear on ``x`` by adding the weight columns of its non-zero inputs (CPU, sparse spikes)."""
-    return (px.form in ("bits", "u8") and 0 <= px.nonzero <= SPARSE_MAX_RATE * x.numel()
-            and _event_driven_ok(x, weight))
+    return _sparse_enough(x, px, SPARSE_MAX_RATE) and _event_driven_ok(x, weight)
 
 
 def _sparse_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -155,19 +167,16 @@ def _sparse_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 def _conv_event_driven_ok(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int,
                           padding: int) -> bool:
     """Whether the event-driven CPU conv can take ``x`` at all: a 3x3 kernel, stride 1, padding 1 (how sparse ``x`` is
-    gets checked separately); as :func:`_event_driven_ok`, never under autocast or a ``TorchFunctionMode``."""
-    return (_SPARSE and stride == 1 and padding == 1 and _fast(x.dtype, x.device) and x.is_contiguous()
-            and x.dim() == 4 and x.numel() > 0 and max(x.shape[2:]) < 65536 and weight.dim() == 4
-            and tuple(weight.shape[1:]) == (x.shape[1], 3, 3) and weight.dtype == x.dtype
-            and (bias is None or bias.dtype == x.dtype) and not torch.is_autocast_enabled("cpu")
-            and torch._C._len_torch_function_stack() == 0)
+    gets checked separately); see :func:`_event_driven_allowed`."""
+    return (stride == 1 and padding == 1 and x.dim() == 4 and x.numel() > 0 and max(x.shape[2:]) < 65536
+            and weight.dim() == 4 and tuple(weight.shape[1:]) == (x.shape[1], 3, 3)
+            and (bias is None or bias.dtype == x.dtype) and _event_driven_allowed(x, weight))
 
 
-def _conv_event_driven(x: torch.Tensor, px: Packed, weight: torch.Tensor, bias: torch.Tensor | None, stride: int,
-                       padding: int) -> bool:
+def _conv_event_driven(x: torch.Tensor, px: Packed | None, weight: torch.Tensor, bias: torch.Tensor | None,
+                       stride: int, padding: int) -> bool:
     """Whether to run the conv on ``x`` by adding the weights of its non-zero inputs (CPU, sparse spikes)."""
-    return (px.form in ("bits", "u8") and 0 <= px.nonzero <= SPARSE_CONV_MAX_RATE * x.numel()
-            and _conv_event_driven_ok(x, weight, bias, stride, padding))
+    return _sparse_enough(x, px, SPARSE_CONV_MAX_RATE) and _conv_event_driven_ok(x, weight, bias, stride, padding)
 
 
 def _sparse_conv(px: Packed, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -299,8 +308,7 @@ def spike_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     if _compact(x, weight, bias):
         return _SpikeLinear.apply(x, weight, bias)
     if not _needs_grad(x, weight, bias) and _event_driven_ok(x, weight):  # inference: count the spikes, then pick
-        found = _cpu_kernels.pack_bits(x) or _cpu_kernels.pack_u8(x)
-        if found is not None and found[1] <= SPARSE_MAX_RATE * x.numel():
+        if _event_driven(x, _pack_compiled(x), weight):
             return _sparse_linear(x, weight, bias)
     return F.linear(x, weight, bias)
 
@@ -318,13 +326,9 @@ def spike_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     if _compact(x, weight, bias):
         return _SpikeConv2d.apply(x, weight, bias, stride, padding)
     if not _needs_grad(x, weight, bias) and _conv_event_driven_ok(x, weight, bias, stride, padding):
-        for form, pack in (("bits", _cpu_kernels.pack_bits), ("u8", _cpu_kernels.pack_u8)):  # inference: count, pick
-            found = pack(x)
-            if found is not None:
-                px = Packed(found[0], form, tuple(x.shape), x.dtype, found[1])
-                if _conv_event_driven(x, px, weight, bias, stride, padding):
-                    return _sparse_conv(px, weight, bias)
-                break
+        px = _pack_compiled(x)  # inference: count the spikes, then pick
+        if _conv_event_driven(x, px, weight, bias, stride, padding):
+            return _sparse_conv(px, weight, bias)
     return F.conv2d(x, weight, bias, stride, padding)
 
 

@@ -141,6 +141,13 @@ def supports(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and available()
 
 
+def _loaded() -> ctypes.CDLL:
+    """The library; callers have checked :func:`available` (or :func:`supports`) first."""
+    lib = library()
+    assert lib is not None, "spikformers C++ kernels are not built"
+    return lib
+
+
 def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
@@ -153,8 +160,7 @@ def forward(
 
     ``v_init`` / ``v_final``: optional contiguous ``[...]`` membranes (x's dtype) to start from / to write at the end.
     """
-    lib = library()
-    assert lib is not None
+    lib = _loaded()
     T = x.shape[0]
     N = x.numel() // max(T, 1)
     out = torch.empty_like(x)
@@ -179,8 +185,7 @@ def forward(
 
 def backward(grad: torch.Tensor, saved: torch.Tensor, kind: str, p: NeuronParams, save: str) -> torch.Tensor:
     """Gradient w.r.t. the input from the gradient w.r.t. the spikes and the state saved by :func:`forward`."""
-    lib = library()
-    assert lib is not None
+    lib = _loaded()
     T = grad.shape[0]
     N = grad.numel() // max(T, 1)
     grad_x = torch.empty_like(grad)
@@ -196,8 +201,7 @@ def backward(grad: torch.Tensor, saved: torch.Tensor, kind: str, p: NeuronParams
 
 
 def _pack(x: torch.Tensor, fn: str, size: int) -> tuple[torch.Tensor, int] | None:
-    lib = library()
-    assert lib is not None
+    lib = _loaded()
     out = torch.empty(size, dtype=torch.uint8)
     nonzero = getattr(lib, fn)(int(x.dtype == torch.float64), _ptr(x), x.numel(), _ptr(out), torch.get_num_threads())
     return None if nonzero < 0 else (out, nonzero)
@@ -217,8 +221,7 @@ def pack_u8(x: torch.Tensor) -> tuple[torch.Tensor, int] | None:
 
 def unpack_bits(bits: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
     """The ``n`` values (0 or 1, ``dtype`` float32/float64) that :func:`pack_bits` packed into ``bits``."""
-    lib = library()
-    assert lib is not None
+    lib = _loaded()
     out = torch.empty(n, dtype=dtype)
     lib.spk_unpack_bits(int(dtype == torch.float64), _ptr(bits), n, _ptr(out), torch.get_num_threads())
     return out
@@ -230,8 +233,7 @@ def sparse_linear(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | 
     Each output row adds the rows of ``weight_t`` where ``x`` is not zero (times that value), so it costs the
     fraction of non-zeros times the dense product.
     """
-    lib = library()
-    assert lib is not None
+    lib = _loaded()
     M, K = x.shape
     N = weight_t.shape[1]
     y = torch.empty(M, N, dtype=x.dtype)
@@ -243,12 +245,11 @@ def sparse_linear(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | 
 def sparse_linear_wgrad(data: torch.Tensor, form: str, g: torch.Tensor, K: int) -> torch.Tensor:
     """``x^T @ g`` (``[K, N]``) for ``x: [M, K]`` packed as ``"bits"`` (K a multiple of 8) or ``"u8"``; ``g: [M, N]``.
     """
-    lib = library()
-    assert lib is not None
+    lib = _loaded()
     M, N = g.shape
     out = torch.empty(K, N, dtype=g.dtype)
-    lib.spk_sparse_linear_wgrad(int(g.dtype == torch.float64), 0 if form == "bits" else 1, _ptr(data), _ptr(g),
-                                _ptr(out), M, K, N, torch.get_num_threads())
+    lib.spk_sparse_linear_wgrad(int(g.dtype == torch.float64), _form_id(form), _ptr(data), _ptr(g), _ptr(out), M, K,
+                                N, torch.get_num_threads())
     return out
 
 
@@ -270,8 +271,7 @@ def sparse_conv3x3(data: torch.Tensor, form: str, x_shape: tuple[int, ...], weig
 
     ``weight`` / ``bias`` (float32/64) give the output dtype; the result is a contiguous ``[B, Cout, H, W]``.
     """
-    lib = library()
-    assert lib is not None
+    lib = _loaded()
     B, Cin, H, W = x_shape
     Cout = weight.shape[0]
     if tuple(weight.shape) != (Cout, Cin, 3, 3):
@@ -288,8 +288,7 @@ def sparse_conv3x3_wgrad(data: torch.Tensor, form: str, g: torch.Tensor, weight_
                          x_shape: tuple[int, ...]) -> torch.Tensor:
     """Weight gradient ``[Cout, Cin, 3, 3]`` of :func:`sparse_conv3x3` for the packed input and ``g: [B, Cout, H, W]``.
     """
-    lib = library()
-    assert lib is not None
+    lib = _loaded()
     B, Cin, H, W = x_shape
     Cout = weight_shape[0]
     C = _padded_channels(Cout, g.dtype)
@@ -302,8 +301,7 @@ def sparse_conv3x3_wgrad(data: torch.Tensor, form: str, g: torch.Tensor, weight_
 
 def maxpool3s2(x: torch.Tensor) -> torch.Tensor:
     """MaxPool(3, stride 2, padding 1) of contiguous CPU float ``x: [N, C, H, W]``."""
-    lib = library()
-    assert lib is not None
+    lib = _loaded()
     N, C, H, W = x.shape
     y = torch.empty(N, C, (H - 1) // 2 + 1, (W - 1) // 2 + 1, dtype=x.dtype)
     lib.spk_maxpool3s2(int(x.dtype == torch.float64), _ptr(x), _ptr(y), N * C, H, W, torch.get_num_threads())
@@ -312,8 +310,7 @@ def maxpool3s2(x: torch.Tensor) -> torch.Tensor:
 
 def maxpool3s2_backward(bits: torch.Tensor, g: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """Input gradient of :func:`maxpool3s2` for a binary input of ``shape`` packed as ``bits``, given ``g``."""
-    lib = library()
-    assert lib is not None
+    lib = _loaded()
     N, C, H, W = shape
     gx = torch.empty(shape, dtype=g.dtype)
     lib.spk_maxpool3s2_backward(int(g.dtype == torch.float64), _ptr(bits), _ptr(g), _ptr(gx), N * C, H, W,
