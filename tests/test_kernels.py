@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+
 import pytest
 import torch
 from torch.autograd.graph import saved_tensors_hooks
@@ -14,7 +16,9 @@ from spikformers.neurons.kernels import (
     lif_multistep,
     lif_reference,
     select_impl,
+    ternary_lif_reference,
     ternary_multistep,
+    ternary_reference,
 )
 from spikformers.neurons.kernels.common import NeuronParams
 from spikformers.neurons.kernels.fused import triton_importable
@@ -245,3 +249,33 @@ def test_triton_membrane_carry_under_interpreter(monkeypatch):
             full, v_full = ternary_multistep(x, form, backend="reference", return_v=True)
             out, v = _chunks(lambda x, f=form, **k: ternary_multistep(x, f, backend="triton", **k), x, (4, 1))
             assert torch.equal(out, full) and torch.equal(v, v_full)
+
+
+def _mapped_libgomp() -> set[str]:
+    with open("/proc/self/maps") as f:
+        return {line.split()[-1] for line in f if "libgomp" in line.split()[-1]}
+
+
+@pytest.mark.skipif(not cpu.available(), reason=f"C++ kernels unavailable: {cpu.error}")
+@pytest.mark.parametrize("openmp", [True, False])
+def test_threaded_kernels_match_reference(monkeypatch, tmp_path, openmp):
+    """Shapes large enough to be split over threads, with the OpenMP build and the std::thread build."""
+    if openmp and cpu.threading_model != "openmp":
+        pytest.skip(f"library built without OpenMP ({cpu.threading_model})")
+    if not openmp:
+        monkeypatch.setattr(cpu, "threading_model", cpu.threading_model)
+        monkeypatch.setenv("SPIKFORMERS_CACHE", str(tmp_path))
+        monkeypatch.setattr(cpu, "_lib", cpu._build(openmp=False))
+        assert cpu.threading_model == "std::thread"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(threads, 2))
+    try:
+        x, g = _inputs((4, 70001), torch.float32, seed=3)  # 280 Ki units of work: two threads or more
+        for saved in ("recompute", "q24", "exact"):
+            _check(lambda x, s=saved: lif_multistep(x, backend="cpp", saved=s), lif_reference, x, g)
+        _check(lambda x: ternary_multistep(x, "lif", backend="cpp"), ternary_lif_reference, x, g)
+        _check(lambda x: ternary_multistep(x, "guo", backend="cpp"), ternary_reference, x, g)
+    finally:
+        torch.set_num_threads(threads)
+    if openmp and platform.system() == "Linux":
+        assert len(_mapped_libgomp()) <= 1, f"two OpenMP runtimes loaded: {_mapped_libgomp()}"

@@ -1,5 +1,10 @@
 """CPU fused path: a small C++ file (``csrc/neurons.cpp``) compiled on first use and called through ctypes.
 
+Built with OpenMP where the compiler allows. Where torch's own OpenMP runtime is libgomp (the Linux wheels), the
+loader hands the library the copy torch has already loaded, so the kernels run on torch's thread pool instead of
+starting threads that compete with torch's still-spinning workers. ``SPIKFORMERS_NO_OPENMP=1`` builds the plain
+std::thread variant.
+
 The source needs no torch headers, so the build takes about a second with any g++/clang++. The library is
 cached under ``$SPIKFORMERS_CACHE`` (default ``~/.cache/spikformers``) keyed by a hash of the source, the
 flags, the compiler and the CPU. Set ``SPIKFORMERS_NO_CPP=1`` to disable it; when no compiler is found or
@@ -33,6 +38,7 @@ _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _tried = False
 error: str | None = None
+threading_model: str | None = None  # "openmp" (torch's own pool) or "std::thread", once built
 
 
 def _cache_dir() -> Path:
@@ -68,13 +74,19 @@ def _compile(compiler: str, flags: list[str], target: Path) -> None:
     os.replace(tmp, target)  # atomic: concurrent builders never see a half-written library
 
 
-def _build() -> ctypes.CDLL:
+def _build(openmp: bool = True) -> ctypes.CDLL:
+    """Compile (or take from the cache) and load the library; ``openmp=False`` builds the std::thread variant."""
+    global threading_model
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++") or shutil.which("c++")
     if compiler is None:
         raise RuntimeError("no C++ compiler found (looked for $CXX, g++, clang++, c++)")
     source = b"".join(p.read_bytes() for p in (*SOURCES, CSRC / "parallel.h", CSRC / "vec.h"))
     last: Exception | None = None
-    for flags in (BASE_FLAGS + ["-march=native"], BASE_FLAGS):
+    # OpenMP first, so that the kernels share torch's thread pool (see csrc/parallel.h); then without it
+    tries = [BASE_FLAGS + ["-march=native"], BASE_FLAGS]
+    if openmp and os.environ.get("SPIKFORMERS_NO_OPENMP", "") in ("", "0"):
+        tries = [f + ["-fopenmp"] for f in tries] + tries
+    for flags in tries:
         key = hashlib.sha256(
             source + " ".join([compiler, *flags, platform.machine(), _cpu_id()]).encode()
         ).hexdigest()[:16]
@@ -83,6 +95,7 @@ def _build() -> ctypes.CDLL:
             if not target.exists():
                 _compile(compiler, flags, target)
             lib = ctypes.CDLL(str(target))
+            threading_model = "openmp" if "-fopenmp" in flags else "std::thread"
             break
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
             last = exc

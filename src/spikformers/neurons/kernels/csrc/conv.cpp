@@ -13,7 +13,6 @@
 
 #include <cstdint>
 #include <cstring>
-#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -62,24 +61,6 @@ inline void transpose(typename Lanes<S>::type* r) {
     }
 }
 
-// Run fn(begin, end) on up to nthreads threads over [0, N) split evenly (units of cost `cost`); small jobs stay on
-// the calling thread. Unlike spk::parallel it splits below 64 units (few images, few channels).
-template <typename F>
-void split_even(int64_t N, int64_t cost, int nthreads, F fn) {
-    int64_t nt = nthreads < 1 ? 1 : nthreads;
-    const int64_t most = N * cost / 65536 + 1;
-    if (nt > most) nt = most;
-    if (nt > N) nt = N;
-    if (nt <= 1) {
-        fn(int64_t{0}, N);
-        return;
-    }
-    std::vector<std::thread> pool;
-    for (int64_t k = 1; k < nt; ++k) pool.emplace_back(fn, N * k / nt, N * (k + 1) / nt);
-    fn(int64_t{0}, N / nt);
-    for (auto& th : pool) th.join();
-}
-
 // Calls fn(pix, value) for the non-zero elements [start, start + n) of a packed tensor, pix counted from start.
 template <typename F>
 inline void for_events(int form, const uint8_t* data, int64_t start, int64_t n, F fn) {
@@ -125,7 +106,7 @@ void pixel_lists(int form, const uint8_t* data, const Shape& s, int nthreads, Pi
     const int64_t HW = s.H * s.W, P = s.B * HW;
     a.off.assign(P + 1, 0);
     int64_t* cnt = a.off.data() + 1;
-    split_even(s.B, s.Cin * HW / 8, nthreads, [&](int64_t b0, int64_t b1) {
+    spk::split_even(s.B, s.Cin * HW / 8, nthreads, [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b)
             for (int64_t c = 0; c < s.Cin; ++c)
                 for_events(form, data, (b * s.Cin + c) * HW, HW, [&](int64_t pix, uint32_t) { ++cnt[b * HW + pix]; });
@@ -134,7 +115,7 @@ void pixel_lists(int form, const uint8_t* data, const Shape& s, int nthreads, Pi
     a.chan.resize(a.off[P]);
     if (form != 0) a.val.resize(a.off[P]);
     std::vector<int64_t> cursor(a.off.begin(), a.off.end() - 1);
-    split_even(s.B, s.Cin * HW / 8, nthreads, [&](int64_t b0, int64_t b1) {
+    spk::split_even(s.B, s.Cin * HW / 8, nthreads, [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b)
             for (int64_t c = 0; c < s.Cin; ++c)
                 for_events(form, data, (b * s.Cin + c) * HW, HW, [&](int64_t pix, uint32_t v) {
@@ -282,7 +263,7 @@ template <typename S>
 void plane_lists(int form, const uint8_t* data, const Shape& s, int nthreads, PlaneLists<S>& a) {
     const int64_t HW = s.H * s.W, P = s.B * s.Cin;
     a.off.assign(P + 1, 0);
-    split_even(P, HW / 8 + 1, nthreads, [&](int64_t p0, int64_t p1) {
+    spk::split_even(P, HW / 8 + 1, nthreads, [&](int64_t p0, int64_t p1) {
         for (int64_t pl = p0; pl < p1; ++pl) {
             int64_t n = 0;
             for_events(form, data, pl * HW, HW, [&](int64_t, uint32_t) { ++n; });
@@ -292,7 +273,7 @@ void plane_lists(int form, const uint8_t* data, const Shape& s, int nthreads, Pl
     for (int64_t pl = 0; pl < P; ++pl) a.off[pl + 1] += a.off[pl];
     a.pq.resize(a.off[P]);
     if (form != 0) a.val.resize(a.off[P]);
-    split_even(P, HW / 8 + 1, nthreads, [&](int64_t p0, int64_t p1) {
+    spk::split_even(P, HW / 8 + 1, nthreads, [&](int64_t p0, int64_t p1) {
         for (int64_t pl = p0; pl < p1; ++pl) {
             int64_t at = a.off[pl];
             for_events(form, data, pl * HW, HW, [&](int64_t pix, uint32_t v) {
@@ -394,7 +375,7 @@ void conv3x3_wgrad(int form, const uint8_t* data, const S* g, S* gwt, const Shap
     PlaneLists<S> a;
     plane_lists(form, data, s, nthreads, a);
     const int64_t nnz = a.off.back();
-    split_even(s.Cpad / L, 9 * nnz + 1, nthreads, [&](int64_t v0, int64_t v1) {
+    spk::split_even(s.Cpad / L, 9 * nnz + 1, nthreads, [&](int64_t v0, int64_t v1) {
         if (form == 0)
             wgrad_columns<S, true>(a, g, gwt, s, v0 * L, v1 * L);
         else
@@ -416,7 +397,6 @@ extern "C" {
 void spk_sparse_conv3x3(int is_double, int form, const uint8_t* data, const void* w, const void* bias, void* y,
                         int64_t B, int64_t Cin, int64_t Cout, int64_t H, int64_t W, int nthreads) {
     const Shape s = make_shape(is_double, B, Cin, Cout, H, W);
-    spk::advise_huge_pages(y, static_cast<std::size_t>(B * Cout * H * W) * (is_double ? 8 : 4));
     if (is_double)
         conv3x3<double>(form, data, static_cast<const double*>(w), static_cast<const double*>(bias),
                         static_cast<double*>(y), s, nthreads);

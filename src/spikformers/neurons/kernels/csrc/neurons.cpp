@@ -351,7 +351,6 @@ int spk_forward(int is_double, const void* x, void* out, uint8_t* planes, void* 
                 void* v_final, int64_t T, int64_t N, int kind, int save, double tau, double v_th, double v_reset,
                 double alpha, double decay, int detach_reset, int nthreads) {
     Params p{tau, v_th, v_reset, alpha, decay, detach_reset};
-    spk::advise_huge_pages(out, static_cast<std::size_t>(T * N) * (is_double ? 8 : 4));
     if (is_double)
         return forward_dispatch<double>(static_cast<const double*>(x), static_cast<double*>(out), planes,
                                         static_cast<double*>(hsave), static_cast<const double*>(v_init),
@@ -365,7 +364,6 @@ int spk_backward(int is_double, const void* gs, void* gx, const uint8_t* planes,
                  int64_t N, int kind, int save, double tau, double v_th, double v_reset, double alpha,
                  double decay, int detach_reset, int nthreads) {
     Params p{tau, v_th, v_reset, alpha, decay, detach_reset};
-    spk::advise_huge_pages(gx, static_cast<std::size_t>(T * N) * (is_double ? 8 : 4));
     if (is_double)
         return backward_dispatch<double>(static_cast<const double*>(gs), static_cast<double*>(gx), planes,
                                          static_cast<const double*>(hsave), T, N, kind, save, p, nthreads);

@@ -1,5 +1,7 @@
-// Split [0, N) over up to nthreads std::threads, in chunks of whole 64-unit blocks, each unit costing `T`.
-// Small jobs (N * T below 64 Ki) stay on the calling thread.
+// Work splitting shared by the kernels. With OpenMP (the library is built with -fopenmp where the compiler allows,
+// and links the libgomp torch has already loaded), the pieces run on torch's own intra-op thread pool: no thread is
+// created per call, and no worker of ours competes for a core with torch's workers still spinning after the
+// previous op. Without OpenMP each call starts std::threads.
 #pragma once
 
 #include <cstddef>
@@ -7,12 +9,35 @@
 #include <thread>
 #include <vector>
 
-#if defined(__linux__)
-#include <sys/mman.h>
+#if defined(_OPENMP)
+#include <omp.h>
 #endif
 
 namespace spk {
 
+// Run task(k) for k in [0, n) on up to n threads, the calling thread included.
+template <typename F>
+inline void run_tasks(int64_t n, F task) {
+    if (n <= 1) {
+        if (n == 1) task(int64_t{0});
+        return;
+    }
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(static_cast<int>(n))
+    {
+        const int64_t step = omp_get_num_threads();  // may be fewer than asked for: each thread takes a stride
+        for (int64_t k = omp_get_thread_num(); k < n; k += step) task(k);
+    }
+#else
+    std::vector<std::thread> pool;
+    for (int64_t k = 1; k < n; ++k) pool.emplace_back(task, k);
+    task(int64_t{0});
+    for (auto& th : pool) th.join();
+#endif
+}
+
+// Split [0, N) over up to nthreads threads, in chunks of whole 64-unit blocks, each unit costing `T`.
+// Small jobs (N * T below 64 Ki) stay on the calling thread.
 template <typename F>
 inline void parallel(int64_t N, int64_t T, int nthreads, F fn) {
     int64_t work = N * T;
@@ -21,33 +46,29 @@ inline void parallel(int64_t N, int64_t T, int nthreads, F fn) {
     if (nt > max_threads) nt = max_threads;
     if (nt > N / 64 + 1) nt = N / 64 + 1;
     if (nt <= 1) {
-        fn(0, N);
+        fn(int64_t{0}, N);
         return;
     }
-    int64_t chunk = ((N + nt - 1) / nt + 63) / 64 * 64;
-    std::vector<std::thread> pool;
-    for (int64_t k = 1; k < nt; ++k) {
-        int64_t b = k * chunk, e = b + chunk < N ? b + chunk : N;
-        if (b < e) pool.emplace_back(fn, b, e);
-    }
-    fn(0, chunk < N ? chunk : N);
-    for (auto& th : pool) th.join();
+    const int64_t chunk = ((N + nt - 1) / nt + 63) / 64 * 64;
+    run_tasks(nt, [&](int64_t k) {
+        const int64_t b = k * chunk, e = b + chunk < N ? b + chunk : N;
+        if (b < e) fn(b, e);
+    });
 }
 
-// Ask Linux for transparent huge pages on the 2 MiB-aligned interior of a large output buffer about to be written
-// for the first time: a fresh 25 MB tensor otherwise costs some 6,000 page faults, as much time as the kernel.
-// A hint only (no effect where THP is off or not Linux).
-inline void advise_huge_pages(void* p, std::size_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    constexpr std::uintptr_t huge = std::uintptr_t(1) << 21;
-    if (p == nullptr || bytes < 4 * huge) return;
-    const std::uintptr_t begin = (reinterpret_cast<std::uintptr_t>(p) + huge - 1) & ~(huge - 1);
-    const std::uintptr_t end = (reinterpret_cast<std::uintptr_t>(p) + bytes) & ~(huge - 1);
-    if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-#else
-    (void)p;
-    (void)bytes;
-#endif
+// Run fn(begin, end) on up to nthreads threads over [0, N) split evenly (units of cost `cost`); small jobs stay on
+// the calling thread. Unlike parallel() it splits below 64 units (few images, few channels).
+template <typename F>
+inline void split_even(int64_t N, int64_t cost, int nthreads, F fn) {
+    int64_t nt = nthreads < 1 ? 1 : nthreads;
+    const int64_t most = N * cost / 65536 + 1;
+    if (nt > most) nt = most;
+    if (nt > N) nt = N;
+    if (nt <= 1) {
+        fn(int64_t{0}, N);
+        return;
+    }
+    run_tasks(nt, [&](int64_t k) { fn(N * k / nt, N * (k + 1) / nt); });
 }
 
 }  // namespace spk

@@ -340,7 +340,6 @@ void spk_unpack_bits(int is_double, const uint8_t* bits, int64_t n, void* out, i
 // y [M, N] = x [M, K] @ wt [K, N] + bias [N] (bias may be null), skipping the zeros of x.
 void spk_sparse_linear(int is_double, const void* x, const void* wt, const void* bias, void* y, int64_t M, int64_t K,
                        int64_t N, int nthreads) {
-    spk::advise_huge_pages(y, static_cast<std::size_t>(M * N) * (is_double ? 8 : 4));
     if (is_double)
         sparse_linear<double>(static_cast<const double*>(x), static_cast<const double*>(wt),
                               static_cast<const double*>(bias), static_cast<double*>(y), M, K, N, nthreads);
