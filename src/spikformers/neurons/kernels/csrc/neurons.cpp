@@ -222,7 +222,6 @@ void backward_range(const S* gs, S* gx, const uint8_t* planes, const S* hsave, i
     alignas(64) S gv[BLOCK];
     alignas(64) S sg[BLOCK];
     alignas(64) S keep[BLOCK];
-    alignas(64) S extra[BLOCK];
     std::vector<S> hbuf(SAVE == SAVE_X ? T * BLOCK : 0);  // SAVE_X: h[t] of one block, rebuilt from x
     for (int64_t b0 = begin; b0 < end; b0 += BLOCK) {
         const int64_t n = (end - b0) < BLOCK ? (end - b0) : BLOCK;
@@ -256,39 +255,44 @@ void backward_range(const S* gs, S* gx, const uint8_t* planes, const S* hsave, i
                 }
                 continue;
             }
+            if (KIND == LIF && (SAVE == SAVE_H || SAVE == SAVE_X)) {  // one pass from h, no temporaries
+                const S* __restrict ht = SAVE == SAVE_X ? hbuf.data() + t * BLOCK : hsave + base;
+                if (detach) {
+                    for (int64_t i = 0; i < n; ++i) {
+                        const S u = ht[i] - v_th;
+                        const S gh = gst[i] * sigmoid_grad(u, alpha) + gv[i] * (u >= S(0) ? S(0) : S(1));
+                        const S g = gh / tau;
+                        gxt[i] = g;
+                        gv[i] = gh - g;
+                    }
+                } else {  // the reset v = v_reset after a spike passes gradient through the spike: v_reset - h
+                    for (int64_t i = 0; i < n; ++i) {
+                        const S h = ht[i], u = h - v_th;
+                        const S g_spike = gst[i] + gv[i] * (v_reset - h);
+                        const S gh = g_spike * sigmoid_grad(u, alpha) + gv[i] * (u >= S(0) ? S(0) : S(1));
+                        const S g = gh / tau;
+                        gxt[i] = g;
+                        gv[i] = gh - g;
+                    }
+                }
+                continue;
+            }
             if (SAVE == SAVE_H || SAVE == SAVE_X) {
                 const S* __restrict ht = SAVE == SAVE_X ? hbuf.data() + t * BLOCK : hsave + base;
-                for (int64_t i = 0; i < n; ++i) {
+                for (int64_t i = 0; i < n; ++i) {  // the ternary LIF (the LIF took the path above)
                     S h = ht[i];
-                    if (KIND == LIF) {
-                        S u = h - v_th;
-                        sg[i] = sigmoid_grad(u, alpha);
-                        keep[i] = u >= S(0) ? S(0) : S(1);
-                        extra[i] = v_reset - h;
-                    } else {
-                        S up = h - v_th, un = -h - v_th;
-                        sg[i] = sigmoid_grad(up, alpha) + sigmoid_grad(un, alpha);
-                        keep[i] = (up >= S(0)) != (un >= S(0)) ? S(0) : S(1);
-                    }
+                    S up = h - v_th, un = -h - v_th;
+                    sg[i] = sigmoid_grad(up, alpha) + sigmoid_grad(un, alpha);
+                    keep[i] = (up >= S(0)) != (un >= S(0)) ? S(0) : S(1);
                 }
             } else {
                 load_planes<S, SAVE>(planes, TN, base, sg, keep, from_q, n);
             }
-            if (KIND == LIF && (SAVE == SAVE_H || SAVE == SAVE_X) && !detach) {
-                for (int64_t i = 0; i < n; ++i) {
-                    S g_spike = gst[i] + gv[i] * extra[i];
-                    S gh = g_spike * sg[i] + gv[i] * keep[i];
-                    S g = gh / tau;
-                    gxt[i] = g;
-                    gv[i] = gh - g;
-                }
-            } else {
-                for (int64_t i = 0; i < n; ++i) {
-                    S gh = gst[i] * sg[i] + gv[i] * keep[i];
-                    S g = gh / tau;
-                    gxt[i] = g;
-                    gv[i] = gh - g;
-                }
+            for (int64_t i = 0; i < n; ++i) {
+                S gh = gst[i] * sg[i] + gv[i] * keep[i];
+                S g = gh / tau;
+                gxt[i] = g;
+                gv[i] = gh - g;
             }
         }
     }
