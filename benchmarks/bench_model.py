@@ -247,6 +247,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="skip the neuron-floor model (every neuron a single compare) that bounds any neuron speed-up")
     ap.add_argument("--infer-T", type=int, default=16, help="time steps of the chunked-inference comparison")
     ap.add_argument("--chunk", type=int, default=4, help="chunk length of chunked inference")
+    ap.add_argument("--variants", nargs="+", choices=[k for k in LAYERS if k != "reference"], default=None,
+                    help="time only these against the reference (fewer models resident, so less memory churn "
+                         "between variants); the memory report needs fused and fused_lean")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     dev = args.device
@@ -257,8 +260,12 @@ def main(argv: list[str] | None = None) -> dict:
         variants["fused_plain_layers"] = "auto"
     if not args.no_floor:
         variants["neuron_floor"] = "floor"
+    if args.variants:
+        variants = {k: ("floor" if k == "neuron_floor" else "auto") for k in ["fused", *args.variants]}
+        variants["reference"] = "reference"
     models = {k: build(b, dev) for k, b in variants.items()}
-    recompute_bn_neurons(models["fused_lean"])
+    if "fused_lean" in models:
+        recompute_bn_neurons(models["fused_lean"])
     opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
     for k in variants:
         with layers_as(k):
@@ -284,13 +291,14 @@ def main(argv: list[str] | None = None) -> dict:
         "train_speedup": med["reference_train"] / med["fused_train"],
         "infer_speedup": med["reference_infer"] / med["fused_infer"],
     }
-    report.update(memory_report(models, opts, x, y, dev, args.infer_T, args.chunk))
+    with_memory = "fused_lean" in models
+    if with_memory:
+        report.update(memory_report(models, opts, x, y, dev, args.infer_T, args.chunk))
     if dev == "cpu" and args.rss:
         rss = {k: rss_growth(k, b, args.batch) for k, b in variants.items()}
         report["rss_growth_bytes"] = rss
         report["rss_growth_ratio"] = rss["fused"] / max(rss["reference"], 1)
     mb = 2**20
-    saved, peak, infer = report["saved_for_backward_bytes"], report["train_peak_bytes"], report["infer_peak_bytes"]
     print(f"\n{MODEL}, T={report['T']}, batch {args.batch}, {dev}, {report['threads']} threads")
     report["speedup"] = {k: {s: med[f"reference_{s}"] / med[f"{k}_{s}"] for s in ("train", "infer")} for k in variants}
     print(f"{'variant':<20}{'train ms':>10}{'speed-up':>10}{'infer ms':>10}{'speed-up':>10}")
@@ -315,6 +323,9 @@ def main(argv: list[str] | None = None) -> dict:
             s: med[f"fused_{s}"] / med[f"fused_plain_layers_{s}"] for s in ("train", "infer")}
         print("fused with compact layers / fused with plain layers, time: "
               + ", ".join(f"{s} {r:.3f}" for s, r in report["compact_layers_time_ratio"].items()))
+    if not with_memory:
+        return _finish(report, args.json)
+    saved, peak, infer = report["saved_for_backward_bytes"], report["train_peak_bytes"], report["infer_peak_bytes"]
     print(f"saved for backward: fused {saved['fused'] / mb:.0f} MB (plain layers {saved['fused_plain_layers'] / mb:.0f}"
           f" MB), reference {saved['reference'] / mb:.0f} MB, ratio {report['saved_ratio']:.3f} "
           f"(plain layers {report['saved_ratio_plain_layers']:.3f})")
@@ -331,8 +342,13 @@ def main(argv: list[str] | None = None) -> dict:
         rss = report["rss_growth_bytes"]
         print(f"peak RSS growth per train step: fused {rss['fused'] / mb:.0f} MB, "
               f"reference {rss['reference'] / mb:.0f} MB, ratio {report['rss_growth_ratio']:.3f}")
-    if args.json:
-        with open(args.json, "w") as f:
+    return _finish(report, args.json)
+
+
+def _finish(report: dict, path: str | None) -> dict:
+    """Write the report as JSON when asked; return it."""
+    if path:
+        with open(path, "w") as f:
             json.dump(report, f, indent=2)
     return report
 

@@ -109,6 +109,7 @@ def _build(openmp: bool = True) -> ctypes.CDLL:
         fn.restype = ctypes.c_int
     i64, ptr, i32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     for name, args, res in (
+        ("spk_openmp_symbol", [], ptr),
         ("spk_pack_bits", [i32, ptr, i64, ptr, i32], i64),
         ("spk_pack_u8", [i32, ptr, i64, ptr, i32], i64),
         ("spk_unpack_bits", [i32, ptr, i64, ptr, i32], None),

@@ -350,6 +350,9 @@ extern "C" {
 
 int spk_abi_version() { return 3; }
 
+// The OpenMP entry point this library resolved (null without OpenMP): lets a test check it is torch's runtime.
+const void* spk_openmp_symbol() { return spk::openmp_symbol(); }
+
 // v_init (may be null: start from rest) and v_final (may be null) are [N] membranes in the input dtype.
 int spk_forward(int is_double, const void* x, void* out, uint8_t* planes, void* hsave, const void* v_init,
                 void* v_final, int64_t T, int64_t N, int kind, int save, double tau, double v_th, double v_reset,

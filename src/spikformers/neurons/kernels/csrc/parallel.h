@@ -15,6 +15,14 @@
 
 namespace spk {
 
+inline const void* openmp_symbol() {
+#if defined(_OPENMP)
+    return reinterpret_cast<const void*>(&omp_get_max_threads);
+#else
+    return nullptr;
+#endif
+}
+
 // Run task(k) for k in [0, n) on up to n threads, the calling thread included.
 template <typename F>
 inline void run_tasks(int64_t n, F task) {
