@@ -285,3 +285,51 @@ def test_threaded_kernels_match_reference(monkeypatch, tmp_path, openmp):
     if openmp and gomp is not None:  # the kernels' OpenMP calls land in torch's runtime, not a second copy
         torch_symbol = ctypes.cast(ctypes.CDLL(gomp).omp_get_max_threads, ctypes.c_void_p).value
         assert cpu.library().spk_openmp_symbol() == torch_symbol
+
+
+@pytest.mark.skipif(not cpu.available(), reason=f"C++ kernels unavailable: {cpu.error}")
+@pytest.mark.parametrize("kind", ["lif", "ternary_lif", "ternary_guo"])
+def test_scratch_input_is_overwritten_only_when_marked(kind):
+    from spikformers.neurons.kernels import mark_scratch
+
+    def run(x):
+        if kind == "lif":
+            return lif_multistep(x, backend="cpp")
+        return ternary_multistep(x, "lif" if kind == "ternary_lif" else "guo", backend="cpp")
+
+    x = torch.randn(4, 3, 700) * 2
+    keep = x.clone()
+    with torch.no_grad():
+        want = run(x)
+        assert torch.equal(x, keep)  # unmarked: left alone
+        got = run(mark_scratch(x))
+    assert torch.equal(got, want) and got.data_ptr() == x.data_ptr()  # marked: spikes written over it
+    y = torch.randn(4, 3, 700, requires_grad=True)
+    y_keep = y.detach().clone()
+    run(mark_scratch(y)).sum().backward()  # with autograd the mark is ignored: backward needs the input
+    assert torch.equal(y.detach(), y_keep)
+    z = torch.randn(4, 3, 700)
+    mark_scratch(z)
+    with torch.no_grad():
+        run(torch.randn(4, 3, 700))  # the mark is spent by the next call, whatever its input
+        z_keep = z.clone()
+        run(z)
+    assert torch.equal(z, z_keep)
+
+
+def test_units_write_spikes_over_their_norm_output_with_identical_logits(monkeypatch):
+    from spikformers import create_model
+    from spikformers.neurons.kernels import fused
+
+    model = create_model("spikformer_2_64_cifar").eval()
+    x = torch.randn(2, 3, 32, 32)
+    taken = []
+    real = fused._take_scratch
+    monkeypatch.setattr(fused, "_take_scratch", lambda t: taken.append(real(t)) or taken[-1])
+    with torch.no_grad():
+        with_scratch = model(x)
+    assert any(taken)
+    monkeypatch.setattr(fused, "_take_scratch", lambda t: real(t) and False)
+    with torch.no_grad():
+        without = model(x)
+    assert torch.equal(with_scratch, without)

@@ -14,6 +14,7 @@ from torch import nn
 
 from .memory import recompute_in_backward
 from .neurons import Neuron, create_neuron
+from .neurons.kernels import mark_scratch
 from .spike_ops import spike_conv2d, spike_linear, spike_max_pool
 
 
@@ -67,8 +68,9 @@ class LinearBNSpike(LinearBN):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.recompute_bn_neuron and torch.is_grad_enabled():
-            return recompute_in_backward(self, lambda y: self.neuron(self.normalize(y)), self.project(x))
-        return self.neuron(self.normalize(self.project(x)))  # nested: the linear's output is freed after the norm
+            return recompute_in_backward(self, lambda y: self.neuron(mark_scratch(self.normalize(y))), self.project(x))
+        # nested: the linear's output is freed after the norm; the norm's output is the neuron's scratch
+        return self.neuron(mark_scratch(self.normalize(self.project(x))))
 
 
 class ConvBN(nn.Module):
@@ -116,9 +118,10 @@ class ConvBNSpike(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T = x.shape[0]
         if self.recompute_bn_neuron and torch.is_grad_enabled():
-            x = recompute_in_backward(self, lambda y: self.neuron(self.conv.normalize(y, T)), self.conv.project(x))
+            x = recompute_in_backward(
+                self, lambda y: self.neuron(mark_scratch(self.conv.normalize(y, T))), self.conv.project(x))
         else:
-            x = self.neuron(self.conv(x))
+            x = self.neuron(mark_scratch(self.conv(x)))
         return max_pool(x) if self.pool else x
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from .common import NeuronParams, choose_save
-from .fused import BACKENDS, lif_fused, run_neuron, select_impl
+from .fused import BACKENDS, lif_fused, mark_scratch, run_neuron, select_impl
 from .reference import lif_reference, ternary_lif_reference, ternary_reference
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "available_backends",
     "choose_save",
     "lif_multistep",
+    "mark_scratch",
     "lif_fused",
     "lif_reference",
     "run_neuron",

@@ -31,6 +31,7 @@ from .common import KIND_IDS, SAVE_IDS, NeuronParams, saved_shape
 CSRC = Path(__file__).with_name("csrc")
 SOURCES = (CSRC / "neurons.cpp", CSRC / "spikes.cpp", CSRC / "conv.cpp")  # one library; parallel.h and vec.h are shared
 RECOMPUTES = True  # backward takes the input itself (save "x") and rebuilds the membrane natively
+OVERWRITES = True  # forward(..., overwrite=True) writes the spikes over its input
 BASE_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno", "-fno-trapping-math",
               "-ffp-contract=off"]
 
@@ -168,16 +169,17 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 
 def forward(
     x: torch.Tensor, kind: str, p: NeuronParams, save: str, v_init: torch.Tensor | None = None,
-    v_final: torch.Tensor | None = None,
+    v_final: torch.Tensor | None = None, overwrite: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Spikes for contiguous ``x: [T, ...]`` (float32/64) and the saved state for backward (``save`` format).
 
     ``v_init`` / ``v_final``: optional contiguous ``[...]`` membranes (x's dtype) to start from / to write at the end.
+    ``overwrite``: write the spikes over ``x`` itself (a scratch input nobody reads again) instead of a new tensor.
     """
     lib = _loaded()
     T = x.shape[0]
     N = x.numel() // max(T, 1)
-    out = torch.empty_like(x)
+    out = x if overwrite else torch.empty_like(x)
     saved = None
     planes = hsave = None
     if save != "none":

@@ -8,6 +8,8 @@ Forward runs all T steps in one kernel and saves only the compact state of :mod:
 from __future__ import annotations
 
 import os
+import threading
+import weakref
 from types import ModuleType
 
 import torch
@@ -64,6 +66,24 @@ def select_impl(x: torch.Tensor, backend: str) -> ModuleType:
     raise ValueError(f"unknown neuron backend {backend!r}; expected one of {BACKENDS}")
 
 
+_scratch = threading.local()
+
+
+def mark_scratch(x: torch.Tensor) -> torch.Tensor:
+    """Mark ``x`` as a scratch input of the next neuron call: at inference the compiled CPU kernel may then write
+    its spikes over ``x`` instead of into a new tensor. Only for tensors nobody reads again (a batch norm's output
+    inside a unit). Returns ``x``."""
+    _scratch.ref = weakref.ref(x)
+    return x
+
+
+def _take_scratch(x: torch.Tensor) -> bool:
+    """Whether ``x`` is the tensor :func:`mark_scratch` marked; clears the mark either way."""
+    ref = getattr(_scratch, "ref", None)
+    _scratch.ref = None
+    return ref is not None and ref() is x
+
+
 class NeuronFunction(torch.autograd.Function):
     """Autograd node: ``impl.forward`` saves compact state, ``impl.backward`` recomputes the rest."""
 
@@ -96,6 +116,7 @@ def run_neuron(
     ``[...]`` (in the compute dtype). Both are for inference (T in chunks): with autograd they raise.
     """
     stateful = v_init is not None or return_v
+    scratch = _take_scratch(x)
     if x.dim() < 1 or x.shape[0] == 0 or x.numel() == 0:
         if not stateful:
             return x.clone()
@@ -122,7 +143,10 @@ def run_neuron(
             raise ValueError(f"v_init must have the per-step shape {tuple(x.shape[1:])}, got {tuple(v_init.shape)}")
         v0 = v_init.detach().to(device=x.device, dtype=compute).contiguous()
     v_final = torch.empty(x.shape[1:], dtype=compute, device=x.device) if return_v else None
-    out, _ = impl.forward(xc, kind, params, "none", v0, v_final)
+    if getattr(impl, "OVERWRITES", False) and (scratch or xc is not x):  # spikes over a private input: no new tensor
+        out, _ = impl.forward(xc, kind, params, "none", v0, v_final, overwrite=True)
+    else:
+        out, _ = impl.forward(xc, kind, params, "none", v0, v_final)
     out = out if out.dtype == x.dtype else out.to(x.dtype)
     return (out, v_final) if return_v else out
 

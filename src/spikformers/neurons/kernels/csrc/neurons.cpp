@@ -20,6 +20,14 @@
 
 #include "parallel.h"
 
+#if defined(__clang__)
+#define SPK_IVDEP _Pragma("clang loop vectorize(assume_safety)")
+#elif defined(__GNUC__)
+#define SPK_IVDEP _Pragma("GCC ivdep")
+#else
+#define SPK_IVDEP
+#endif
+
 namespace {
 
 enum Kind { LIF = 0, TERNARY_LIF = 1, TERNARY_GUO = 2 };
@@ -153,10 +161,13 @@ void forward_range(const S* x, S* out, uint8_t* planes, S* hsave, const S* v_ini
         }
         for (int64_t t = 0; t < T; ++t) {
             const int64_t base = t * N + b0;
-            const S* __restrict xt = x + base;
-            S* __restrict ot = out + base;
+            // out may be x itself (spikes written over a caller's scratch input): element i is read before it is
+            // written and no other element depends on it, so the loops are vectorised without alias checks
+            const S* xt = x + base;
+            S* ot = out + base;
             S* __restrict ht = hsave + base;
             if (KIND == LIF) {
+                SPK_IVDEP
                 for (int64_t i = 0; i < n; ++i) {
                     S h = charge<S, LIF>(v[i], xt[i], tau, v_reset);
                     S u = h - v_th;
@@ -172,6 +183,7 @@ void forward_range(const S* x, S* out, uint8_t* planes, S* hsave, const S* v_ini
                     store_planes<S, SAVE>(planes, TN, base, sg, bit, to_q, n);
                 }
             } else if (KIND == TERNARY_LIF) {
+                SPK_IVDEP
                 for (int64_t i = 0; i < n; ++i) {
                     S h = charge<S, TERNARY_LIF>(v[i], xt[i], tau, v_reset);
                     S up = h - v_th;
@@ -192,6 +204,7 @@ void forward_range(const S* x, S* out, uint8_t* planes, S* hsave, const S* v_ini
                 }
             } else {  // TERNARY_GUO
                 uint8_t* __restrict code = planes + base;
+                SPK_IVDEP
                 for (int64_t i = 0; i < n; ++i) {
                     S u = decay * v[i] + xt[i];
                     S a = u < S(0) ? -u : u;
