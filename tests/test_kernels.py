@@ -329,7 +329,15 @@ def test_units_write_spikes_over_their_norm_output_with_identical_logits(monkeyp
     with torch.no_grad():
         with_scratch = model(x)
     assert any(taken)
-    monkeypatch.setattr(fused, "_take_scratch", lambda t: real(t) and False)
-    with torch.no_grad():
-        without = model(x)
+    kept = {}
+    bn = model.blocks[0].mlp.fc1.bn  # a hook that keeps a unit's norm output must see it intact when switched off
+    handle = bn.register_forward_hook(lambda m, a, y: kept.setdefault("y", y))
+    previous = fused.set_overwrite_scratch(False)
+    try:
+        with torch.no_grad():
+            without = model(x)
+    finally:
+        fused.set_overwrite_scratch(previous)
+        handle.remove()
     assert torch.equal(with_scratch, without)
+    assert not torch.all((kept["y"] == 0) | (kept["y"] == 1))  # the norm's output, not spikes

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from .common import NeuronParams, choose_save
-from .fused import BACKENDS, lif_fused, mark_scratch, run_neuron, select_impl
+from .fused import BACKENDS, lif_fused, mark_scratch, run_neuron, select_impl, set_overwrite_scratch
 from .reference import lif_reference, ternary_lif_reference, ternary_reference
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "lif_reference",
     "run_neuron",
     "select_impl",
+    "set_overwrite_scratch",
     "ternary_multistep",
     "ternary_reference",
     "ternary_lif_reference",

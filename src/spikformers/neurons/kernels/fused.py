@@ -67,6 +67,7 @@ def select_impl(x: torch.Tensor, backend: str) -> ModuleType:
 
 
 _scratch = threading.local()
+_OVERWRITE = True
 
 
 def mark_scratch(x: torch.Tensor) -> torch.Tensor:
@@ -77,11 +78,19 @@ def mark_scratch(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def set_overwrite_scratch(enabled: bool) -> bool:
+    """Switch writing spikes over marked scratch inputs on or off (off: a forward hook that keeps a unit's batch
+    norm output sees that output, not the spikes written over it); returns the previous setting."""
+    global _OVERWRITE
+    previous, _OVERWRITE = _OVERWRITE, bool(enabled)
+    return previous
+
+
 def _take_scratch(x: torch.Tensor) -> bool:
-    """Whether ``x`` is the tensor :func:`mark_scratch` marked; clears the mark either way."""
+    """Whether ``x`` is the tensor :func:`mark_scratch` marked (and overwriting is on); clears the mark either way."""
     ref = getattr(_scratch, "ref", None)
     _scratch.ref = None
-    return ref is not None and ref() is x
+    return _OVERWRITE and ref is not None and ref() is x
 
 
 class NeuronFunction(torch.autograd.Function):
