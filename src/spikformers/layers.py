@@ -68,7 +68,7 @@ class LinearBNSpike(LinearBN):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.recompute_bn_neuron and torch.is_grad_enabled():
-            return recompute_in_backward(self, lambda y: self.neuron(mark_scratch(self.normalize(y))), self.project(x))
+            return recompute_in_backward(self, lambda y: self.neuron(self.normalize(y)), self.project(x))
         # nested: the linear's output is freed after the norm; the norm's output is the neuron's scratch
         return self.neuron(mark_scratch(self.normalize(self.project(x))))
 
@@ -118,8 +118,7 @@ class ConvBNSpike(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T = x.shape[0]
         if self.recompute_bn_neuron and torch.is_grad_enabled():
-            x = recompute_in_backward(
-                self, lambda y: self.neuron(mark_scratch(self.conv.normalize(y, T))), self.conv.project(x))
+            x = recompute_in_backward(self, lambda y: self.neuron(self.conv.normalize(y, T)), self.conv.project(x))
         else:
             x = self.neuron(mark_scratch(self.conv(x)))
         return max_pool(x) if self.pool else x
