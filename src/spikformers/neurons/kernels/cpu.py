@@ -1,9 +1,9 @@
 """CPU fused path: a small C++ file (``csrc/neurons.cpp``) compiled on first use and called through ctypes.
 
-Built with OpenMP where the compiler allows. Where torch's own OpenMP runtime is libgomp (the Linux wheels), the
-loader hands the library the copy torch has already loaded, so the kernels run on torch's thread pool instead of
-starting threads that compete with torch's still-spinning workers. ``SPIKFORMERS_NO_OPENMP=1`` builds the plain
-std::thread variant.
+Where torch's own OpenMP runtime is a loaded ``libgomp.so.1`` (the Linux wheels), the library is built with
+OpenMP and the loader hands it that very copy, so the kernels run on torch's thread pool instead of starting
+threads that compete with torch's still-spinning workers. Elsewhere, or with ``SPIKFORMERS_NO_OPENMP=1``, it is
+the plain std::thread build.
 
 The source needs no torch headers, so the build takes about a second with any g++/clang++. The library is
 cached under ``$SPIKFORMERS_CACHE`` (default ``~/.cache/spikformers``) keyed by a hash of the source, the
@@ -75,6 +75,20 @@ def _compile(compiler: str, flags: list[str], target: Path) -> None:
     os.replace(tmp, target)  # atomic: concurrent builders never see a half-written library
 
 
+def _libgomp_loaded() -> bool:
+    """Whether the process already holds a ``libgomp.so.1`` (torch's own OpenMP runtime in the Linux wheels).
+
+    Only then does an OpenMP build share torch's pool: the loader hands it that copy. Elsewhere (another OpenMP
+    runtime, or a renamed libgomp) it would start a second pool whose idle workers spin against torch's, so the
+    plain std::thread build is used.
+    """
+    try:
+        with open("/proc/self/maps") as f:
+            return any(line.rstrip().endswith("/libgomp.so.1") for line in f)
+    except OSError:
+        return False
+
+
 def _build(openmp: bool = True) -> ctypes.CDLL:
     """Compile (or take from the cache) and load the library; ``openmp=False`` builds the std::thread variant."""
     global threading_model
@@ -85,7 +99,7 @@ def _build(openmp: bool = True) -> ctypes.CDLL:
     last: Exception | None = None
     # OpenMP first, so that the kernels share torch's thread pool (see csrc/parallel.h); then without it
     tries = [BASE_FLAGS + ["-march=native"], BASE_FLAGS]
-    if openmp and os.environ.get("SPIKFORMERS_NO_OPENMP", "") in ("", "0"):
+    if openmp and os.environ.get("SPIKFORMERS_NO_OPENMP", "") in ("", "0") and _libgomp_loaded():
         tries = [f + ["-fopenmp"] for f in tries] + tries
     for flags in tries:
         key = hashlib.sha256(
