@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import os
-import platform
 
 import pytest
 import torch
@@ -253,13 +251,6 @@ def test_triton_membrane_carry_under_interpreter(monkeypatch):
             assert torch.equal(out, full) and torch.equal(v, v_full)
 
 
-def _torch_libgomp() -> str | None:
-    """Path of the libgomp that torch itself loaded (from its own lib folder), if any."""
-    with open("/proc/self/maps") as f:
-        paths = {line.split()[-1] for line in f}
-    return next((p for p in paths if "libgomp" in p and f"torch{os.sep}lib" in p), None)
-
-
 @pytest.mark.skipif(not cpu.available(), reason=f"C++ kernels unavailable: {cpu.error}")
 @pytest.mark.parametrize("openmp", [True, False])
 def test_threaded_kernels_match_reference(monkeypatch, tmp_path, openmp):
@@ -281,8 +272,9 @@ def test_threaded_kernels_match_reference(monkeypatch, tmp_path, openmp):
         _check(lambda x: ternary_multistep(x, "guo", backend="cpp"), ternary_reference, x, g)
     finally:
         torch.set_num_threads(threads)
-    gomp = _torch_libgomp() if platform.system() == "Linux" else None
-    if openmp and gomp is not None:  # the kernels' OpenMP calls land in torch's runtime, not a second copy
+    if openmp:  # the kernels' OpenMP calls land in the runtime torch loaded, not a second copy
+        gomp = cpu.libgomp_path()
+        assert gomp is not None
         torch_symbol = ctypes.cast(ctypes.CDLL(gomp).omp_get_max_threads, ctypes.c_void_p).value
         assert cpu.library().spk_openmp_symbol() == torch_symbol
 

@@ -75,18 +75,19 @@ def _compile(compiler: str, flags: list[str], target: Path) -> None:
     os.replace(tmp, target)  # atomic: concurrent builders never see a half-written library
 
 
-def _libgomp_loaded() -> bool:
-    """Whether the process already holds a ``libgomp.so.1`` (torch's own OpenMP runtime in the Linux wheels).
+def libgomp_path() -> str | None:
+    """Path of the ``libgomp.so.1`` the process already holds (torch's own OpenMP runtime in the Linux wheels).
 
-    Only then does an OpenMP build share torch's pool: the loader hands it that copy. Elsewhere (another OpenMP
-    runtime, or a renamed libgomp) it would start a second pool whose idle workers spin against torch's, so the
-    plain std::thread build is used.
+    Only when there is one does an OpenMP build share torch's pool: the loader hands it that copy. Elsewhere
+    (another OpenMP runtime, or a renamed libgomp) it would start a second pool whose idle workers spin against
+    torch's, so the plain std::thread build is used.
     """
     try:
         with open("/proc/self/maps") as f:
-            return any(line.rstrip().endswith("/libgomp.so.1") for line in f)
+            paths = (line.split()[-1] for line in f if line.rstrip().endswith("/libgomp.so.1"))
+            return next(paths, None)
     except OSError:
-        return False
+        return None
 
 
 def _build(openmp: bool = True) -> ctypes.CDLL:
@@ -99,7 +100,7 @@ def _build(openmp: bool = True) -> ctypes.CDLL:
     last: Exception | None = None
     # OpenMP first, so that the kernels share torch's thread pool (see csrc/parallel.h); then without it
     tries = [BASE_FLAGS + ["-march=native"], BASE_FLAGS]
-    if openmp and os.environ.get("SPIKFORMERS_NO_OPENMP", "") in ("", "0") and _libgomp_loaded():
+    if openmp and os.environ.get("SPIKFORMERS_NO_OPENMP", "") in ("", "0") and libgomp_path():
         tries = [f + ["-fopenmp"] for f in tries] + tries
     for flags in tries:
         key = hashlib.sha256(
