@@ -92,14 +92,27 @@ struct Shape {
     int64_t B, Cin, Cout, H, W, Cpad;  // Cpad: Cout rounded up to whole vectors
 };
 
-// --------------------------------------------------------------------------------------------------- forward
-// Non-zero inputs per pixel (b, p, q): off [B*H*W + 1], their channels and values (values only for bytes).
-template <typename S>
-struct PixelLists {
+// Lists of input events grouped by a key: entries off[k] .. off[k + 1] of idx (what fired) and val (its value,
+// for bytes only) belong to key k.
+template <typename I, typename S>
+struct EventLists {
     std::vector<int64_t> off;
-    std::vector<int32_t> chan;
+    std::vector<I> idx;
     std::vector<S> val;
+
+    // off[k + 1] holds key k's count: turn the counts into offsets and size the entries.
+    void counts_to_offsets(int form) {
+        const int64_t keys = static_cast<int64_t>(off.size()) - 1;
+        for (int64_t k = 0; k < keys; ++k) off[k + 1] += off[k];
+        idx.resize(off[keys]);
+        if (form != 0) val.resize(off[keys]);
+    }
 };
+
+// --------------------------------------------------------------------------------------------------- forward
+// Non-zero inputs per pixel (b, p, q): key b*H*W + p*W + q, idx the input channel.
+template <typename S>
+using PixelLists = EventLists<int32_t, S>;
 
 template <typename S>
 void pixel_lists(int form, const uint8_t* data, const Shape& s, int nthreads, PixelLists<S>& a) {
@@ -111,16 +124,14 @@ void pixel_lists(int form, const uint8_t* data, const Shape& s, int nthreads, Pi
             for (int64_t c = 0; c < s.Cin; ++c)
                 for_events(form, data, (b * s.Cin + c) * HW, HW, [&](int64_t pix, uint32_t) { ++cnt[b * HW + pix]; });
     });
-    for (int64_t p = 0; p < P; ++p) a.off[p + 1] += a.off[p];
-    a.chan.resize(a.off[P]);
-    if (form != 0) a.val.resize(a.off[P]);
+    a.counts_to_offsets(form);
     std::vector<int64_t> cursor(a.off.begin(), a.off.end() - 1);
     spk::split_even(s.B, s.Cin * HW / 8, nthreads, [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b)
             for (int64_t c = 0; c < s.Cin; ++c)
                 for_events(form, data, (b * s.Cin + c) * HW, HW, [&](int64_t pix, uint32_t v) {
                     const int64_t at = cursor[b * HW + pix]++;
-                    a.chan[at] = static_cast<int32_t>(c);
+                    a.idx[at] = static_cast<int32_t>(c);
                     if (form != 0) a.val[at] = static_cast<S>(v);
                 });
     });
@@ -177,7 +188,7 @@ void forward_tile(const PixelLists<S>& a, const S* panel, const S* bias, S* y, c
     constexpr int64_t L = Lanes<S>::lanes, TW = NV * L;
     const int64_t H = s.H, W = s.W;
     const int64_t* off = a.off.data();
-    const int32_t* chan = a.chan.data();
+    const int32_t* chan = a.idx.data();
     const S* val = a.val.data();  // empty for bits
     V b[NV];
     for (int v = 0; v < NV; ++v) b[v] = bias ? vload(bias + co0 + v * L) : V{};
@@ -250,14 +261,9 @@ void conv3x3(int form, const uint8_t* data, const S* w, const S* bias, S* y, con
 }
 
 // ------------------------------------------------------------------------------------------ weight gradient
-// Pixels that fired per plane (image b, input channel c; plane b * Cin + c): off [B * Cin + 1], pixel (p << 16 | q)
-// and values (bytes only).
+// Pixels that fired per plane (image b, input channel c): key b * Cin + c, idx the pixel as (p << 16 | q).
 template <typename S>
-struct PlaneLists {
-    std::vector<int64_t> off;
-    std::vector<uint32_t> pq;
-    std::vector<S> val;
-};
+using PlaneLists = EventLists<uint32_t, S>;
 
 template <typename S>
 void plane_lists(int form, const uint8_t* data, const Shape& s, int nthreads, PlaneLists<S>& a) {
@@ -270,15 +276,13 @@ void plane_lists(int form, const uint8_t* data, const Shape& s, int nthreads, Pl
             a.off[pl + 1] = n;
         }
     });
-    for (int64_t pl = 0; pl < P; ++pl) a.off[pl + 1] += a.off[pl];
-    a.pq.resize(a.off[P]);
-    if (form != 0) a.val.resize(a.off[P]);
+    a.counts_to_offsets(form);
     spk::split_even(P, HW / 8 + 1, nthreads, [&](int64_t p0, int64_t p1) {
         for (int64_t pl = p0; pl < p1; ++pl) {
             int64_t at = a.off[pl];
             for_events(form, data, pl * HW, HW, [&](int64_t pix, uint32_t v) {
                 const int64_t p = pix / s.W, q = pix - p * s.W;
-                a.pq[at] = static_cast<uint32_t>(p << 16 | q);
+                a.idx[at] = static_cast<uint32_t>(p << 16 | q);
                 if (form != 0) a.val[at] = static_cast<S>(v);
                 ++at;
             });
@@ -324,9 +328,9 @@ void wgrad_tile(const PlaneLists<S>& a, const S* buf, int64_t nc, int64_t cb, S*
                 const S* gb = buf + (b - b0) * HW * nc + co0 - cb;
                 const int64_t pl = b * s.Cin + c;
                 for (int64_t e = a.off[pl]; e < a.off[pl + 1]; ++e) {
-                    const int64_t i = static_cast<int64_t>(a.pq[e] >> 16) + 1 - di;  // output line
+                    const int64_t i = static_cast<int64_t>(a.idx[e] >> 16) + 1 - di;  // output line
                     if (i < 0 || i >= H) continue;
-                    const int64_t q = static_cast<int64_t>(a.pq[e] & 0xFFFFu);
+                    const int64_t q = static_cast<int64_t>(a.idx[e] & 0xFFFFu);
                     const S* gq = gb + (i * W + q) * nc;
                     const S x = ONES ? S(1) : a.val[e];
                     if (q + 1 < W) add_row<S, NV, ONES>(acc0, gq + nc, x);
