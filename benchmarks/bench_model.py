@@ -32,27 +32,30 @@ from torch.autograd.graph import saved_tensors_hooks
 import spikformers
 from spikformers.memory import chunked_forward, recompute_bn_neurons
 from spikformers.neurons import LIF, TernaryNeuron
+from spikformers.neurons.kernels.bn_lif import set_fused_bn_neuron
 from spikformers.spike_ops import SPARSE_CONV_MAX_RATE, SPARSE_MAX_RATE, set_compact_spikes, set_sparse_spikes
 
 MODEL = "spikformer_4_384_cifar"
 
 
-# (compact saved spike inputs, event-driven linears) per variant; the reference is the library before this work:
-# per-step loops and plain (float-saving, dense) layers
-LAYERS = {"fused": (True, True), "fused_dense": (True, False), "fused_plain_layers": (False, False),
-          "reference": (False, False), "neuron_floor": (True, False), "fused_lean": (True, True)}
+# (compact saved spike inputs, event-driven linears and convs, batch norm fused with the LIF) per variant; the
+# reference is the library before this work: per-step loops, plain (float-saving, dense) layers, separate modules
+LAYERS = {"fused": (True, True, True), "fused_split": (True, True, False), "fused_dense": (True, False, True),
+          "fused_plain_layers": (False, False, True), "reference": (False, False, False),
+          "neuron_floor": (True, False, False), "fused_lean": (True, True, False)}
 
 
 @contextlib.contextmanager
 def layers_as(variant: str):
     """Set the layer options of ``variant`` (see :data:`LAYERS`) for the duration of the block."""
-    compact, sparse = LAYERS[variant]
-    previous = set_compact_spikes(compact), set_sparse_spikes(sparse)
+    compact, sparse, units = LAYERS[variant]
+    previous = set_compact_spikes(compact), set_sparse_spikes(sparse), set_fused_bn_neuron(units)
     try:
         yield
     finally:
         set_compact_spikes(previous[0])
         set_sparse_spikes(previous[1])
+        set_fused_bn_neuron(previous[2])
 
 
 class _FloorSpike(torch.autograd.Function):
@@ -158,7 +161,7 @@ def peak_bytes(fn, device: str) -> int:
 def memory_report(models: dict, opts: dict, x, y, device: str, infer_T: int, chunk: int) -> dict:
     """Saved-for-backward bytes, training-step peaks (with and without checkpointing), chunked-inference peaks."""
     saved, peak = {}, {}
-    for k in ("fused", "reference", "fused_lean"):
+    for k in ("fused", "fused_split", "reference", "fused_lean"):
         with layers_as(k):
             saved[k] = saved_bytes(models[k], x)
             peak[k] = peak_bytes(lambda k=k: train_step(models[k], opts[k], x, y), device)
@@ -186,6 +189,8 @@ def memory_report(models: dict, opts: dict, x, y, device: str, infer_T: int, chu
         "train_peak_bytes": peak,
         "train_peak_ratio": peak["fused"] / peak["reference"],
         "train_peak_ratio_checkpointing": peak["fused_checkpointing"] / peak["reference"],
+        "saved_ratio_split": saved["fused_split"] / saved["reference"],
+        "train_peak_ratio_split": peak["fused_split"] / peak["reference"],
         "saved_ratio_lean": saved["fused_lean"] / saved["reference"],
         "train_peak_ratio_lean": peak["fused_lean"] / peak["reference"],
         "infer_T": infer_T, "chunk": chunk, "infer_peak_bytes": infer,
@@ -197,6 +202,7 @@ def memory_report(models: dict, opts: dict, x, y, device: str, infer_T: int, chu
 def _rss_child(variant: str, backend: str, batch: int, queue) -> None:
     set_compact_spikes(LAYERS[variant][0])
     set_sparse_spikes(LAYERS[variant][1])
+    set_fused_bn_neuron(LAYERS[variant][2])
     torch.manual_seed(0)
     model = build(backend, "cpu")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -249,13 +255,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--chunk", type=int, default=4, help="chunk length of chunked inference")
     ap.add_argument("--variants", nargs="+", choices=[k for k in LAYERS if k != "reference"], default=None,
                     help="time only these against the reference (fewer models resident, so less memory churn "
-                         "between variants); the memory report needs fused and fused_lean")
+                         "between variants); the memory report needs fused_split and fused_lean")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     dev = args.device
     x = torch.randn(args.batch, 3, 32, 32, device=dev)
     y = torch.randint(0, 10, (args.batch,), device=dev)
-    variants = {"fused": "auto", "reference": "reference", "fused_dense": "auto", "fused_lean": "auto"}
+    variants = {"fused": "auto", "fused_split": "auto", "reference": "reference", "fused_dense": "auto",
+                "fused_lean": "auto"}
     if args.plain_layers:
         variants["fused_plain_layers"] = "auto"
     if not args.no_floor:
@@ -291,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
         "train_speedup": med["reference_train"] / med["fused_train"],
         "infer_speedup": med["reference_infer"] / med["fused_infer"],
     }
-    with_memory = "fused_lean" in models
+    with_memory = "fused_lean" in models and "fused_split" in models
     if with_memory:
         report.update(memory_report(models, opts, x, y, dev, args.infer_T, args.chunk))
     if dev == "cpu" and args.rss:
@@ -305,8 +312,9 @@ def main(argv: list[str] | None = None) -> dict:
     for k in variants:
         print(f"{k:<20}{med[k + '_train'] * 1e3:>10.0f}{report['speedup'][k]['train']:>10.2f}"
               f"{med[k + '_infer'] * 1e3:>10.0f}{report['speedup'][k]['infer']:>10.2f}")
-    print("fused: fused neurons, compact saved spikes, event-driven linears and convs; fused_dense: the same with "
-          "dense layers; fused_lean: fused with batch norm + neuron recomputed in backward (recompute_bn_neurons)")
+    print("fused: batch norm + LIF fused per unit, fused neurons, compact saved spikes, event-driven linears and "
+          "convs; fused_split: the same with each norm and neuron separate; fused_dense: fused with dense layers; "
+          "fused_lean: fused_split with norm + neuron recomputed in backward (recompute_bn_neurons)")
     with layers_as("fused"):
         report["firing_rates"] = fr = firing_rates(models["fused"], x)
     print(f"firing rates of the {fr['neurons']} LIF layers (this untrained model, this input): mean {fr['mean']:.3f}, "
@@ -332,6 +340,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"training-step peak: fused {peak['fused'] / mb:.0f} MB, with checkpointing "
           f"{peak['fused_checkpointing'] / mb:.0f} MB, reference {peak['reference'] / mb:.0f} MB; ratios "
           f"{report['train_peak_ratio']:.3f}, {report['train_peak_ratio_checkpointing']:.3f}")
+    print(f"fused_split (norm and neuron separate): saved for backward {saved['fused_split'] / mb:.0f} MB "
+          f"({report['saved_ratio_split']:.3f}), training-step peak {peak['fused_split'] / mb:.0f} MB "
+          f"({report['train_peak_ratio_split']:.3f})")
     print(f"fused_lean (recompute_bn_neurons): saved for backward {saved['fused_lean'] / mb:.0f} MB "
           f"({report['saved_ratio_lean']:.3f}), training-step peak {peak['fused_lean'] / mb:.0f} MB "
           f"({report['train_peak_ratio_lean']:.3f})")

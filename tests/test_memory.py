@@ -275,7 +275,10 @@ def test_compact_model_same_numbers_less_memory():
 
 
 @pytest.mark.parametrize("build", [spikformer, hst], ids=["spikformer", "hst"])
-def test_recompute_bn_neurons_same_numbers_less_memory(build):
+def test_recompute_bn_neurons_same_numbers_less_memory(build, monkeypatch):
+    from spikformers.neurons.kernels import bn_lif
+
+    monkeypatch.setattr(bn_lif, "_ENABLED", False)  # the separate norm + neuron path, which the option is for
     x = torch.randn(2, 3, 16, 16)
     plain, lean = build(), build()
     assert recompute_bn_neurons(lean) > 0

@@ -15,7 +15,19 @@ from torch import nn
 from .memory import recompute_in_backward
 from .neurons import Neuron, create_neuron
 from .neurons.kernels import mark_scratch
+from .neurons.kernels.bn_lif import bn_lif, can_fuse, hooked
 from .spike_ops import spike_conv2d, spike_linear, spike_max_pool
+
+
+def bn_neuron(y: torch.Tensor, bn: nn.Module, neuron: Neuron, T: int, per_channel: int) -> torch.Tensor | None:
+    """``neuron(bn(y))`` as one fused batch-norm + LIF call (:mod:`spikformers.neurons.kernels.bn_lif`) when it
+    applies, else None. ``y``: the projection's fresh output, ``T`` steps first, channels followed by
+    ``per_channel`` positions (1 for tokens, H*W for conv planes)."""
+    params = neuron.unit_params() if hasattr(neuron, "unit_params") else None
+    if not can_fuse(y, bn, neuron, params):
+        return None
+    C = bn.num_features
+    return bn_lif(y, bn, params, (T, y.numel() // (T * C * per_channel), C, per_channel), overwrite=True)
 
 
 def fold(x: torch.Tensor) -> torch.Tensor:
@@ -67,10 +79,14 @@ class LinearBNSpike(LinearBN):
         self.recompute_bn_neuron = False  # spikformers.memory.recompute_bn_neurons: norm + neuron redone in backward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.project(x)
+        spikes = bn_neuron(y, self.bn, self.neuron, x.shape[0], 1)  # keeps y alone, like the recompute below
+        if spikes is not None:
+            return spikes
         if self.recompute_bn_neuron and torch.is_grad_enabled():
-            return recompute_in_backward(self, lambda y: self.neuron(self.normalize(y)), self.project(x))
-        # nested: the linear's output is freed after the norm; the norm's output is the neuron's scratch
-        return self.neuron(mark_scratch(self.normalize(self.project(x))))
+            return recompute_in_backward(self, lambda y: self.neuron(self.normalize(y)), y)
+        # the norm's output is the neuron's scratch
+        return self.neuron(mark_scratch(self.normalize(y)))
 
 
 class ConvBN(nn.Module):
@@ -117,10 +133,17 @@ class ConvBNSpike(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T = x.shape[0]
-        if self.recompute_bn_neuron and torch.is_grad_enabled():
-            x = recompute_in_backward(self, lambda y: self.neuron(self.conv.normalize(y, T)), self.conv.project(x))
-        else:
+        if hooked(self.conv):  # whoever hooks the conv + norm module sees it called
             x = self.neuron(mark_scratch(self.conv(x)))
+        else:
+            y = self.conv.project(x)
+            spikes = bn_neuron(y, self.conv.bn, self.neuron, T, y.shape[-2] * y.shape[-1])
+            if spikes is not None:
+                x = unfold(spikes, T)
+            elif self.recompute_bn_neuron and torch.is_grad_enabled():
+                x = recompute_in_backward(self, lambda y: self.neuron(self.conv.normalize(y, T)), y)
+            else:
+                x = self.neuron(mark_scratch(self.conv.normalize(y, T)))
         return max_pool(x) if self.pool else x
 
 

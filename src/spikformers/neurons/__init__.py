@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .kernels import BACKENDS, lif_multistep, ternary_multistep
-from .kernels.common import SAVED_CHOICES
+from .kernels.common import SAVED_CHOICES, NeuronParams
 from .state import current_store
 
 
@@ -92,6 +92,15 @@ class LIF(Neuron):
                                backend=self.backend, v_init=store.get(key), return_v=True)
         store.put(key, v)
         return out
+
+    def unit_params(self) -> NeuronParams | None:
+        """This LIF's parameters when a unit may fuse it with the batch norm before it
+        (:mod:`.kernels.bn_lif`): a plain LIF on a fused backend, an exact saved state, no membrane carried
+        between calls; else None."""
+        if (type(self) is not LIF or "forward" in vars(self) or self.backend not in ("auto", "fused", "cpp")
+                or self.saved not in ("auto", "recompute", "exact") or current_store() is not None):
+            return None
+        return NeuronParams(self.tau, self.v_th, self.v_reset, self.alpha, 0.25, self.detach_reset)
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, v_th={self.v_th}, v_reset={self.v_reset}, alpha={self.alpha}"

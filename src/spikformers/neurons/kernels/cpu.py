@@ -29,7 +29,8 @@ import torch
 from .common import KIND_IDS, SAVE_IDS, NeuronParams, saved_shape
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = (CSRC / "neurons.cpp", CSRC / "spikes.cpp", CSRC / "conv.cpp")  # one library; parallel.h and vec.h are shared
+SOURCES = (CSRC / "neurons.cpp", CSRC / "bn_neuron.cpp", CSRC / "spikes.cpp", CSRC / "conv.cpp")  # one library
+HEADERS = (CSRC / "parallel.h", CSRC / "vec.h", CSRC / "lif.h")  # shared by the sources
 RECOMPUTES = True  # backward takes the input itself (save "x") and rebuilds the membrane natively
 OVERWRITES = True  # forward(..., overwrite=True) writes the spikes over its input
 BASE_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno", "-fno-trapping-math",
@@ -96,7 +97,7 @@ def _build(openmp: bool = True) -> ctypes.CDLL:
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++") or shutil.which("c++")
     if compiler is None:
         raise RuntimeError("no C++ compiler found (looked for $CXX, g++, clang++, c++)")
-    source = b"".join(p.read_bytes() for p in (*SOURCES, CSRC / "parallel.h", CSRC / "vec.h"))
+    source = b"".join(p.read_bytes() for p in (*SOURCES, *HEADERS))
     last: Exception | None = None
     # OpenMP first, so that the kernels share torch's thread pool (see csrc/parallel.h); then without it
     tries = [BASE_FLAGS + ["-march=native"], BASE_FLAGS]
@@ -123,7 +124,7 @@ def _build(openmp: bool = True) -> ctypes.CDLL:
         fn = getattr(lib, name)
         fn.argtypes = args
         fn.restype = ctypes.c_int
-    i64, ptr, i32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+    i64, ptr, i32, dbl = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_double
     for name, args, res in (
         ("spk_openmp_symbol", [], ptr),
         ("spk_pack_bits", [i32, ptr, i64, ptr, i32], i64),
@@ -135,6 +136,11 @@ def _build(openmp: bool = True) -> ctypes.CDLL:
         ("spk_maxpool3s2_backward", [i32, ptr, ptr, ptr, i64, i64, i64, i32], None),
         ("spk_sparse_conv3x3", [i32, i32, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i32], None),
         ("spk_sparse_conv3x3_wgrad", [i32, i32, ptr, ptr, ptr, i64, i64, i64, i64, i64, i32], None),
+        ("spk_bn_stats", [i32, ptr, i64, i64, i64, i64, ptr, i32], None),
+        ("spk_bn_lif_forward", [i32, ptr, ptr, ptr, ptr, i64, i64, i64, i64, dbl, dbl, dbl, i32], None),
+        ("spk_bn_lif_backward", [i32, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, dbl, dbl, dbl, dbl, i32, ptr,
+                                 i32], None),
+        ("spk_bn_finish", [i32, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i32], None),
     ):
         getattr(lib, name).argtypes = args
         getattr(lib, name).restype = res
@@ -347,3 +353,41 @@ def maxpool3s2_backward(bits: torch.Tensor, g: torch.Tensor, shape: tuple[int, .
     lib.spk_maxpool3s2_backward(int(g.dtype == torch.float64), _ptr(bits), _ptr(g), _ptr(gx), N * C, H, W,
                                 torch.get_num_threads())
     return gx
+
+
+# Batch norm fused with the LIF (csrc/bn_neuron.cpp). y: contiguous [T, A, C, P]; per-channel vectors in y's dtype.
+Dims = tuple[int, int, int, int]
+
+
+def bn_stats(y: torch.Tensor, dims: Dims) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel sum and sum of squares (float64 ``[C]`` each) of ``y`` viewed as ``dims = (T, A, C, P)``."""
+    out = torch.empty(2, dims[2], dtype=torch.float64)
+    _loaded().spk_bn_stats(int(y.dtype == torch.float64), _ptr(y), *dims, _ptr(out), torch.get_num_threads())
+    return out[0], out[1]
+
+
+def bn_lif_forward(y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, dims: Dims, p: NeuronParams,
+                   out: torch.Tensor) -> torch.Tensor:
+    """Spikes of the LIF ``p`` driven by ``y * scale[c] + shift[c]``, written into ``out`` (may be ``y``)."""
+    _loaded().spk_bn_lif_forward(int(y.dtype == torch.float64), _ptr(y), _ptr(out), _ptr(scale), _ptr(shift), *dims,
+                                 p.tau, p.v_th, p.v_reset, torch.get_num_threads())
+    return out
+
+
+def bn_lif_backward(grad: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, mean: torch.Tensor,
+                    dims: Dims, p: NeuronParams) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradient w.r.t. the norm's output ``z`` (a new tensor), and per channel ``sum(gz)`` and
+    ``sum(gz * (y - mean))`` (float64 ``[C]``)."""
+    gz = torch.empty_like(y)
+    sums = torch.empty(2, dims[2], dtype=torch.float64)
+    _loaded().spk_bn_lif_backward(int(y.dtype == torch.float64), _ptr(grad), _ptr(y), _ptr(gz), _ptr(scale),
+                                  _ptr(shift), _ptr(mean), *dims, p.tau, p.v_th, p.v_reset, p.alpha,
+                                  int(p.detach_reset), _ptr(sums), torch.get_num_threads())
+    return gz, sums[0], sums[1]
+
+
+def bn_finish(g: torch.Tensor, y: torch.Tensor, k: torch.Tensor, mean: torch.Tensor, dims: Dims) -> torch.Tensor:
+    """In place: ``g = g * k[0, c] + (y - mean[c]) * k[1, c] + k[2, c]`` (``k: [3, C]`` in y's dtype); returns ``g``."""
+    _loaded().spk_bn_finish(int(y.dtype == torch.float64), _ptr(g), _ptr(y), _ptr(k.contiguous()), _ptr(mean), *dims,
+                            torch.get_num_threads())
+    return g

@@ -18,19 +18,18 @@
 #include <thread>
 #include <vector>
 
+#include "lif.h"
 #include "parallel.h"
-
-#if defined(__clang__)
-#define SPK_IVDEP _Pragma("clang loop vectorize(assume_safety)")
-#elif defined(__GNUC__)
-#define SPK_IVDEP _Pragma("GCC ivdep")
-#else
-#define SPK_IVDEP
-#endif
 
 namespace {
 
-enum Kind { LIF = 0, TERNARY_LIF = 1, TERNARY_GUO = 2 };
+using spk::LIF;
+using spk::TERNARY_LIF;
+using spk::TERNARY_GUO;
+using spk::charge;
+using spk::resets;
+using spk::sigmoid_grad;
+
 enum Save { SAVE_NONE = 0, SAVE_CODE = 1, SAVE_Q16 = 2, SAVE_Q24 = 3, SAVE_H = 4, SAVE_X = 5 };
 
 constexpr int64_t BLOCK = 512;
@@ -39,50 +38,6 @@ struct Params {
     double tau, v_th, v_reset, alpha, decay;
     int detach_reset;
 };
-
-// exp(x) for x <= 0, branch-free so that the compiler vectorises the loops that call it (Cephes expf,
-// about 1 ulp). Needs -fno-trapping-math to vectorise; that flag changes no result.
-inline float exp_neg(float x) {
-    x = x < -87.0f ? -87.0f : x;
-    int32_t ni = static_cast<int32_t>(x * 1.44269504088896341f - 0.5f);  // nearest integer (x <= 0)
-    float n = static_cast<float>(ni);
-    float r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    float y = p * r * r + r + 1.0f;
-    int32_t bits = (ni + 127) << 23;
-    float scale;
-    std::memcpy(&scale, &bits, sizeof(scale));
-    return y * scale;
-}
-
-inline double exp_neg(double x) { return std::exp(x); }
-
-// alpha * sigmoid(alpha u) * (1 - sigmoid(alpha u)), written stably as alpha e / (1 + e)^2 with e = exp(-|alpha u|).
-template <typename S>
-inline S sigmoid_grad(S u, S alpha) {
-    S z = alpha * u;
-    S e = exp_neg(-std::fabs(z));
-    S d = S(1) + e;
-    return alpha * e / (d * d);
-}
-
-// Membrane after charging, h = v + (x - (v - v_reset)) / tau (the ternary LIF form rests at 0).
-template <typename S, int KIND>
-inline S charge(S v, S x, S tau, S v_reset) {
-    return KIND == LIF ? v + (x - (v - v_reset)) / tau : v + (x - v) / tau;
-}
-
-// Whether the neuron fires (and so resets) at membrane h: h >= v_th, or for the ternary form also -h >= v_th.
-template <typename S, int KIND>
-inline int32_t resets(S h, S v_th) {
-    return KIND == LIF ? int32_t(h - v_th >= S(0)) : int32_t((h - v_th >= S(0)) != (-h - v_th >= S(0)));
-}
 
 template <int SAVE>
 constexpr int32_t qmax() {

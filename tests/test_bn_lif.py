@@ -1,0 +1,186 @@
+"""Batch norm fused with the LIF (the units' one-node path) against the separate norm and neuron modules."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch.autograd.graph import saved_tensors_hooks
+
+from spikformers import create_model
+from spikformers.layers import ConvBNSpike, LinearBNSpike
+from spikformers.neurons.kernels import bn_lif, cpu
+
+pytestmark = pytest.mark.skipif(not cpu.available(), reason=f"C++ kernels unavailable: {cpu.error}")
+
+
+def _unit(kind: str, dtype: torch.dtype, **lif) -> torch.nn.Module:
+    torch.manual_seed(0)
+    unit = LinearBNSpike(24, 40, **lif) if kind == "linear" else ConvBNSpike(5, 12, **lif)
+    bn = unit.bn if kind == "linear" else unit.conv.bn
+    with torch.no_grad():  # a norm away from its initial identity, so that its gradients are not trivial
+        bn.weight.uniform_(0.5, 2.0)
+        bn.bias.uniform_(-0.5, 1.0)
+    return unit.to(dtype)
+
+
+def _input(kind: str, dtype: torch.dtype, T: int = 4) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(1)
+    shape = (T, 3, 7, 24) if kind == "linear" else (T, 2, 5, 9, 11)
+    return torch.randn(shape, generator=gen, dtype=dtype) * 2
+
+
+def _run(unit: torch.nn.Module, x: torch.Tensor, fused: bool) -> tuple[torch.Tensor, ...]:
+    previous = bn_lif.set_fused_bn_neuron(fused)
+    try:
+        x = x.clone().requires_grad_()
+        out = unit(x)
+        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(2), dtype=out.dtype)
+        (out * g).sum().backward()
+    finally:
+        bn_lif.set_fused_bn_neuron(previous)
+    bn = unit.bn if hasattr(unit, "bn") else unit.conv.bn
+    norm = [None if t is None else t.grad for t in (bn.weight, bn.bias)]
+    stats = [None if t is None else t.clone() for t in (bn.running_mean, bn.running_var)]
+    return (out.detach(), x.grad, *norm, unit_projection(unit).weight.grad, *stats)
+
+
+def unit_projection(unit: torch.nn.Module) -> torch.nn.Module:
+    return unit.linear if hasattr(unit, "linear") else unit.conv.conv
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize("detach_reset", [True, False])
+def test_fused_unit_matches_separate_modules_in_float64(kind, detach_reset):
+    fused_unit = _unit(kind, torch.float64)
+    fused_unit.neuron.detach_reset = detach_reset
+    plain = copy.deepcopy(fused_unit)
+    x = _input(kind, torch.float64)
+    calls = []
+    real = bn_lif.BNLIFFunction.apply
+    bn_lif.BNLIFFunction.apply = lambda *a: calls.append(1) or real(*a)
+    try:
+        got = _run(fused_unit, x, True)
+    finally:
+        bn_lif.BNLIFFunction.apply = real
+    want = _run(plain, x, False)
+    assert calls, "the unit did not take the fused path"
+    assert torch.equal(got[0], want[0]) and 0.05 < got[0].mean() < 0.6
+    for a, b in zip(got[1:], want[1:]):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_fused_unit_in_float32_agrees_but_for_threshold_ties(kind):
+    got = _run(_unit(kind, torch.float32), _input(kind, torch.float32), True)
+    want = _run(_unit(kind, torch.float32), _input(kind, torch.float32), False)
+    assert (got[0] != want[0]).float().mean() < 1e-3  # only membranes within rounding of the threshold may differ
+    for a, b in zip(got[1:], want[1:]):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_fused_unit_in_evaluation_and_without_grad(kind):
+    unit = _unit(kind, torch.float64)
+    x = _input(kind, torch.float64)
+    _run(unit, x, True)  # running statistics away from their initial values
+    unit.zero_grad(set_to_none=True)
+    unit.eval()
+    plain = copy.deepcopy(unit)
+    with torch.no_grad():
+        fused_out = unit(x)
+        bn_lif.set_fused_bn_neuron(False)
+        try:
+            plain_out = plain(x)
+        finally:
+            bn_lif.set_fused_bn_neuron(True)
+    assert torch.equal(fused_out, plain_out)
+    got, want = _run(unit, x, True), _run(plain, x, False)  # evaluation mode with autograd: running statistics
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("options", [{"momentum": None}, {"affine": False}, {"track_running_stats": False}])
+def test_fused_unit_follows_batch_norm_options(options):
+    unit = _unit("linear", torch.float64)
+    unit.bn = torch.nn.BatchNorm1d(40, **options).double()
+    plain = copy.deepcopy(unit)
+    x = _input("linear", torch.float64)
+    for _ in range(2):  # twice: the cumulative average (momentum None) needs a second batch to differ
+        got, want = _run(unit, x * 1.5, True), _run(plain, x * 1.5, False)
+        unit.zero_grad()
+        plain.zero_grad()
+    for a, b in zip(got, want):
+        if a is None:
+            assert b is None
+        else:
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+def test_fused_unit_keeps_only_the_projection_output():
+    unit = _unit("linear", torch.float32)
+    x = _input("linear", torch.float32, T=4).requires_grad_()
+    sizes = {}
+    for fused in (True, False):
+        seen: dict[int, int] = {}
+
+        def pack(t, seen=seen):
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        previous = bn_lif.set_fused_bn_neuron(fused)
+        try:
+            with saved_tensors_hooks(pack, lambda t: t):
+                unit(x)
+        finally:
+            bn_lif.set_fused_bn_neuron(previous)
+        sizes[fused] = sum(n for n in seen.values() if n >= x.shape[0] * 3 * 7 * 40 * 4)  # tensors of y's size
+    y_bytes = 4 * 3 * 7 * 40 * 4
+    assert sizes[True] == y_bytes  # y alone
+    assert sizes[False] >= 2 * y_bytes  # the norm's input and the neuron's input (the norm's output)
+
+
+def test_hooks_and_other_neurons_take_the_separate_modules():
+    unit = _unit("linear", torch.float32)
+    x = _input("linear", torch.float32)
+    kept = {}
+    handle = unit.bn.register_forward_hook(lambda m, a, y: kept.setdefault("y", y))
+    try:
+        unit(x)
+    finally:
+        handle.remove()
+    assert "y" in kept and not torch.all((kept["y"] == 0) | (kept["y"] == 1))  # the norm really ran
+    for change in ({"backend": "reference"}, {"saved": "q16"}):
+        other = _unit("linear", torch.float32)
+        for k, v in change.items():
+            setattr(other.neuron, k, v)
+        assert other.neuron.unit_params() is None
+    ternary = LinearBNSpike(24, 40, neuron="ternary")
+    assert not hasattr(ternary.neuron, "unit_params")
+    assert ternary(x).abs().max() <= 1
+
+
+def test_training_with_one_value_per_channel_raises():
+    unit = _unit("linear", torch.float32)
+    with pytest.raises(ValueError, match="more than 1 value"):
+        unit(torch.randn(1, 1, 1, 24))
+
+
+def test_model_logits_and_gradients_match_with_and_without_fusion():
+    torch.manual_seed(0)
+    model = create_model("spikformer_2_64_cifar").double()
+    plain = copy.deepcopy(model)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    outs = []
+    for m, fused in ((model, True), (plain, False)):
+        previous = bn_lif.set_fused_bn_neuron(fused)
+        try:
+            logits = m(x)
+            logits.square().sum().backward()
+        finally:
+            bn_lif.set_fused_bn_neuron(previous)
+        outs.append((logits.detach(), [p.grad for p in m.parameters()]))
+    torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-10, rtol=1e-10)
+    for a, b in zip(outs[0][1], outs[1][1]):
+        torch.testing.assert_close(a, b, atol=1e-8, rtol=1e-8)
