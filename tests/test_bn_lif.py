@@ -184,3 +184,24 @@ def test_model_logits_and_gradients_match_with_and_without_fusion():
     torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-10, rtol=1e-10)
     for a, b in zip(outs[0][1], outs[1][1]):
         torch.testing.assert_close(a, b, atol=1e-8, rtol=1e-8)
+
+
+def test_backward_twice_raises_inside_units_and_works_on_a_kept_input():
+    unit = _unit("linear", torch.float64)
+    x = _input("linear", torch.float64).requires_grad_()
+    out = unit(x)
+    out.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="retain_graph"):
+        out.sum().backward()
+
+    from spikformers.neurons.kernels.common import NeuronParams
+
+    bn = torch.nn.BatchNorm1d(40).double()
+    y = torch.randn(4, 21, 40, 1, dtype=torch.float64, requires_grad=True)
+    y_keep = y.detach().clone()
+    spikes = bn_lif.bn_lif(y, bn, NeuronParams(), (4, 21, 40, 1))  # y is the caller's: left as it was
+    spikes.sum().backward(retain_graph=True)
+    first = y.grad.clone()
+    spikes.sum().backward()
+    assert torch.equal(y.detach(), y_keep)
+    torch.testing.assert_close(y.grad, 2 * first)

@@ -187,6 +187,7 @@ def test_speed_options_reach_the_model_and_are_restored(tmp_path: Path, monkeypa
     from spikformers import spike_ops
     from spikformers.memory import _CheckpointedForward, backbone_blocks
     from spikformers.neurons import LIF
+    from spikformers.neurons.kernels import bn_lif
     from spikformers.train import engine
 
     seen = {}
@@ -196,19 +197,19 @@ def test_speed_options_reach_the_model_and_are_restored(tmp_path: Path, monkeypa
         real(model, cfg)
         lifs = [m for m in model.modules() if isinstance(m, LIF)]
         seen.update(saved={m.saved for m in lifs}, backend={m.backend for m in lifs}, sparse=spike_ops._SPARSE,
-                    compact=spike_ops._COMPACT, lean=all(m.recompute_bn_neuron for m in model.modules()
-                                                         if hasattr(m, "recompute_bn_neuron")),
+                    compact=spike_ops._COMPACT, units=bn_lif._ENABLED,
+                    lean=all(m.recompute_bn_neuron for m in model.modules() if hasattr(m, "recompute_bn_neuron")),
                     ckpt=all(isinstance(b.__dict__.get("forward"), _CheckpointedForward)
-                                                      and b.forward.enabled for b in backbone_blocks(model)))
+                             and b.forward.enabled for b in backbone_blocks(model)))
 
     monkeypatch.setattr(engine, "apply_speed_options", spy)
     cfg = load_config(None, ["model.name=spikformer_1_64_cifar", "model.T=2", "data.img_size=8", "optim.epochs=1",
                              "optim.warmup_epochs=0", "data.limit_train=32", "data.limit_test=16", "progress=false",
                              "train.tensorboard=false", "train.neuron_saved=q24", "train.neuron_backend=eager",
                              "train.event_driven=false", "train.compact_spikes=false", "train.grad_checkpointing=true",
-                             "train.recompute_bn_neuron=true",
+                             "train.recompute_bn_neuron=true", "train.fused_bn_neuron=false",
                              f"out={tmp_path}"])
     engine.train(cfg)
-    assert seen == {"saved": {"q24"}, "backend": {"eager"}, "sparse": False, "compact": False, "ckpt": True,
-                    "lean": True}
-    assert spike_ops._SPARSE and spike_ops._COMPACT  # the process-wide switches are back as they were
+    assert seen == {"saved": {"q24"}, "backend": {"eager"}, "sparse": False, "compact": False, "units": False,
+                    "ckpt": True, "lean": True}
+    assert spike_ops._SPARSE and spike_ops._COMPACT and bn_lif._ENABLED  # the process-wide switches are put back

@@ -101,6 +101,8 @@ def recompute_bn_neurons(model: nn.Module, enabled: bool = True) -> int:
 
     Each unit then keeps only the batch norm's input for backward: the norm's output, which a neuron with
     ``saved="recompute"`` would otherwise hold, is rebuilt. Outputs, gradients and statistics are unchanged.
+    Units that fuse their norm with a LIF (:mod:`spikformers.neurons.kernels.bn_lif`, on by default on the CPU)
+    keep only that input already; the flag matters for the others (CUDA, ternary neurons, fusion switched off).
     """
     from .layers import ConvBNSpike, LinearBNSpike
 

@@ -87,6 +87,7 @@ class LoopConfig:
     recompute_bn_neuron: bool = False  # recompute batch norm + neuron of each linear/conv unit in backward
     compact_spikes: bool = True  # layers keep spike inputs as bits / bytes for backward
     event_driven: bool = True  # CPU: linears on sparse spikes add the weight columns that fired
+    fused_bn_neuron: bool = True  # CPU: each unit's batch norm + LIF as one kernel that keeps only its input
 
 
 @dataclass

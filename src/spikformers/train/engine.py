@@ -311,10 +311,11 @@ def _fmt(v: float | None, spec: str) -> str:
 def train(cfg: TrainConfig) -> RunResult:
     """Train and evaluate per ``cfg`` (one process, or each process of a torchrun job); write the run folder."""
     from .. import spike_ops
+    from ..neurons.kernels.bn_lif import set_fused_bn_neuron
 
     info = dist_utils.init_distributed(cfg.device)
     # the run sets its own layer switches (apply_speed_options); they are put back afterwards
-    previous = spike_ops.set_compact_spikes(True), spike_ops.set_sparse_spikes(True)
+    previous = spike_ops.set_compact_spikes(True), spike_ops.set_sparse_spikes(True), set_fused_bn_neuron(True)
     try:
         check_loop_config(cfg, info.device, info.world_size)
         result = _train(cfg, info)
@@ -325,6 +326,7 @@ def train(cfg: TrainConfig) -> RunResult:
     finally:
         spike_ops.set_compact_spikes(previous[0])
         spike_ops.set_sparse_spikes(previous[1])
+        set_fused_bn_neuron(previous[2])
     dist_utils.cleanup()
     return result
 
@@ -333,6 +335,7 @@ def apply_speed_options(model: nn.Module, cfg: TrainConfig) -> None:
     """Apply the ``train.*`` speed and memory options (neuron kernels, checkpointing, compact / sparse layers)."""
     from .. import spike_ops
     from ..neurons import configure_neurons
+    from ..neurons.kernels.bn_lif import set_fused_bn_neuron
 
     t = cfg.train
     configure_neurons(model, backend=t.neuron_backend, saved=t.neuron_saved)
@@ -346,6 +349,7 @@ def apply_speed_options(model: nn.Module, cfg: TrainConfig) -> None:
         recompute_bn_neurons(model)
     spike_ops.set_compact_spikes(t.compact_spikes)
     spike_ops.set_sparse_spikes(t.event_driven)
+    set_fused_bn_neuron(t.fused_bn_neuron)
 
 
 def _train(cfg: TrainConfig, info: dist_utils.DistInfo) -> RunResult:

@@ -2,9 +2,11 @@
 
 One autograd node from the projection's output ``y`` to spikes (``csrc/bn_neuron.cpp``). Forward takes the
 batch statistics and fires in two passes over ``y``; the norm's output never exists as a tensor. Backward
-rebuilds it and the membranes from ``y``, so a unit keeps ``y`` alone for backward, where the separate norm and
-neuron keep ``y`` (the norm) and the norm's output (the neuron), and it allocates one gradient buffer instead of
-two. Gradients are exact (the membranes are recomputed, not quantised); statistics are accumulated in float64.
+rebuilds it and the membranes from ``y`` (twice: once for the per-channel sums the norm's gradient needs, once to
+write the gradient), so a unit keeps ``y`` alone for backward, where the separate norm and neuron keep ``y`` (the
+norm) and the norm's output (the neuron). Inside a unit, where ``y`` is private, the gradient is written over
+``y`` itself, so backward allocates nothing the size of ``y`` (the separate modules allocate two such gradients).
+Gradients are exact (the membranes are recomputed, not quantised); statistics are accumulated in float64.
 
 Batch-norm semantics follow ``torch.nn.functional.batch_norm``: batch statistics in training (or without running
 statistics), running mean and unbiased variance updated with ``momentum`` (cumulative when it is None), running
@@ -69,22 +71,33 @@ def _affine(mean: torch.Tensor, invstd: torch.Tensor, weight: torch.Tensor | Non
 
 
 class BNLIFFunction(torch.autograd.Function):
-    """``LIF(batch_norm(y))`` with gradients for ``y``, the norm's weight and its bias."""
+    """``LIF(batch_norm(y))`` with gradients for ``y``, the norm's weight and its bias.
+
+    ``private``: ``y`` is the caller's own tensor that nobody reads after this node; backward then writes the
+    gradient over it instead of allocating one (and refuses to run a second time, as ``y`` is gone).
+    """
 
     @staticmethod
-    def forward(ctx, y, weight, bias, mean, invstd, batch_stats, dims, params):  # type: ignore[override]
+    def forward(ctx, y, weight, bias, mean, invstd, batch_stats, dims, params, private):  # type: ignore[override]
         scale, shift = _affine(mean, invstd, weight, bias, y.dtype)
         out = cpu.bn_lif_forward(y, scale, shift, dims, params, torch.empty_like(y))
         ctx.save_for_backward(y, weight, scale, shift, mean, invstd)
-        ctx.meta = (batch_stats, dims, params)
+        ctx.meta = (batch_stats, dims, params, private)
+        ctx.spent = False
         return out
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
+        if ctx.spent:
+            raise RuntimeError(
+                "a fused batch-norm + LIF unit wrote its gradient over its saved input, so it cannot run backward "
+                "twice (retain_graph=True); call spikformers.neurons.kernels.set_fused_bn_neuron(False) for that"
+            )
         y, weight, scale, shift, mean, invstd = ctx.saved_tensors
-        batch_stats, dims, params = ctx.meta
+        batch_stats, dims, params, private = ctx.meta
+        grad = grad.contiguous()
         mean_y = mean.to(y.dtype)
-        gz, sum_g, sum_gc = cpu.bn_lif_backward(grad.contiguous(), y, scale, shift, mean_y, dims, params)
+        sum_g, sum_gc = cpu.bn_lif_sums(grad, y, scale, shift, mean_y, dims, params)
         gy = gw = gb = None
         if ctx.needs_input_grad[0]:
             gamma = torch.ones_like(invstd) if weight is None else weight.detach().to(torch.float64)
@@ -94,23 +107,26 @@ class BNLIFFunction(torch.autograd.Function):
                 k = torch.stack([k1, -gamma * invstd**3 * (sum_gc / count), -k1 * (sum_g / count)])
             else:
                 k = torch.stack([k1, torch.zeros_like(k1), torch.zeros_like(k1)])
-            gy = cpu.bn_finish(gz, y, k.to(y.dtype), mean_y, dims)
+            ctx.spent = private
+            gy = cpu.bn_lif_grad(grad, y, scale, shift, mean_y, k.to(y.dtype), dims, params,
+                                 y if private else torch.empty_like(y))
         if weight is not None and ctx.needs_input_grad[1]:
             gw = (sum_gc * invstd).to(weight.dtype)
         if ctx.needs_input_grad[2]:
             gb = sum_g.to(y.dtype)
-        return gy, gw, gb, None, None, None, None, None
+        return gy, gw, gb, None, None, None, None, None, None
 
 
 def bn_lif(y: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, params: NeuronParams, dims: Dims,
            overwrite: bool = False) -> torch.Tensor:
     """Spikes of ``LIF(bn(y))`` for a contiguous CPU float ``y`` viewed as ``dims = (T, A, C, P)``, channels ``C``.
 
-    ``overwrite``: without autograd, write the spikes over ``y`` itself (a private tensor nobody reads again).
+    ``overwrite``: ``y`` is a private tensor nobody reads again: without autograd the spikes are written over it,
+    with autograd backward writes ``y``'s gradient over it.
     """
     mean, invstd, batch_stats = _statistics(y, bn, dims)
     if torch.is_grad_enabled() and (y.requires_grad or (bn.weight is not None and bn.weight.requires_grad)):
-        return BNLIFFunction.apply(y, bn.weight, bn.bias, mean, invstd, batch_stats, dims, params)
+        return BNLIFFunction.apply(y, bn.weight, bn.bias, mean, invstd, batch_stats, dims, params, overwrite)
     scale, shift = _affine(mean, invstd, bn.weight, bn.bias, y.dtype)
     return cpu.bn_lif_forward(y, scale, shift, dims, params, y if overwrite else torch.empty_like(y))
 

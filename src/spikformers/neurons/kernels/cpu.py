@@ -138,9 +138,8 @@ def _build(openmp: bool = True) -> ctypes.CDLL:
         ("spk_sparse_conv3x3_wgrad", [i32, i32, ptr, ptr, ptr, i64, i64, i64, i64, i64, i32], None),
         ("spk_bn_stats", [i32, ptr, i64, i64, i64, i64, ptr, i32], None),
         ("spk_bn_lif_forward", [i32, ptr, ptr, ptr, ptr, i64, i64, i64, i64, dbl, dbl, dbl, i32], None),
-        ("spk_bn_lif_backward", [i32, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, dbl, dbl, dbl, dbl, i32, ptr,
-                                 i32], None),
-        ("spk_bn_finish", [i32, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i32], None),
+        ("spk_bn_lif_backward", [i32, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, dbl, dbl, dbl, dbl, i32,
+                                 ptr, i32], None),
     ):
         getattr(lib, name).argtypes = args
         getattr(lib, name).restype = res
@@ -374,20 +373,24 @@ def bn_lif_forward(y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, di
     return out
 
 
-def bn_lif_backward(grad: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, mean: torch.Tensor,
-                    dims: Dims, p: NeuronParams) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradient w.r.t. the norm's output ``z`` (a new tensor), and per channel ``sum(gz)`` and
-    ``sum(gz * (y - mean))`` (float64 ``[C]``)."""
-    gz = torch.empty_like(y)
+def bn_lif_sums(grad: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, mean: torch.Tensor,
+                dims: Dims, p: NeuronParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward pass 1: per channel ``sum(gz)`` and ``sum(gz * (y - mean))`` (float64 ``[C]``), ``gz`` the gradient
+    w.r.t. the norm's output given ``grad`` w.r.t. the spikes."""
     sums = torch.empty(2, dims[2], dtype=torch.float64)
-    _loaded().spk_bn_lif_backward(int(y.dtype == torch.float64), _ptr(grad), _ptr(y), _ptr(gz), _ptr(scale),
-                                  _ptr(shift), _ptr(mean), *dims, p.tau, p.v_th, p.v_reset, p.alpha,
+    _bn_lif_backward(grad, y, None, scale, shift, mean, None, dims, p, sums)
+    return sums[0], sums[1]
+
+
+def bn_lif_grad(grad: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, mean: torch.Tensor,
+                k: torch.Tensor, dims: Dims, p: NeuronParams, out: torch.Tensor) -> torch.Tensor:
+    """Backward pass 2: ``out = gz * k[0, c] + (y - mean[c]) * k[1, c] + k[2, c]`` (``k: [3, C]`` in y's dtype);
+    ``out`` may be ``y`` itself."""
+    _bn_lif_backward(grad, y, out, scale, shift, mean, k.contiguous(), dims, p, None)
+    return out
+
+
+def _bn_lif_backward(grad, y, out, scale, shift, mean, k, dims, p, sums) -> None:  # type: ignore[no-untyped-def]
+    _loaded().spk_bn_lif_backward(int(y.dtype == torch.float64), _ptr(grad), _ptr(y), _ptr(out), _ptr(scale),
+                                  _ptr(shift), _ptr(mean), _ptr(k), *dims, p.tau, p.v_th, p.v_reset, p.alpha,
                                   int(p.detach_reset), _ptr(sums), torch.get_num_threads())
-    return gz, sums[0], sums[1]
-
-
-def bn_finish(g: torch.Tensor, y: torch.Tensor, k: torch.Tensor, mean: torch.Tensor, dims: Dims) -> torch.Tensor:
-    """In place: ``g = g * k[0, c] + (y - mean[c]) * k[1, c] + k[2, c]`` (``k: [3, C]`` in y's dtype); returns ``g``."""
-    _loaded().spk_bn_finish(int(y.dtype == torch.float64), _ptr(g), _ptr(y), _ptr(k.contiguous()), _ptr(mean), *dims,
-                            torch.get_num_threads())
-    return g

@@ -7,9 +7,10 @@
 //
 // Forward:  z = y * scale[c] + shift[c] (scale = gamma / sqrt(var + eps), shift = beta - mean * scale, both
 //           computed by the caller in double), then the LIF of lif.h over t.
-// Backward: pass 1 rebuilds z and the membranes from y (nothing but y is kept), runs the LIF backward and writes
-//           gz = dL/dz, summing per channel sum(gz) and sum(gz * (y - mean)) in double;
-//           pass 2 turns gz into dL/dy = gz * k1[c] + (y - mean[c]) * k2[c] + k3[c] in place (k from those sums).
+// Backward: both passes rebuild z and the membranes from y (nothing but y is kept) and run the LIF backward to
+//           gz = dL/dz. Pass 1 only sums, per channel, gz and gz * (y - mean) in double; pass 2 writes
+//           dL/dy = gz * k1[c] + (y - mean[c]) * k2[c] + k3[c] (k from those sums), possibly over y itself: no
+//           buffer the size of y is allocated in backward, at the price of running the LIF backward twice.
 
 #include <cstdint>
 #include <vector>
@@ -152,13 +153,16 @@ void forward_range(const S* y, S* out, const S* scale, const S* shift, const Dim
     });
 }
 
-// Pass 1 of backward for one segment of n elements from `off` (channels c.. or all c, as PLANE): gz = dL/dz from
-// gs = dL/dspikes, membranes rebuilt from y into hb[T][BLOCK]; per-element sums of gz and gz * (y - mean) in s1, s2.
-template <typename S, bool PLANE, bool DETACH>
-inline void backward_block(const S* __restrict gs, const S* __restrict y, S* __restrict gz, const S* __restrict sc,
-                           const S* __restrict sh, const S* __restrict mu, int64_t off, int64_t step, int64_t T,
-                           int64_t n, S tau, S v_th, S v_reset, S alpha, S* __restrict hb,
-                           S* __restrict gv, double* __restrict s1, double* __restrict s2) {
+// The LIF backward of one segment of n elements from `off` (channels c.. or, PLANE, all c): membranes rebuilt from
+// y into hb[T][BLOCK], then the reverse pass to gz = dL/dz from gs = dL/dspikes. FINAL = false: per-element sums
+// of gz and gz * (y - mean) into s1, s2; FINAL = true: out = gz * k1 + (y - mean) * k2 + k3, where out may be y
+// (element i of step t is read before it is written, and nothing else reads it later).
+template <typename S, bool PLANE, bool DETACH, bool FINAL>
+inline void backward_block(const S* __restrict gs, const S* y, S* out, const S* __restrict sc,
+                           const S* __restrict sh, const S* __restrict mu, const S* __restrict k1,
+                           const S* __restrict k2, const S* __restrict k3, int64_t off, int64_t step, int64_t T,
+                           int64_t n, S tau, S v_th, S v_reset, S alpha, S* __restrict hb, S* __restrict gv,
+                           double* __restrict s1, double* __restrict s2) {
     S* __restrict v = gv;  // the membrane until the reverse pass
     for (int64_t i = 0; i < n; ++i) v[i] = v_reset;
     for (int64_t t = 0; t < T; ++t) {
@@ -173,48 +177,71 @@ inline void backward_block(const S* __restrict gs, const S* __restrict y, S* __r
     }
     for (int64_t i = 0; i < n; ++i) {
         gv[i] = S(0);
-        s1[i] = 0.0;
-        s2[i] = 0.0;
+        if (!FINAL) {
+            s1[i] = 0.0;
+            s2[i] = 0.0;
+        }
     }
+    alignas(64) S gz[BLOCK];
     for (int64_t t = T - 1; t >= 0; --t) {
         const S* __restrict gst = gs + t * step + off;
-        const S* __restrict yt = y + t * step + off;
-        S* __restrict gzt = gz + t * step + off;
         const S* __restrict ht = hb + t * BLOCK;
         for (int64_t i = 0; i < n; ++i) {  // as neurons.cpp's LIF backward from h
             const S h = ht[i], u = h - v_th;
             const S g_spike = DETACH ? gst[i] : gst[i] + gv[i] * (v_reset - h);
             const S gh = g_spike * sigmoid_grad(u, alpha) + gv[i] * (u >= S(0) ? S(0) : S(1));
             const S g = gh / tau;
-            gzt[i] = g;
+            gz[i] = g;
             gv[i] = gh - g;
         }
-        for (int64_t i = 0; i < n; ++i) {
-            const double g = gzt[i];
-            s1[i] += g;
-            s2[i] += g * static_cast<double>(yt[i] - mu[PLANE ? 0 : i]);
+        const S* yt = y + t * step + off;
+        if (FINAL) {
+            S* ot = out + t * step + off;
+            SPK_IVDEP
+            for (int64_t i = 0; i < n; ++i) {
+                const int64_t c = PLANE ? 0 : i;
+                ot[i] = gz[i] * k1[c] + (yt[i] - mu[c]) * k2[c] + k3[c];
+            }
+        } else {
+            for (int64_t i = 0; i < n; ++i) {
+                const double g = gz[i];
+                s1[i] += g;
+                s2[i] += g * static_cast<double>(yt[i] - mu[PLANE ? 0 : i]);
+            }
         }
     }
 }
 
-// Pass 1 of backward over units [begin, end), adding the per-channel sums into acc[0, C) and acc[C, 2C).
-template <typename S>
-void backward_range(const S* gs, const S* y, S* gz, const S* scale, const S* shift, const S* mean, const Dims& d,
-                    S tau, S v_th, S v_reset, S alpha, bool detach, int64_t begin, int64_t end, double* acc) {
+struct Grad {  // the per-channel inputs of backward; k = nullptr in pass 1
+    const void *scale, *shift, *mean, *k;
+};
+
+// One backward pass over units [begin, end); pass 1 (k null) adds the per-channel sums into acc[0, C), acc[C, 2C).
+template <typename S, bool DETACH, bool FINAL>
+void backward_range(const S* gs, const S* y, S* out, const Grad& gr, const Dims& d, S tau, S v_th, S v_reset,
+                    S alpha, int64_t begin, int64_t end, double* acc) {
     const int64_t step = d.A * d.C * d.P;
+    const S* scale = static_cast<const S*>(gr.scale);
+    const S* shift = static_cast<const S*>(gr.shift);
+    const S* mean = static_cast<const S*>(gr.mean);
+    const S* k = static_cast<const S*>(gr.k);
     std::vector<S> hbuf(d.T * BLOCK);
     S* hb = hbuf.data();
     alignas(64) S gv[BLOCK];
     alignas(64) double s1[BLOCK];
     alignas(64) double s2[BLOCK];
     segments(d, begin, end, [&](int64_t off, int64_t c, int64_t n) {
+        const S* k1 = FINAL ? k + c : nullptr;
+        const S* k2 = FINAL ? k + d.C + c : nullptr;
+        const S* k3 = FINAL ? k + 2 * d.C + c : nullptr;
+        if (d.P > 1)
+            backward_block<S, true, DETACH, FINAL>(gs, y, out, scale + c, shift + c, mean + c, k1, k2, k3, off, step,
+                                                   d.T, n, tau, v_th, v_reset, alpha, hb, gv, s1, s2);
+        else
+            backward_block<S, false, DETACH, FINAL>(gs, y, out, scale + c, shift + c, mean + c, k1, k2, k3, off,
+                                                    step, d.T, n, tau, v_th, v_reset, alpha, hb, gv, s1, s2);
+        if (FINAL) return;
         if (d.P > 1) {
-            if (detach)
-                backward_block<S, true, true>(gs, y, gz, scale + c, shift + c, mean + c, off, step, d.T, n, tau, v_th,
-                                              v_reset, alpha, hb, gv, s1, s2);
-            else
-                backward_block<S, true, false>(gs, y, gz, scale + c, shift + c, mean + c, off, step, d.T, n, tau, v_th,
-                                               v_reset, alpha, hb, gv, s1, s2);
             double a1 = 0.0, a2 = 0.0;
             for (int64_t i = 0; i < n; ++i) {
                 a1 += s1[i];
@@ -223,39 +250,9 @@ void backward_range(const S* gs, const S* y, S* gz, const S* scale, const S* shi
             acc[c] += a1;
             acc[d.C + c] += a2;
         } else {
-            if (detach)
-                backward_block<S, false, true>(gs, y, gz, scale + c, shift + c, mean + c, off, step, d.T, n, tau, v_th,
-                                               v_reset, alpha, hb, gv, s1, s2);
-            else
-                backward_block<S, false, false>(gs, y, gz, scale + c, shift + c, mean + c, off, step, d.T, n, tau,
-                                                v_th, v_reset, alpha, hb, gv, s1, s2);
             for (int64_t i = 0; i < n; ++i) {
                 acc[c + i] += s1[i];
                 acc[d.C + c + i] += s2[i];
-            }
-        }
-    });
-}
-
-// Pass 2: g = g * k1[c] + (y - mean[c]) * k2[c] + k3[c], in place.
-template <typename S>
-void finish_range(S* g, const S* y, const S* k1, const S* k2, const S* k3, const S* mean, const Dims& d,
-                  int64_t begin, int64_t end) {
-    const int64_t step = d.A * d.C * d.P;
-    const bool plane = d.P > 1;
-    segments(d, begin, end, [&](int64_t off, int64_t c, int64_t n) {
-        for (int64_t t = 0; t < d.T; ++t) {
-            S* __restrict gt = g + t * step + off;
-            const S* __restrict yt = y + t * step + off;
-            if (plane) {
-                const S a = k1[c], b = k2[c], e = k3[c], m = mean[c];
-                for (int64_t i = 0; i < n; ++i) gt[i] = gt[i] * a + (yt[i] - m) * b + e;
-            } else {
-                const S* a = k1 + c;
-                const S* b = k2 + c;
-                const S* e = k3 + c;
-                const S* m = mean + c;
-                for (int64_t i = 0; i < n; ++i) gt[i] = gt[i] * a[i] + (yt[i] - m[i]) * b[i] + e[i];
             }
         }
     });
@@ -272,23 +269,34 @@ void run_forward(const S* y, S* out, const S* scale, const S* shift, const Dims&
     });
 }
 
-template <typename S>
-void run_backward(const S* gs, const S* y, S* gz, const S* scale, const S* shift, const S* mean, const Dims& d,
-                  double tau, double v_th, double v_reset, double alpha, int detach, double* sums, int nthreads) {
-    const int nt = threads_for(units(d), d.T * (d.P == 1 ? d.C : d.P), nthreads);
-    reduce_units(d, nt, sums, [&](double* acc, int64_t b, int64_t e) {
-        backward_range<S>(gs, y, gz, scale, shift, mean, d, static_cast<S>(tau), static_cast<S>(v_th),
-                          static_cast<S>(v_reset), static_cast<S>(alpha), detach != 0, b, e, acc);
-    });
+template <typename S, bool DETACH>
+void run_backward_t(const S* gs, const S* y, S* out, const Grad& gr, const Dims& d, S tau, S v_th, S v_reset,
+                    S alpha, double* sums, int nthreads) {
+    const int64_t n = units(d);
+    const int nt = threads_for(n, d.T * (d.P == 1 ? d.C : d.P), nthreads);
+    if (gr.k == nullptr) {
+        reduce_units(d, nt, sums, [&](double* acc, int64_t b, int64_t e) {
+            backward_range<S, DETACH, false>(gs, y, out, gr, d, tau, v_th, v_reset, alpha, b, e, acc);
+        });
+    } else {
+        spk::run_tasks(nt, [&](int64_t j) {
+            backward_range<S, DETACH, true>(gs, y, out, gr, d, tau, v_th, v_reset, alpha, n * j / nt,
+                                            n * (j + 1) / nt, nullptr);
+        });
+    }
 }
 
 template <typename S>
-void run_finish(S* g, const S* y, const S* k, const S* mean, const Dims& d, int nthreads) {
-    const int64_t n = units(d);
-    const int nt = threads_for(n, d.T * (d.P == 1 ? d.C : d.P), nthreads);
-    spk::run_tasks(nt, [&](int64_t j) {
-        finish_range<S>(g, y, k, k + d.C, k + 2 * d.C, mean, d, n * j / nt, n * (j + 1) / nt);
-    });
+void run_backward(const void* gs, const void* y, void* out, const Grad& gr, const Dims& d, double tau, double v_th,
+                  double v_reset, double alpha, int detach, double* sums, int nthreads) {
+    const S* g = static_cast<const S*>(gs);
+    const S* yy = static_cast<const S*>(y);
+    S* o = static_cast<S*>(out);
+    const S t = static_cast<S>(tau), th = static_cast<S>(v_th), r = static_cast<S>(v_reset), a = static_cast<S>(alpha);
+    if (detach)
+        run_backward_t<S, true>(g, yy, o, gr, d, t, th, r, a, sums, nthreads);
+    else
+        run_backward_t<S, false>(g, yy, o, gr, d, t, th, r, a, sums, nthreads);
 }
 
 }  // namespace
@@ -317,31 +325,18 @@ void spk_bn_lif_forward(int is_double, const void* y, void* out, const void* sca
                     static_cast<const float*>(shift), d, tau, v_th, v_reset, nthreads);
 }
 
-// Pass 1: gz = dL/dz into gz; sums[0, C) = sum(gz), sums[C, 2C) = sum(gz * (y - mean)) per channel.
-void spk_bn_lif_backward(int is_double, const void* gs, const void* y, void* gz, const void* scale, const void* shift,
-                         const void* mean, int64_t T, int64_t A, int64_t C, int64_t P, double tau, double v_th,
-                         double v_reset, double alpha, int detach_reset, double* sums, int nthreads) {
+// A backward pass from gs = dL/dspikes. k null (pass 1): sums[0, C) = sum(gz), sums[C, 2C) = sum(gz * (y - mean))
+// per channel. k ([3, C] in y's dtype, pass 2): out = gz * k[0] + (y - mean) * k[1] + k[2] per channel; out may be y.
+// scale, shift, mean: [C] in y's dtype.
+void spk_bn_lif_backward(int is_double, const void* gs, const void* y, void* out, const void* scale, const void* shift,
+                         const void* mean, const void* k, int64_t T, int64_t A, int64_t C, int64_t P, double tau,
+                         double v_th, double v_reset, double alpha, int detach_reset, double* sums, int nthreads) {
     const Dims d{T, A, C, P};
+    const Grad gr{scale, shift, mean, k};
     if (is_double)
-        run_backward(static_cast<const double*>(gs), static_cast<const double*>(y), static_cast<double*>(gz),
-                     static_cast<const double*>(scale), static_cast<const double*>(shift),
-                     static_cast<const double*>(mean), d, tau, v_th, v_reset, alpha, detach_reset, sums, nthreads);
+        run_backward<double>(gs, y, out, gr, d, tau, v_th, v_reset, alpha, detach_reset, sums, nthreads);
     else
-        run_backward(static_cast<const float*>(gs), static_cast<const float*>(y), static_cast<float*>(gz),
-                     static_cast<const float*>(scale), static_cast<const float*>(shift),
-                     static_cast<const float*>(mean), d, tau, v_th, v_reset, alpha, detach_reset, sums, nthreads);
-}
-
-// Pass 2, in place: g = g * k[c] + (y - mean[c]) * k[C + c] + k[2C + c]. k: [3, C] in y's dtype.
-void spk_bn_finish(int is_double, void* g, const void* y, const void* k, const void* mean, int64_t T, int64_t A,
-                   int64_t C, int64_t P, int nthreads) {
-    const Dims d{T, A, C, P};
-    if (is_double)
-        run_finish(static_cast<double*>(g), static_cast<const double*>(y), static_cast<const double*>(k),
-                   static_cast<const double*>(mean), d, nthreads);
-    else
-        run_finish(static_cast<float*>(g), static_cast<const float*>(y), static_cast<const float*>(k),
-                   static_cast<const float*>(mean), d, nthreads);
+        run_backward<float>(gs, y, out, gr, d, tau, v_th, v_reset, alpha, detach_reset, sums, nthreads);
 }
 
 }  // extern "C"
