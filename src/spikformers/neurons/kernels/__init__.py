@@ -15,12 +15,16 @@ Every fused path is one autograd node that saves only what backward needs; see :
 backward (``"recompute"``), which is faster on a CPU than computing and storing the surrogate; the Triton and
 eager paths keep the surrogate in 23-bit fixed point plus the spike bit (3 bytes per element and step,
 ``"q24"``), which moves fewer bytes on a GPU. Any path takes any choice.
+
+:mod:`.bn_lif` fuses a unit's batch norm with its LIF on the C++ path (one node from the projection's output to
+spikes; ``set_fused_bn_neuron`` switches it).
 """
 
 from __future__ import annotations
 
 import torch
 
+from .bn_lif import set_fused_bn_neuron
 from .common import NeuronParams, choose_save
 from .fused import BACKENDS, lif_fused, mark_scratch, run_neuron, select_impl, set_overwrite_scratch
 from .reference import lif_reference, ternary_lif_reference, ternary_reference
@@ -37,6 +41,7 @@ __all__ = [
     "run_neuron",
     "select_impl",
     "set_overwrite_scratch",
+    "set_fused_bn_neuron",
     "ternary_multistep",
     "ternary_reference",
     "ternary_lif_reference",
