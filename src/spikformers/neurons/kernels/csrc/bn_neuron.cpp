@@ -22,7 +22,6 @@ namespace {
 
 using spk::charge;
 using spk::LIF;
-using spk::sigmoid_grad;
 
 constexpr int64_t BLOCK = 256;
 
@@ -186,14 +185,8 @@ inline void backward_block(const S* __restrict gs, const S* y, S* out, const S* 
     for (int64_t t = T - 1; t >= 0; --t) {
         const S* __restrict gst = gs + t * step + off;
         const S* __restrict ht = hb + t * BLOCK;
-        for (int64_t i = 0; i < n; ++i) {  // as neurons.cpp's LIF backward from h
-            const S h = ht[i], u = h - v_th;
-            const S g_spike = DETACH ? gst[i] : gst[i] + gv[i] * (v_reset - h);
-            const S gh = g_spike * sigmoid_grad(u, alpha) + gv[i] * (u >= S(0) ? S(0) : S(1));
-            const S g = gh / tau;
-            gz[i] = g;
-            gv[i] = gh - g;
-        }
+        for (int64_t i = 0; i < n; ++i)
+            gz[i] = spk::lif_backward_step(ht[i], gst[i], gv[i], DETACH, tau, v_th, v_reset, alpha);
         const S* yt = y + t * step + off;
         if (FINAL) {
             S* ot = out + t * step + off;

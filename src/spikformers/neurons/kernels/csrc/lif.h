@@ -62,4 +62,17 @@ inline int32_t resets(S h, S v_th) {
     return KIND == LIF ? int32_t(h - v_th >= S(0)) : int32_t((h - v_th >= S(0)) != (-h - v_th >= S(0)));
 }
 
+// One LIF step backward from the membrane h: dL/dx of the step, given dL/dspike gs and the gradient gv carried
+// back from the next step's membrane (updated here). Without detach, the reset v = v_reset after a spike passes
+// gradient through it: v_reset - h.
+template <typename S>
+inline S lif_backward_step(S h, S gs, S& gv, bool detach, S tau, S v_th, S v_reset, S alpha) {
+    const S u = h - v_th;
+    const S g_spike = detach ? gs : gs + gv * (v_reset - h);
+    const S gh = g_spike * sigmoid_grad(u, alpha) + gv * (u >= S(0) ? S(0) : S(1));
+    const S g = gh / tau;
+    gv = gh - g;
+    return g;
+}
+
 }  // namespace spk

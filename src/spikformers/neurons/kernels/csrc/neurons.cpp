@@ -225,15 +225,8 @@ void backward_range(const S* gs, S* gx, const uint8_t* planes, const S* hsave, i
             }
             if (KIND == LIF && (SAVE == SAVE_H || SAVE == SAVE_X)) {  // one pass from h, no temporaries
                 const S* __restrict ht = SAVE == SAVE_X ? hbuf.data() + t * BLOCK : hsave + base;
-                for (int64_t i = 0; i < n; ++i) {  // the compiler unswitches the loop on `detach`
-                    const S h = ht[i], u = h - v_th;
-                    // without detach, the reset v = v_reset after a spike passes gradient through it: v_reset - h
-                    const S g_spike = detach ? gst[i] : gst[i] + gv[i] * (v_reset - h);
-                    const S gh = g_spike * sigmoid_grad(u, alpha) + gv[i] * (u >= S(0) ? S(0) : S(1));
-                    const S g = gh / tau;
-                    gxt[i] = g;
-                    gv[i] = gh - g;
-                }
+                for (int64_t i = 0; i < n; ++i)  // the compiler unswitches the loop on `detach`
+                    gxt[i] = spk::lif_backward_step(ht[i], gst[i], gv[i], detach, tau, v_th, v_reset, alpha);
                 continue;
             }
             if (SAVE == SAVE_H || SAVE == SAVE_X) {
