@@ -35,11 +35,6 @@ def set_fused_bn_neuron(enabled: bool) -> bool:
     return previous
 
 
-def fused_bn_neuron_enabled() -> bool:
-    """Whether units may fuse their batch norm with their LIF (see :func:`set_fused_bn_neuron`)."""
-    return _ENABLED
-
-
 def _statistics(y: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, dims: Dims) -> tuple[torch.Tensor, ...]:
     """(mean, invstd, batch statistics used?) in float64, updating the running statistics as ``F.batch_norm``."""
     batch_stats = bn.training or bn.running_mean is None

@@ -32,14 +32,8 @@ struct Dims {
 // Work units: a row of C channels (P == 1) or one channel plane of P positions (P > 1), per step t = 0.
 inline int64_t units(const Dims& d) { return d.P == 1 ? d.A : d.A * d.C; }
 
-// Threads for `n` units of `cost` elements each (small jobs stay on the calling thread).
-inline int threads_for(int64_t n, int64_t cost, int nthreads) {
-    int64_t nt = nthreads < 1 ? 1 : nthreads;
-    const int64_t most = n * cost / 65536 + 1;
-    if (nt > most) nt = most;
-    if (nt > n) nt = n;
-    return static_cast<int>(nt < 1 ? 1 : nt);
-}
+// Elements per work unit, over all steps.
+inline int64_t unit_cost(const Dims& d) { return d.T * (d.P == 1 ? d.C : d.P); }
 
 // Calls seg(offset, channel, n) for each contiguous segment of step 0 within units [begin, end): `n` elements
 // from `offset`, whose channels are channel, channel + 1, ... (P == 1) or all `channel` (P > 1).
@@ -97,22 +91,22 @@ void stats_range(const S* y, const Dims& d, int64_t begin, int64_t end, double* 
     }
 }
 
-// Run fn(k, begin, end) on nt even ranges of the units, each with its own zeroed 2C accumulator; the partial sums
-// are then added in thread order (deterministic for a given thread count) into out[0, 2C).
+// Run fn(acc, begin, end) on even ranges of the units (as spk::split_even), each with its own zeroed 2C accumulator;
+// the partial sums are then added in range order (deterministic for a given thread count) into out[0, 2C).
 template <typename F>
-void reduce_units(const Dims& d, int nt, double* out, F fn) {
+void reduce_units(const Dims& d, int nthreads, double* out, F fn) {
     const int64_t n = units(d);
+    const int64_t nt = spk::even_threads(n, unit_cost(d), nthreads);
     std::vector<std::vector<double>> part(nt, std::vector<double>(2 * d.C, 0.0));
     spk::run_tasks(nt, [&](int64_t k) { fn(part[k].data(), n * k / nt, n * (k + 1) / nt); });
     for (int64_t c = 0; c < 2 * d.C; ++c) out[c] = 0.0;
-    for (int k = 0; k < nt; ++k)
+    for (int64_t k = 0; k < nt; ++k)
         for (int64_t c = 0; c < 2 * d.C; ++c) out[c] += part[k][c];
 }
 
 template <typename S>
 void bn_stats(const S* y, const Dims& d, double* out, int nthreads) {
-    const int nt = threads_for(units(d), d.T * (d.P == 1 ? d.C : d.P), nthreads);
-    reduce_units(d, nt, out, [&](double* acc, int64_t b, int64_t e) { stats_range(y, d, b, e, acc); });
+    reduce_units(d, nthreads, out, [&](double* acc, int64_t b, int64_t e) { stats_range(y, d, b, e, acc); });
 }
 
 // Spikes of the LIF driven by z = y * scale + shift. `out` may be `y` itself: each element is read before it is
@@ -254,27 +248,22 @@ void backward_range(const S* gs, const S* y, S* out, const Grad& gr, const Dims&
 template <typename S>
 void run_forward(const S* y, S* out, const S* scale, const S* shift, const Dims& d, double tau, double v_th,
                  double v_reset, int nthreads) {
-    const int64_t n = units(d);
-    const int nt = threads_for(n, d.T * (d.P == 1 ? d.C : d.P), nthreads);
-    spk::run_tasks(nt, [&](int64_t k) {
+    spk::split_even(units(d), unit_cost(d), nthreads, [&](int64_t b, int64_t e) {
         forward_range<S>(y, out, scale, shift, d, static_cast<S>(tau), static_cast<S>(v_th), static_cast<S>(v_reset),
-                         n * k / nt, n * (k + 1) / nt);
+                         b, e);
     });
 }
 
 template <typename S, bool DETACH>
 void run_backward_t(const S* gs, const S* y, S* out, const Grad& gr, const Dims& d, S tau, S v_th, S v_reset,
                     S alpha, double* sums, int nthreads) {
-    const int64_t n = units(d);
-    const int nt = threads_for(n, d.T * (d.P == 1 ? d.C : d.P), nthreads);
     if (gr.k == nullptr) {
-        reduce_units(d, nt, sums, [&](double* acc, int64_t b, int64_t e) {
+        reduce_units(d, nthreads, sums, [&](double* acc, int64_t b, int64_t e) {
             backward_range<S, DETACH, false>(gs, y, out, gr, d, tau, v_th, v_reset, alpha, b, e, acc);
         });
     } else {
-        spk::run_tasks(nt, [&](int64_t j) {
-            backward_range<S, DETACH, true>(gs, y, out, gr, d, tau, v_th, v_reset, alpha, n * j / nt,
-                                            n * (j + 1) / nt, nullptr);
+        spk::split_even(units(d), unit_cost(d), nthreads, [&](int64_t b, int64_t e) {
+            backward_range<S, DETACH, true>(gs, y, out, gr, d, tau, v_th, v_reset, alpha, b, e, nullptr);
         });
     }
 }

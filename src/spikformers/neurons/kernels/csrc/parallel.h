@@ -64,14 +64,20 @@ inline void parallel(int64_t N, int64_t T, int nthreads, F fn) {
     });
 }
 
-// Run fn(begin, end) on up to nthreads threads over [0, N) split evenly (units of cost `cost`); small jobs stay on
-// the calling thread. Unlike parallel() it splits below 64 units (few images, few channels).
-template <typename F>
-inline void split_even(int64_t N, int64_t cost, int nthreads, F fn) {
+// How many threads split_even uses for N units of cost `cost` each: at most nthreads and N, one per 64 Ki of work.
+inline int64_t even_threads(int64_t N, int64_t cost, int nthreads) {
     int64_t nt = nthreads < 1 ? 1 : nthreads;
     const int64_t most = N * cost / 65536 + 1;
     if (nt > most) nt = most;
     if (nt > N) nt = N;
+    return nt < 1 ? 1 : nt;
+}
+
+// Run fn(begin, end) on up to nthreads threads over [0, N) split evenly (units of cost `cost`); small jobs stay on
+// the calling thread. Unlike parallel() it splits below 64 units (few images, few channels).
+template <typename F>
+inline void split_even(int64_t N, int64_t cost, int nthreads, F fn) {
+    const int64_t nt = even_threads(N, cost, nthreads);
     if (nt <= 1) {
         fn(int64_t{0}, N);
         return;
