@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(not cpu.available(), reason=f"C++ kernels unavai
 
 def _unit(kind: str, dtype: torch.dtype, **lif) -> torch.nn.Module:
     torch.manual_seed(0)
-    unit = LinearBNSpike(24, 40, **lif) if kind == "linear" else ConvBNSpike(5, 12, **lif)
+    unit = LinearBNSpike(24, 40, **lif) if kind == "linear" else ConvBNSpike(5, 12, pool=kind == "conv_pool", **lif)
     bn = unit.bn if kind == "linear" else unit.conv.bn
     with torch.no_grad():  # a norm away from its initial identity, so that its gradients are not trivial
         bn.weight.uniform_(0.5, 2.0)
@@ -43,14 +43,19 @@ def _run(unit: torch.nn.Module, x: torch.Tensor, fused: bool) -> tuple[torch.Ten
     bn = unit.bn if hasattr(unit, "bn") else unit.conv.bn
     norm = [None if t is None else t.grad for t in (bn.weight, bn.bias)]
     stats = [None if t is None else t.clone() for t in (bn.running_mean, bn.running_var)]
-    return (out.detach(), x.grad, *norm, unit_projection(unit).weight.grad, *stats)
+    proj = unit_projection(unit)
+    proj_bias = [] if proj.bias is None else [proj.bias.grad]  # linear units fold it into the norm when fused
+    return (out.detach(), x.grad, *norm, proj.weight.grad, *stats, *proj_bias)
 
 
 def unit_projection(unit: torch.nn.Module) -> torch.nn.Module:
     return unit.linear if hasattr(unit, "linear") else unit.conv.conv
 
 
-@pytest.mark.parametrize("kind", ["linear", "conv"])
+KINDS = ["linear", "conv", "conv_pool"]  # conv_pool: the conv unit that max-pools its spikes in the same node
+
+
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("detach_reset", [True, False])
 def test_fused_unit_matches_separate_modules_in_float64(kind, detach_reset):
     fused_unit = _unit(kind, torch.float64)
@@ -71,7 +76,7 @@ def test_fused_unit_matches_separate_modules_in_float64(kind, detach_reset):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
 
 
-@pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_fused_unit_in_float32_agrees_but_for_threshold_ties(kind):
     got = _run(_unit(kind, torch.float32), _input(kind, torch.float32), True)
     want = _run(_unit(kind, torch.float32), _input(kind, torch.float32), False)
@@ -80,7 +85,7 @@ def test_fused_unit_in_float32_agrees_but_for_threshold_ties(kind):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_fused_unit_in_evaluation_and_without_grad(kind):
     unit = _unit(kind, torch.float64)
     x = _input(kind, torch.float64)
@@ -139,6 +144,30 @@ def test_fused_unit_keeps_only_the_projection_output():
     y_bytes = 4 * 3 * 7 * 40 * 4
     assert sizes[True] == y_bytes  # y alone
     assert sizes[False] >= 2 * y_bytes  # the norm's input and the neuron's input (the norm's output)
+
+
+def test_pooling_unit_keeps_only_the_conv_output_and_makes_no_full_size_spikes():
+    unit = _unit("conv_pool", torch.float32)
+    x = _input("conv_pool", torch.float32).requires_grad_()
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    made = []
+    real_maxpool = cpu.maxpool3s2
+    cpu.maxpool3s2 = lambda t: made.append(t.shape) or real_maxpool(t)
+    try:
+        with saved_tensors_hooks(pack, lambda t: t):
+            out = unit(x)
+    finally:
+        cpu.maxpool3s2 = real_maxpool
+    assert out.shape == (4, 2, 12, 5, 6) and not made  # pooled in the unit: the separate pool never ran
+    y_bytes = 4 * 2 * 12 * 9 * 11 * 4
+    assert max(saved.values()) == y_bytes and sum(n for n in saved.values() if n >= y_bytes) == y_bytes
+    out.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
 
 
 def test_hooks_and_other_neurons_take_the_separate_modules():

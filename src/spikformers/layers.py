@@ -15,19 +15,25 @@ from torch import nn
 from .memory import recompute_in_backward
 from .neurons import Neuron, create_neuron
 from .neurons.kernels import mark_scratch
-from .neurons.kernels.bn_lif import bn_lif, can_fuse, hooked
+from .neurons.kernels.bn_lif import bn_lif, fused_params, hooked, takes
+from .neurons.kernels.common import NeuronParams
 from .spike_ops import spike_conv2d, spike_linear, spike_max_pool
 
 
-def bn_neuron(y: torch.Tensor, bn: nn.Module, neuron: Neuron, T: int, per_channel: int) -> torch.Tensor | None:
+def bn_neuron(y: torch.Tensor, bn: nn.Module, neuron: Neuron, T: int, per_channel: int, pool: bool = False,
+              params: NeuronParams | None = None, pre_bias: torch.Tensor | None = None) -> torch.Tensor | None:
     """``neuron(bn(y))`` as one fused batch-norm + LIF call (:mod:`spikformers.neurons.kernels.bn_lif`) when it
     applies, else None. ``y``: the projection's fresh output, ``T`` steps first, channels followed by
-    ``per_channel`` positions (1 for tokens, H*W for conv planes)."""
-    params = neuron.unit_params() if hasattr(neuron, "unit_params") else None
-    if not can_fuse(y, bn, neuron, params):
+    ``per_channel`` positions (1 for tokens, H*W for conv planes). ``pool``: conv planes whose spikes are
+    max-pooled (:func:`max_pool`) in the same call. ``params``: :func:`fused_params` of the modules, if taken
+    already; ``pre_bias``: the projection's bias, left out of ``y`` (see
+    :func:`~spikformers.neurons.kernels.bn_lif.bn_lif`)."""
+    params = params or fused_params(bn, neuron)
+    if params is None or not takes(y):
         return None
     C = bn.num_features
-    return bn_lif(y, bn, params, (T, y.numel() // (T * C * per_channel), C, per_channel), overwrite=True)
+    dims = (T, y.numel() // (T * C * per_channel), C, per_channel)
+    return bn_lif(y, bn, params, dims, overwrite=True, pool=pool, pre_bias=pre_bias)
 
 
 def fold(x: torch.Tensor) -> torch.Tensor:
@@ -79,10 +85,16 @@ class LinearBNSpike(LinearBN):
         self.recompute_bn_neuron = False  # spikformers.memory.recompute_bn_neurons: norm + neuron redone in backward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.project(x)
-        spikes = bn_neuron(y, self.bn, self.neuron, x.shape[0], 1)  # keeps y alone, like the recompute below
-        if spikes is not None:
-            return spikes
+        params = fused_params(self.bn, self.neuron)
+        if params is not None:  # fused: the linear's bias goes into the norm (no add, no column sum in backward)
+            bias = self.linear.bias
+            y = spike_linear(x, self.linear.weight)
+            spikes = bn_neuron(y, self.bn, self.neuron, x.shape[0], 1, params=params, pre_bias=bias)
+            if spikes is not None:
+                return spikes  # keeps y alone, like the recompute below
+            y = y if bias is None else y + bias  # a y the kernels do not take (autocast, another dtype)
+        else:
+            y = self.project(x)
         if self.recompute_bn_neuron and torch.is_grad_enabled():
             return recompute_in_backward(self, lambda y: self.neuron(self.normalize(y)), y)
         # the norm's output is the neuron's scratch
@@ -137,10 +149,10 @@ class ConvBNSpike(nn.Module):
             x = self.neuron(mark_scratch(self.conv(x)))
         else:
             y = self.conv.project(x)
-            spikes = bn_neuron(y, self.conv.bn, self.neuron, T, y.shape[-2] * y.shape[-1])
-            if spikes is not None:
-                x = unfold(spikes, T)
-            elif self.recompute_bn_neuron and torch.is_grad_enabled():
+            spikes = bn_neuron(y, self.conv.bn, self.neuron, T, y.shape[-2] * y.shape[-1], pool=self.pool)
+            if spikes is not None:  # pooled in the same call when self.pool
+                return unfold(spikes, T)
+            if self.recompute_bn_neuron and torch.is_grad_enabled():
                 x = recompute_in_backward(self, lambda y: self.neuron(self.conv.normalize(y, T)), y)
             else:
                 x = self.neuron(mark_scratch(self.conv.normalize(y, T)))

@@ -8,6 +8,11 @@ norm) and the norm's output (the neuron). Inside a unit, where ``y`` is private,
 ``y`` itself, so backward allocates nothing the size of ``y`` (the separate modules allocate two such gradients).
 Gradients are exact (the membranes are recomputed, not quantised); statistics are accumulated in float64.
 
+A conv unit followed by MaxPool(3, stride 2, padding 1) can pool inside the same node (``pool=True``): it returns
+the pooled spikes, and its backward routes their gradient through the pool while it rebuilds the spikes (to the
+first spike of each window, as torch's pool does), so neither the full-size spike map nor its gradient is ever
+made.
+
 Batch-norm semantics follow ``torch.nn.functional.batch_norm``: batch statistics in training (or without running
 statistics), running mean and unbiased variance updated with ``momentum`` (cumulative when it is None), running
 statistics in evaluation. Spikes agree with the unfused unit except where the membrane lies within float
@@ -35,12 +40,18 @@ def set_fused_bn_neuron(enabled: bool) -> bool:
     return previous
 
 
-def _statistics(y: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, dims: Dims) -> tuple[torch.Tensor, ...]:
-    """(mean, invstd, batch statistics used?) in float64, updating the running statistics as ``F.batch_norm``."""
+def _statistics(y: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, dims: Dims, pre_bias: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(mean, invstd, batch statistics used?) in float64, updating the running statistics as ``F.batch_norm``.
+
+    The norm's input is ``y + pre_bias`` (the projection's bias, per channel, not added to ``y``); ``mean`` is
+    returned relative to ``y`` itself, i.e. the norm's mean minus ``pre_bias``.
+    """
+    b = None if pre_bias is None else pre_bias.detach().to(torch.float64)
     batch_stats = bn.training or bn.running_mean is None
     if not batch_stats:
         mean = bn.running_mean.to(torch.float64)
-        return mean, torch.rsqrt(bn.running_var.to(torch.float64) + bn.eps), False
+        return mean if b is None else mean - b, torch.rsqrt(bn.running_var.to(torch.float64) + bn.eps), False
     count = dims[0] * dims[1] * dims[3]
     if count <= 1:
         raise ValueError(f"batch norm over {count} value per channel in training: expected more than 1 value")
@@ -51,7 +62,8 @@ def _statistics(y: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, dims: Dims
         with torch.no_grad():
             bn.num_batches_tracked.add_(1)
             factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-            bn.running_mean.mul_(1 - factor).add_(mean.to(bn.running_mean.dtype), alpha=factor)
+            norm_mean = mean if b is None else mean + b
+            bn.running_mean.mul_(1 - factor).add_(norm_mean.to(bn.running_mean.dtype), alpha=factor)
             unbiased = var * (count / (count - 1))
             bn.running_var.mul_(1 - factor).add_(unbiased.to(bn.running_var.dtype), alpha=factor)
     return mean, torch.rsqrt(var + bn.eps), True
@@ -70,14 +82,17 @@ class BNLIFFunction(torch.autograd.Function):
 
     ``private``: ``y`` is the caller's own tensor that nobody reads after this node; backward then writes the
     gradient over it instead of allocating one (and refuses to run a second time, as ``y`` is gone).
+    ``pre_bias``: the projection's bias, which the norm's input includes but ``y`` does not (``mean`` is relative
+    to ``y``); its gradient, the sum of ``y``'s over all but channels, comes from the per-channel sums: exactly 0
+    with batch statistics (the norm subtracts any constant), ``gamma * invstd * sum(gz)`` with running ones.
     """
 
     @staticmethod
-    def forward(ctx, y, weight, bias, mean, invstd, batch_stats, dims, params, private):  # type: ignore[override]
+    def forward(ctx, y, weight, bias, pre_bias, mean, invstd, batch_stats, dims, params, private, pool_w):  # type: ignore[override]
         scale, shift = _affine(mean, invstd, weight, bias, y.dtype)
-        out = cpu.bn_lif_forward(y, scale, shift, dims, params, torch.empty_like(y))
+        out = cpu.bn_lif_forward(y, scale, shift, dims, params, _output(y, pool_w), pool_w)
         ctx.save_for_backward(y, weight, scale, shift, mean, invstd)
-        ctx.meta = (batch_stats, dims, params, private)
+        ctx.meta = (batch_stats, dims, params, private, pool_w)
         ctx.spent = False
         return out
 
@@ -89,14 +104,16 @@ class BNLIFFunction(torch.autograd.Function):
                 "twice (retain_graph=True); call spikformers.neurons.kernels.set_fused_bn_neuron(False) for that"
             )
         y, weight, scale, shift, mean, invstd = ctx.saved_tensors
-        batch_stats, dims, params, private = ctx.meta
+        batch_stats, dims, params, private, pool_w = ctx.meta
         grad = grad.contiguous()
         mean_y = mean.to(y.dtype)
-        sum_g, sum_gc = cpu.bn_lif_sums(grad, y, scale, shift, mean_y, dims, params)
-        gy = gw = gb = None
+        sum_g, sum_gc = cpu.bn_lif_sums(grad, y, scale, shift, mean_y, dims, params, pool_w)
+        gy = gw = gb = gpb = None
+        gamma = torch.ones_like(invstd) if weight is None else weight.detach().to(torch.float64)
+        k1 = gamma * invstd
+        if ctx.needs_input_grad[3]:
+            gpb = (torch.zeros_like(k1) if batch_stats else k1 * sum_g).to(y.dtype)
         if ctx.needs_input_grad[0]:
-            gamma = torch.ones_like(invstd) if weight is None else weight.detach().to(torch.float64)
-            k1 = gamma * invstd
             if batch_stats:  # the batch mean and variance depend on y too
                 count = dims[0] * dims[1] * dims[3]
                 k = torch.stack([k1, -gamma * invstd**3 * (sum_gc / count), -k1 * (sum_g / count)])
@@ -104,26 +121,42 @@ class BNLIFFunction(torch.autograd.Function):
                 k = torch.stack([k1, torch.zeros_like(k1), torch.zeros_like(k1)])
             ctx.spent = private
             gy = cpu.bn_lif_grad(grad, y, scale, shift, mean_y, k.to(y.dtype), dims, params,
-                                 y if private else torch.empty_like(y))
+                                 y if private else torch.empty_like(y), pool_w)
         if weight is not None and ctx.needs_input_grad[1]:
             gw = (sum_gc * invstd).to(weight.dtype)
         if ctx.needs_input_grad[2]:
             gb = sum_g.to(y.dtype)
-        return gy, gw, gb, None, None, None, None, None, None
+        return gy, gw, gb, gpb, None, None, None, None, None, None, None
+
+
+def _output(y: torch.Tensor, pool_w: int) -> torch.Tensor:
+    """The spikes' tensor: like ``y``, or with its last two sides pooled (3x3, stride 2, padding 1) when pooling."""
+    if not pool_w:
+        return torch.empty_like(y)
+    H, W = y.shape[-2:]
+    return y.new_empty((*y.shape[:-2], (H - 1) // 2 + 1, (W - 1) // 2 + 1))
 
 
 def bn_lif(y: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, params: NeuronParams, dims: Dims,
-           overwrite: bool = False) -> torch.Tensor:
+           overwrite: bool = False, pool: bool = False, pre_bias: torch.Tensor | None = None) -> torch.Tensor:
     """Spikes of ``LIF(bn(y))`` for a contiguous CPU float ``y`` viewed as ``dims = (T, A, C, P)``, channels ``C``.
 
-    ``overwrite``: ``y`` is a private tensor nobody reads again: without autograd the spikes are written over it,
-    with autograd backward writes ``y``'s gradient over it.
+    ``overwrite``: ``y`` is a private tensor nobody reads again: without autograd the spikes are written over it
+    (unless pooling), with autograd backward writes ``y``'s gradient over it. ``pool``: ``y`` is conv planes
+    ``[..., H, W]`` (``P = H * W``) and the spikes are max-pooled (3x3, stride 2, padding 1) in the same pass.
+    ``pre_bias``: the projection's bias ``[C]``, left out of ``y`` and folded into the norm here (it costs neither
+    the add in forward nor the column sum of ``y``'s gradient in backward).
     """
-    mean, invstd, batch_stats = _statistics(y, bn, dims)
-    if torch.is_grad_enabled() and (y.requires_grad or (bn.weight is not None and bn.weight.requires_grad)):
-        return BNLIFFunction.apply(y, bn.weight, bn.bias, mean, invstd, batch_stats, dims, params, overwrite)
+    pool_w = y.shape[-1] if pool else 0
+    if pool and (y.dim() < 2 or y.shape[-2] * pool_w != dims[3]):
+        raise ValueError(f"pooling needs y as [..., H, W] planes of P = {dims[3]} positions, got {tuple(y.shape)}")
+    mean, invstd, batch_stats = _statistics(y, bn, dims, pre_bias)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (y, bn.weight, bn.bias, pre_bias)):
+        return BNLIFFunction.apply(y, bn.weight, bn.bias, pre_bias, mean, invstd, batch_stats, dims, params, overwrite,
+                                   pool_w)
     scale, shift = _affine(mean, invstd, bn.weight, bn.bias, y.dtype)
-    return cpu.bn_lif_forward(y, scale, shift, dims, params, y if overwrite else torch.empty_like(y))
+    out = y if overwrite and not pool else _output(y, pool_w)
+    return cpu.bn_lif_forward(y, scale, shift, dims, params, out, pool_w)
 
 
 def hooked(m: nn.Module) -> bool:
@@ -137,16 +170,17 @@ def _global_hooks() -> bool:
                 or g._global_backward_pre_hooks)
 
 
-def can_fuse(y: torch.Tensor, bn: nn.Module, neuron: nn.Module, params: NeuronParams | None) -> bool:
-    """Whether ``neuron(bn(y))`` may run as one :func:`bn_lif` call: fusing on, a plain LIF (``params`` given)
-    on a fused backend, a batch norm, a contiguous float CPU ``y`` the kernels take, and no hook on either module
-    (hooks such as the energy counter's must see the real intermediate tensors)."""
-    return (
-        _ENABLED
-        and params is not None
-        and isinstance(bn, nn.modules.batchnorm._BatchNorm)
-        and y.is_contiguous()
-        and y.numel() > 0
-        and cpu.supports(y)
-        and not (hooked(bn) or hooked(neuron) or _global_hooks())
-    )
+def fused_params(bn: nn.Module, neuron: nn.Module) -> NeuronParams | None:
+    """The neuron's parameters when ``neuron(bn(.))`` may run as one :func:`bn_lif` call as far as the modules go,
+    else None: fusing on, a plain LIF on a fused backend (``neuron.unit_params()``), a batch norm, and no hook on
+    either module (hooks such as the energy counter's must see the real intermediate tensors)."""
+    if not _ENABLED or not isinstance(bn, nn.modules.batchnorm._BatchNorm) or not hasattr(neuron, "unit_params"):
+        return None
+    if hooked(bn) or hooked(neuron) or _global_hooks():
+        return None
+    return neuron.unit_params()
+
+
+def takes(y: torch.Tensor) -> bool:
+    """Whether the fused kernels take ``y``: a non-empty contiguous CPU float tensor (float32 or float64)."""
+    return y.is_contiguous() and y.numel() > 0 and cpu.supports(y)

@@ -30,7 +30,7 @@ from .common import KIND_IDS, SAVE_IDS, NeuronParams, saved_shape
 
 CSRC = Path(__file__).with_name("csrc")
 SOURCES = (CSRC / "neurons.cpp", CSRC / "bn_neuron.cpp", CSRC / "spikes.cpp", CSRC / "conv.cpp")  # one library
-HEADERS = (CSRC / "parallel.h", CSRC / "vec.h", CSRC / "lif.h")  # shared by the sources
+HEADERS = (CSRC / "parallel.h", CSRC / "vec.h", CSRC / "lif.h", CSRC / "pool.h")  # shared by the sources
 RECOMPUTES = True  # backward takes the input itself (save "x") and rebuilds the membrane natively
 OVERWRITES = True  # forward(..., overwrite=True) writes the spikes over its input
 BASE_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno", "-fno-trapping-math",
@@ -137,9 +137,9 @@ def _build(openmp: bool = True) -> ctypes.CDLL:
         ("spk_sparse_conv3x3", [i32, i32, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i32], None),
         ("spk_sparse_conv3x3_wgrad", [i32, i32, ptr, ptr, ptr, i64, i64, i64, i64, i64, i32], None),
         ("spk_bn_stats", [i32, ptr, i64, i64, i64, i64, ptr, i32], None),
-        ("spk_bn_lif_forward", [i32, ptr, ptr, ptr, ptr, i64, i64, i64, i64, dbl, dbl, dbl, i32], None),
-        ("spk_bn_lif_backward", [i32, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, dbl, dbl, dbl, dbl, i32,
-                                 ptr, i32], None),
+        ("spk_bn_lif_forward", [i32, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, dbl, dbl, dbl, i32], None),
+        ("spk_bn_lif_backward", [i32, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, dbl, dbl, dbl, dbl,
+                                 i32, ptr, i32], None),
     ):
         getattr(lib, name).argtypes = args
         getattr(lib, name).restype = res
@@ -355,6 +355,8 @@ def maxpool3s2_backward(bits: torch.Tensor, g: torch.Tensor, shape: tuple[int, .
 
 
 # Batch norm fused with the LIF (csrc/bn_neuron.cpp). y: contiguous [T, A, C, P]; per-channel vectors in y's dtype.
+# pool_w > 0: the unit max-pools its spikes (3x3, stride 2, padding 1) on planes of P / pool_w by pool_w; its output,
+# and the gradient its backward takes, are then the pooled spikes [T, A, C, pooled plane].
 Dims = tuple[int, int, int, int]
 
 
@@ -366,31 +368,33 @@ def bn_stats(y: torch.Tensor, dims: Dims) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def bn_lif_forward(y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, dims: Dims, p: NeuronParams,
-                   out: torch.Tensor) -> torch.Tensor:
-    """Spikes of the LIF ``p`` driven by ``y * scale[c] + shift[c]``, written into ``out`` (may be ``y``)."""
+                   out: torch.Tensor, pool_w: int = 0) -> torch.Tensor:
+    """Spikes of the LIF ``p`` driven by ``y * scale[c] + shift[c]``, written into ``out`` (may be ``y`` unless
+    pooling)."""
     _loaded().spk_bn_lif_forward(int(y.dtype == torch.float64), _ptr(y), _ptr(out), _ptr(scale), _ptr(shift), *dims,
-                                 p.tau, p.v_th, p.v_reset, torch.get_num_threads())
+                                 pool_w, p.tau, p.v_th, p.v_reset, torch.get_num_threads())
     return out
 
 
 def bn_lif_sums(grad: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, mean: torch.Tensor,
-                dims: Dims, p: NeuronParams) -> tuple[torch.Tensor, torch.Tensor]:
+                dims: Dims, p: NeuronParams, pool_w: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Backward pass 1: per channel ``sum(gz)`` and ``sum(gz * (y - mean))`` (float64 ``[C]``), ``gz`` the gradient
     w.r.t. the norm's output given ``grad`` w.r.t. the spikes."""
     sums = torch.empty(2, dims[2], dtype=torch.float64)
-    _bn_lif_backward(grad, y, None, scale, shift, mean, None, dims, p, sums)
+    _bn_lif_backward(grad, y, None, scale, shift, mean, None, dims, p, sums, pool_w)
     return sums[0], sums[1]
 
 
 def bn_lif_grad(grad: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, mean: torch.Tensor,
-                k: torch.Tensor, dims: Dims, p: NeuronParams, out: torch.Tensor) -> torch.Tensor:
+                k: torch.Tensor, dims: Dims, p: NeuronParams, out: torch.Tensor, pool_w: int = 0) -> torch.Tensor:
     """Backward pass 2: ``out = gz * k[0, c] + (y - mean[c]) * k[1, c] + k[2, c]`` (``k: [3, C]`` in y's dtype);
     ``out`` may be ``y`` itself."""
-    _bn_lif_backward(grad, y, out, scale, shift, mean, k.contiguous(), dims, p, None)
+    _bn_lif_backward(grad, y, out, scale, shift, mean, k.contiguous(), dims, p, None, pool_w)
     return out
 
 
-def _bn_lif_backward(grad, y, out, scale, shift, mean, k, dims, p, sums) -> None:  # type: ignore[no-untyped-def]
+def _bn_lif_backward(grad, y, out, scale, shift, mean, k, dims, p, sums, pool_w) -> None:  # type: ignore[no-untyped-def]
     _loaded().spk_bn_lif_backward(int(y.dtype == torch.float64), _ptr(grad), _ptr(y), _ptr(out), _ptr(scale),
-                                  _ptr(shift), _ptr(mean), _ptr(k), *dims, p.tau, p.v_th, p.v_reset, p.alpha,
+                                  _ptr(shift), _ptr(mean), _ptr(k), *dims, pool_w, p.tau, p.v_th, p.v_reset, p.alpha,
                                   int(p.detach_reset), _ptr(sums), torch.get_num_threads())
+

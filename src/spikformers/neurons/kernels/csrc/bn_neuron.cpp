@@ -4,6 +4,10 @@
 //
 // Layout: y is [T, A, C, P] contiguous: T steps, A rows per step, C channels, P positions per channel plane
 // (linear units: A = B*N tokens, P = 1; conv units: A = B images, P = H*W). Statistics pool over T, A and P.
+// Pooling units (W > 0: planes of H = P / W rows by W columns) also max-pool their spikes (3x3, stride 2,
+// padding 1, pool.h): the forward writes only the pooled spikes, and the backward takes the pooled spikes'
+// gradient and routes it through the pool inside the pass, from the spikes it rebuilds; neither the full-size
+// spike map nor its gradient ever exists as a tensor.
 //
 // Forward:  z = y * scale[c] + shift[c] (scale = gamma / sqrt(var + eps), shift = beta - mean * scale, both
 //           computed by the caller in double), then the LIF of lif.h over t.
@@ -17,6 +21,7 @@
 
 #include "lif.h"
 #include "parallel.h"
+#include "pool.h"
 
 namespace {
 
@@ -27,6 +32,8 @@ constexpr int64_t BLOCK = 256;
 
 struct Dims {
     int64_t T, A, C, P;
+    int64_t W;  // > 0: a pooling unit of H = P / W by W planes; 0: no pool
+    int64_t pooled_plane() const { return spk::pooled(P / W) * spk::pooled(W); }
 };
 
 // Work units: a row of C channels (P == 1) or one channel plane of P positions (P > 1), per step t = 0.
@@ -245,12 +252,106 @@ void backward_range(const S* gs, const S* y, S* out, const Grad& gr, const Dims&
     });
 }
 
+// Pooling units: the work unit is a whole plane u (a * C + c), so that the pool sees every position of a step.
+// Forward: each step's spikes go to a plane buffer and are pooled from there into out [T, A, C, pooled plane].
+template <typename S>
+void pool_forward_range(const S* y, S* out, const S* scale, const S* shift, const Dims& d, S tau, S v_th,
+                        S v_reset, int64_t begin, int64_t end) {
+    const int64_t step = d.A * d.C * d.P, Po = d.pooled_plane(), ostep = d.A * d.C * Po;
+    std::vector<S> buf(2 * d.P);
+    S* v = buf.data();
+    S* sp = v + d.P;
+    for (int64_t u = begin; u < end; ++u) {
+        const S s0 = scale[u % d.C], h0 = shift[u % d.C];
+        for (int64_t p = 0; p < d.P; ++p) v[p] = v_reset;
+        for (int64_t t = 0; t < d.T; ++t) {
+            const S* yt = y + t * step + u * d.P;
+            SPK_IVDEP
+            for (int64_t p = 0; p < d.P; ++p) {
+                const S h = charge<S, LIF>(v[p], yt[p] * s0 + h0, tau, v_reset);
+                const int32_t fire = h - v_th >= S(0);
+                sp[p] = static_cast<S>(fire);
+                v[p] = fire ? v_reset : h;
+            }
+            spk::maxpool_plane(sp, out + t * ostep + u * Po, d.P / d.W, d.W);
+        }
+    }
+}
+
+// Backward of pooling units, plane by plane: the membranes rebuilt from y into hb [T][P], then per step in reverse
+// the pooled gradient gp routed to the spikes (spk::maxpool_plane_backward, the first spike of each window, as
+// torch's pool), and the LIF backward as in backward_block (FINAL: write out; else add the per-channel sums).
+template <typename S, bool DETACH, bool FINAL>
+void pool_backward_range(const S* gp, const S* y, S* out, const Grad& gr, const Dims& d, S tau, S v_th, S v_reset,
+                         S alpha, int64_t begin, int64_t end, double* acc) {
+    const int64_t T = d.T, P = d.P, H = d.P / d.W, step = d.A * d.C * P, Po = d.pooled_plane(),
+                  ostep = d.A * d.C * Po;
+    std::vector<S> buf((T + 3) * P);
+    S* __restrict hb = buf.data();
+    S* __restrict gv = hb + T * P;  // the membrane, then the gradient carried back through it
+    S* __restrict gs = gv + P;
+    S* __restrict gz = gs + P;
+    std::vector<double> sums(FINAL ? 0 : 2 * P);
+    double* __restrict s1 = sums.data();
+    double* __restrict s2 = s1 + P;
+    for (int64_t u = begin; u < end; ++u) {
+        const int64_t c = u % d.C;
+        const S s0 = static_cast<const S*>(gr.scale)[c], h0 = static_cast<const S*>(gr.shift)[c];
+        const S mu = static_cast<const S*>(gr.mean)[c];
+        const S* k = static_cast<const S*>(gr.k);
+        for (int64_t p = 0; p < P; ++p) gv[p] = v_reset;
+        for (int64_t t = 0; t < T; ++t) {
+            const S* __restrict yt = y + t * step + u * P;
+            S* __restrict ht = hb + t * P;
+            for (int64_t p = 0; p < P; ++p) {
+                const S h = charge<S, LIF>(gv[p], yt[p] * s0 + h0, tau, v_reset);
+                ht[p] = h;
+                gv[p] = h - v_th >= S(0) ? v_reset : h;
+            }
+        }
+        for (int64_t p = 0; p < P; ++p) {
+            gv[p] = S(0);
+            if (!FINAL) s1[p] = s2[p] = 0.0;
+        }
+        for (int64_t t = T - 1; t >= 0; --t) {
+            const S* __restrict ht = hb + t * P;
+            spk::maxpool_plane_backward([&](int64_t e) { return ht[e] - v_th >= S(0); }, gp + t * ostep + u * Po, gs,
+                                        H, d.W);
+            for (int64_t p = 0; p < P; ++p)
+                gz[p] = spk::lif_backward_step(ht[p], gs[p], gv[p], DETACH, tau, v_th, v_reset, alpha);
+            const S* yt = y + t * step + u * P;
+            if (FINAL) {
+                const S k1 = k[c], k2 = k[d.C + c], k3 = k[2 * d.C + c];
+                S* ot = out + t * step + u * P;
+                SPK_IVDEP
+                for (int64_t p = 0; p < P; ++p) ot[p] = gz[p] * k1 + (yt[p] - mu) * k2 + k3;
+            } else {
+                for (int64_t p = 0; p < P; ++p) {
+                    s1[p] += gz[p];
+                    s2[p] += static_cast<double>(gz[p]) * static_cast<double>(yt[p] - mu);
+                }
+            }
+        }
+        if (FINAL) continue;
+        double a1 = 0.0, a2 = 0.0;
+        for (int64_t p = 0; p < P; ++p) {
+            a1 += s1[p];
+            a2 += s2[p];
+        }
+        acc[c] += a1;
+        acc[d.C + c] += a2;
+    }
+}
+
 template <typename S>
 void run_forward(const S* y, S* out, const S* scale, const S* shift, const Dims& d, double tau, double v_th,
                  double v_reset, int nthreads) {
+    const S t = static_cast<S>(tau), th = static_cast<S>(v_th), r = static_cast<S>(v_reset);
     spk::split_even(units(d), unit_cost(d), nthreads, [&](int64_t b, int64_t e) {
-        forward_range<S>(y, out, scale, shift, d, static_cast<S>(tau), static_cast<S>(v_th), static_cast<S>(v_reset),
-                         b, e);
+        if (d.W)
+            pool_forward_range<S>(y, out, scale, shift, d, t, th, r, b, e);
+        else
+            forward_range<S>(y, out, scale, shift, d, t, th, r, b, e);
     });
 }
 
@@ -259,11 +360,17 @@ void run_backward_t(const S* gs, const S* y, S* out, const Grad& gr, const Dims&
                     S alpha, double* sums, int nthreads) {
     if (gr.k == nullptr) {
         reduce_units(d, nthreads, sums, [&](double* acc, int64_t b, int64_t e) {
-            backward_range<S, DETACH, false>(gs, y, out, gr, d, tau, v_th, v_reset, alpha, b, e, acc);
+            if (d.W)
+                pool_backward_range<S, DETACH, false>(gs, y, out, gr, d, tau, v_th, v_reset, alpha, b, e, acc);
+            else
+                backward_range<S, DETACH, false>(gs, y, out, gr, d, tau, v_th, v_reset, alpha, b, e, acc);
         });
     } else {
         spk::split_even(units(d), unit_cost(d), nthreads, [&](int64_t b, int64_t e) {
-            backward_range<S, DETACH, true>(gs, y, out, gr, d, tau, v_th, v_reset, alpha, b, e, nullptr);
+            if (d.W)
+                pool_backward_range<S, DETACH, true>(gs, y, out, gr, d, tau, v_th, v_reset, alpha, b, e, nullptr);
+            else
+                backward_range<S, DETACH, true>(gs, y, out, gr, d, tau, v_th, v_reset, alpha, b, e, nullptr);
         });
     }
 }
@@ -288,17 +395,19 @@ extern "C" {
 // out[0, C): per-channel sum of y; out[C, 2C): sum of y^2 (double).
 void spk_bn_stats(int is_double, const void* y, int64_t T, int64_t A, int64_t C, int64_t P, double* out,
                   int nthreads) {
-    const Dims d{T, A, C, P};
+    const Dims d{T, A, C, P, 0};
     if (is_double)
         bn_stats(static_cast<const double*>(y), d, out, nthreads);
     else
         bn_stats(static_cast<const float*>(y), d, out, nthreads);
 }
 
-// Spikes of LIF(y * scale + shift) into out (may be y). scale, shift: [C] in y's dtype.
+// Spikes of LIF(y * scale + shift) into out (may be y, unless W > 0). scale, shift: [C] in y's dtype. W > 0: planes
+// of P / W by W, pooled: out is [T, A, C, pooled(P / W) * pooled(W)].
 void spk_bn_lif_forward(int is_double, const void* y, void* out, const void* scale, const void* shift, int64_t T,
-                        int64_t A, int64_t C, int64_t P, double tau, double v_th, double v_reset, int nthreads) {
-    const Dims d{T, A, C, P};
+                        int64_t A, int64_t C, int64_t P, int64_t W, double tau, double v_th, double v_reset,
+                        int nthreads) {
+    const Dims d{T, A, C, P, W};
     if (is_double)
         run_forward(static_cast<const double*>(y), static_cast<double*>(out), static_cast<const double*>(scale),
                     static_cast<const double*>(shift), d, tau, v_th, v_reset, nthreads);
@@ -307,13 +416,14 @@ void spk_bn_lif_forward(int is_double, const void* y, void* out, const void* sca
                     static_cast<const float*>(shift), d, tau, v_th, v_reset, nthreads);
 }
 
-// A backward pass from gs = dL/dspikes. k null (pass 1): sums[0, C) = sum(gz), sums[C, 2C) = sum(gz * (y - mean))
-// per channel. k ([3, C] in y's dtype, pass 2): out = gz * k[0] + (y - mean) * k[1] + k[2] per channel; out may be y.
-// scale, shift, mean: [C] in y's dtype.
+// A backward pass from gs = dL/dspikes (W > 0: of the pooled spikes). k null (pass 1): sums[0, C) = sum(gz),
+// sums[C, 2C) = sum(gz * (y - mean)) per channel. k ([3, C] in y's dtype, pass 2): out = gz * k[0] + (y - mean) * k[1]
+// + k[2] per channel; out may be y. scale, shift, mean: [C] in y's dtype.
 void spk_bn_lif_backward(int is_double, const void* gs, const void* y, void* out, const void* scale, const void* shift,
-                         const void* mean, const void* k, int64_t T, int64_t A, int64_t C, int64_t P, double tau,
-                         double v_th, double v_reset, double alpha, int detach_reset, double* sums, int nthreads) {
-    const Dims d{T, A, C, P};
+                         const void* mean, const void* k, int64_t T, int64_t A, int64_t C, int64_t P, int64_t W,
+                         double tau, double v_th, double v_reset, double alpha, int detach_reset, double* sums,
+                         int nthreads) {
+    const Dims d{T, A, C, P, W};
     const Grad gr{scale, shift, mean, k};
     if (is_double)
         run_backward<double>(gs, y, out, gr, d, tau, v_th, v_reset, alpha, detach_reset, sums, nthreads);

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "parallel.h"
+#include "pool.h"
 #include "vec.h"
 
 namespace {
@@ -220,57 +221,21 @@ void sparse_linear_wgrad(int form, const uint8_t* data, const S* g, S* gwt, int6
 }
 
 // ---------------------------------------------------------------------------------- max-pool on spikes
-// MaxPool(3, stride 2, padding 1) over planes [P, H, W]. The window of output (oi, oj) covers the valid rows
-// max(2 oi - 1, 0) .. min(2 oi + 1, H - 1) and the same for columns.
-inline int64_t pooled(int64_t n) { return (n - 1) / 2 + 1; }
-
+// MaxPool(3, stride 2, padding 1) over planes [P, H, W] (pool.h).
 template <typename S>
 void maxpool_forward_planes(const S* x, S* y, int64_t H, int64_t W, int64_t p0, int64_t p1) {
-    const int64_t Ho = pooled(H), Wo = pooled(W);
-    for (int64_t p = p0; p < p1; ++p) {
-        const S* xp = x + p * H * W;
-        S* yp = y + p * Ho * Wo;
-        for (int64_t oi = 0; oi < Ho; ++oi) {
-            const int64_t i0 = 2 * oi - 1 < 0 ? 0 : 2 * oi - 1, i1 = 2 * oi + 2 < H ? 2 * oi + 2 : H;
-            for (int64_t oj = 0; oj < Wo; ++oj) {
-                const int64_t j0 = 2 * oj - 1 < 0 ? 0 : 2 * oj - 1, j1 = 2 * oj + 2 < W ? 2 * oj + 2 : W;
-                S m = xp[i0 * W + j0];
-                for (int64_t i = i0; i < i1; ++i)
-                    for (int64_t j = j0; j < j1; ++j) m = xp[i * W + j] > m ? xp[i * W + j] : m;
-                yp[oi * Wo + oj] = m;
-            }
-        }
-    }
+    const int64_t out = spk::pooled(H) * spk::pooled(W);
+    for (int64_t p = p0; p < p1; ++p) spk::maxpool_plane(x + p * H * W, y + p * out, H, W);
 }
 
-// Gradient of the pool for a binary input given as bits: each output's gradient goes to the first element of its
-// window (row by row) that is 1, or to the window's first element when none is, and the gradients are added in
-// output order: torch's CPU max-pool picks and adds the same way, so the result is the same bit for bit.
+// Gradient of the pool for a binary input given as bits (spk::maxpool_plane_backward: bit for bit torch's).
 template <typename S>
 void maxpool_backward_planes(const uint8_t* bits, const S* gy, S* gx, int64_t H, int64_t W, int64_t p0, int64_t p1) {
-    const int64_t Ho = pooled(H), Wo = pooled(W);
+    const int64_t out = spk::pooled(H) * spk::pooled(W);
     for (int64_t p = p0; p < p1; ++p) {
         const int64_t base = p * H * W;
-        S* gxp = gx + base;
-        std::memset(gxp, 0, H * W * sizeof(S));
-        const S* gyp = gy + p * Ho * Wo;
-        for (int64_t oi = 0; oi < Ho; ++oi) {
-            const int64_t i0 = 2 * oi - 1 < 0 ? 0 : 2 * oi - 1, i1 = 2 * oi + 2 < H ? 2 * oi + 2 : H;
-            for (int64_t oj = 0; oj < Wo; ++oj) {
-                const int64_t j0 = 2 * oj - 1 < 0 ? 0 : 2 * oj - 1, j1 = 2 * oj + 2 < W ? 2 * oj + 2 : W;
-                int64_t at = i0 * W + j0;
-                for (int64_t i = i0, found = 0; i < i1 && !found; ++i)
-                    for (int64_t j = j0; j < j1; ++j) {
-                        const int64_t e = base + i * W + j;
-                        if ((bits[e >> 3] >> (e & 7)) & 1) {
-                            at = i * W + j;
-                            found = 1;
-                            break;
-                        }
-                    }
-                gxp[at] += gyp[oi * Wo + oj];
-            }
-        }
+        auto fired = [&](int64_t e) { return (bits[(base + e) >> 3] >> ((base + e) & 7)) & 1; };
+        spk::maxpool_plane_backward(fired, gy + p * out, gx + base, H, W);
     }
 }
 
