@@ -206,6 +206,17 @@ inline void backward_block(const S* __restrict gs, const S* y, S* out, const S* 
     }
 }
 
+// Pass 1 of a plane of channel c: the per-position sums s1, s2 of n positions added into acc[c] and acc[C + c].
+inline void add_plane_sums(const double* s1, const double* s2, int64_t n, int64_t c, int64_t C, double* acc) {
+    double a1 = 0.0, a2 = 0.0;
+    for (int64_t i = 0; i < n; ++i) {
+        a1 += s1[i];
+        a2 += s2[i];
+    }
+    acc[c] += a1;
+    acc[C + c] += a2;
+}
+
 struct Grad {  // the per-channel inputs of backward; k = nullptr in pass 1
     const void *scale, *shift, *mean, *k;
 };
@@ -236,13 +247,7 @@ void backward_range(const S* gs, const S* y, S* out, const Grad& gr, const Dims&
                                                     step, d.T, n, tau, v_th, v_reset, alpha, hb, gv, s1, s2);
         if (FINAL) return;
         if (d.P > 1) {
-            double a1 = 0.0, a2 = 0.0;
-            for (int64_t i = 0; i < n; ++i) {
-                a1 += s1[i];
-                a2 += s2[i];
-            }
-            acc[c] += a1;
-            acc[d.C + c] += a2;
+            add_plane_sums(s1, s2, n, c, d.C, acc);
         } else {
             for (int64_t i = 0; i < n; ++i) {
                 acc[c + i] += s1[i];
@@ -332,14 +337,7 @@ void pool_backward_range(const S* gp, const S* y, S* out, const Grad& gr, const 
                 }
             }
         }
-        if (FINAL) continue;
-        double a1 = 0.0, a2 = 0.0;
-        for (int64_t p = 0; p < P; ++p) {
-            a1 += s1[p];
-            a2 += s2[p];
-        }
-        acc[c] += a1;
-        acc[d.C + c] += a2;
+        if (!FINAL) add_plane_sums(s1, s2, P, c, d.C, acc);
     }
 }
 
