@@ -28,7 +28,7 @@ def bn_neuron(y: torch.Tensor, bn: nn.Module, neuron: Neuron, T: int, per_channe
     max-pooled (:func:`max_pool`) in the same call. ``params``: :func:`fused_params` of the modules, if taken
     already; ``pre_bias``: the projection's bias, left out of ``y`` (see
     :func:`~spikformers.neurons.kernels.bn_lif.bn_lif`)."""
-    params = params or fused_params(bn, neuron)
+    params = fused_params(bn, neuron) if params is None else params
     if params is None or not takes(y):
         return None
     C = bn.num_features
@@ -92,7 +92,7 @@ class LinearBNSpike(LinearBN):
             spikes = bn_neuron(y, self.bn, self.neuron, x.shape[0], 1, params=params, pre_bias=bias)
             if spikes is not None:
                 return spikes  # keeps y alone, like the recompute below
-            y = y if bias is None else y + bias  # a y the kernels do not take (autocast, another dtype)
+            y = y if bias is None else y + bias.to(y.dtype)  # a y the kernels do not take (autocast, other dtypes)
         else:
             y = self.project(x)
         if self.recompute_bn_neuron and torch.is_grad_enabled():
