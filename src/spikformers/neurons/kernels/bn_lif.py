@@ -131,10 +131,7 @@ class BNLIFFunction(torch.autograd.Function):
 
 def _output(y: torch.Tensor, pool_w: int) -> torch.Tensor:
     """The spikes' tensor: like ``y``, or with its last two sides pooled (3x3, stride 2, padding 1) when pooling."""
-    if not pool_w:
-        return torch.empty_like(y)
-    H, W = y.shape[-2:]
-    return y.new_empty((*y.shape[:-2], (H - 1) // 2 + 1, (W - 1) // 2 + 1))
+    return y.new_empty(cpu.pooled_shape(tuple(y.shape))) if pool_w else torch.empty_like(y)
 
 
 def bn_lif(y: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, params: NeuronParams, dims: Dims,

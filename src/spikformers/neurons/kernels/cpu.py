@@ -335,11 +335,17 @@ def sparse_conv3x3_wgrad(data: torch.Tensor, form: str, g: torch.Tensor, weight_
     return out[:, :Cout].t().reshape(Cout, Cin, 3, 3)
 
 
+def pooled_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """``shape`` with its last two sides after MaxPool(3, stride 2, padding 1) (csrc/pool.h's ``spk::pooled``)."""
+    *lead, H, W = shape
+    return (*lead, (H - 1) // 2 + 1, (W - 1) // 2 + 1)
+
+
 def maxpool3s2(x: torch.Tensor) -> torch.Tensor:
     """MaxPool(3, stride 2, padding 1) of contiguous CPU float ``x: [N, C, H, W]``."""
     lib = _loaded()
     N, C, H, W = x.shape
-    y = torch.empty(N, C, (H - 1) // 2 + 1, (W - 1) // 2 + 1, dtype=x.dtype)
+    y = torch.empty(pooled_shape(x.shape), dtype=x.dtype)
     lib.spk_maxpool3s2(int(x.dtype == torch.float64), _ptr(x), _ptr(y), N * C, H, W, torch.get_num_threads())
     return y
 
@@ -397,4 +403,3 @@ def _bn_lif_backward(grad, y, out, scale, shift, mean, k, dims, p, sums, pool_w)
     _loaded().spk_bn_lif_backward(int(y.dtype == torch.float64), _ptr(grad), _ptr(y), _ptr(out), _ptr(scale),
                                   _ptr(shift), _ptr(mean), _ptr(k), *dims, pool_w, p.tau, p.v_th, p.v_reset, p.alpha,
                                   int(p.detach_reset), _ptr(sums), torch.get_num_threads())
-
