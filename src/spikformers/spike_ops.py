@@ -339,6 +339,58 @@ def spike_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return _SpikeMatmul.apply(a, b)
 
 
+def _merged(x: torch.Tensor) -> torch.Tensor | None:
+    """The ``[..., N, C]`` tensor that the head split ``x: [..., H, N, d]`` views without a copy, or None."""
+    base = x.transpose(-3, -2)
+    return base.reshape(*base.shape[:-2], -1) if base.is_contiguous() else None
+
+
+class _SpikeAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, bits, shape):  # type: ignore[override]
+        ctx.save_for_backward(*bits)
+        ctx.shape = shape
+        out = _cpu_kernels.spike_attention(*bits, shape, q.dtype)
+        return out.view(*q.shape[:-3], shape[1], shape[2], shape[3]).transpose(-3, -2)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        gm = g.transpose(-3, -2).contiguous()
+        grads = _cpu_kernels.spike_attention_backward(*ctx.saved_tensors, gm, ctx.shape, ctx.needs_input_grad[:3])
+        split = [None if t is None else t.view(gm.shape).transpose(-3, -2) for t in grads]
+        return split[0], split[1], split[2], None, None
+
+
+def spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:
+    """``Q (K^T V)`` per head for binary spike heads ``[..., H, N, d]`` on the CPU, event-driven; None where it does
+    not apply (then use :func:`spike_matmul`).
+
+    It applies when event-driven layers are on (:func:`set_sparse_spikes`), ``q``, ``k`` and ``v`` are float32/64
+    head splits of contiguous ``[..., N, H * d]`` tensors (as :func:`~spikformers.attention.base.split_heads` makes
+    them) holding only 0/1, ``d`` is a multiple of 8 up to 64, and no autocast or ``TorchFunctionMode`` (the energy
+    counter) is active. The result is a head split of a contiguous ``[..., N, H * d]`` tensor, so merging the heads
+    needs no copy; the heads are never copied either. Backward keeps the three inputs as bits. The forward equals
+    the dense product exactly (sums of spikes are integers); gradients equal it up to the order of float sums.
+    """
+    if not (q.shape == k.shape == v.shape and q.dim() >= 3 and q.dtype == k.dtype == v.dtype) or not _SPARSE:
+        return None
+    H, N, d = q.shape[-3:]
+    if d not in _cpu_kernels.ATTENTION_HEAD_SIZES or q.numel() == 0 or not _fast(q.dtype, q.device):
+        return None
+    if torch.is_autocast_enabled("cpu") or torch._C._len_torch_function_stack() != 0:
+        return None
+    merged = [_merged(t) for t in (q, k, v)]
+    if any(t is None for t in merged):
+        return None
+    bits = []
+    for t in merged:
+        found = _cpu_kernels.pack_bits(t)
+        if found is None:
+            return None
+        bits.append(found[0])
+    return _SpikeAttention.apply(q, k, v, tuple(bits), (q.numel() // (H * N * d), N, H, d))
+
+
 def spike_max_pool(x: torch.Tensor) -> torch.Tensor:
     """MaxPool(3, stride 2, padding 1) on ``[N, C, H, W]`` that keeps a spike input compactly for backward."""
     if _compact(x):

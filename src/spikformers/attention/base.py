@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..spike_ops import spike_matmul
+from ..spike_ops import spike_attention, spike_matmul
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -29,8 +29,9 @@ def attention_product(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, order: 
     N, d = q.shape[-2], q.shape[-1]
     if order == "auto":
         order = "kv_first" if v.shape[-1] <= N and d <= N else "qk_first"
-    if order == "kv_first":  # spike_matmul: ``@`` that keeps spike operands as bits for backward
-        return spike_matmul(q, spike_matmul(k.transpose(-2, -1), v))
+    if order == "kv_first":  # binary heads on the CPU: event-driven, in place; else ``@`` keeping spikes as bits
+        out = spike_attention(q, k, v)
+        return out if out is not None else spike_matmul(q, spike_matmul(k.transpose(-2, -1), v))
     if order == "qk_first":
         return spike_matmul(spike_matmul(q, k.transpose(-2, -1)), v)
     raise ValueError(f"attention product order must be 'auto', 'kv_first' or 'qk_first', got {order!r}")

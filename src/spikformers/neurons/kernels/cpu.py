@@ -29,7 +29,8 @@ import torch
 from .common import KIND_IDS, SAVE_IDS, NeuronParams, saved_shape
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = (CSRC / "neurons.cpp", CSRC / "bn_neuron.cpp", CSRC / "spikes.cpp", CSRC / "conv.cpp")  # one library
+SOURCES = (CSRC / "neurons.cpp", CSRC / "bn_neuron.cpp", CSRC / "spikes.cpp", CSRC / "conv.cpp",
+           CSRC / "attention.cpp")  # one library
 HEADERS = (CSRC / "parallel.h", CSRC / "vec.h", CSRC / "lif.h", CSRC / "pool.h")  # shared by the sources
 RECOMPUTES = True  # backward takes the input itself (save "x") and rebuilds the membrane natively
 OVERWRITES = True  # forward(..., overwrite=True) writes the spikes over its input
@@ -137,6 +138,8 @@ def _build(openmp: bool = True) -> ctypes.CDLL:
         ("spk_sparse_conv3x3", [i32, i32, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i32], None),
         ("spk_sparse_conv3x3_wgrad", [i32, i32, ptr, ptr, ptr, i64, i64, i64, i64, i64, i32], None),
         ("spk_bn_stats", [i32, ptr, i64, i64, i64, i64, ptr, i32], None),
+        ("spk_spike_attention", [i32, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i32], i32),
+        ("spk_spike_attention_backward", [i32, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i32], i32),
         ("spk_bn_lif_forward", [i32, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, dbl, dbl, dbl, i32], None),
         ("spk_bn_lif_backward", [i32, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, dbl, dbl, dbl, dbl,
                                  i32, ptr, i32], None),
@@ -287,6 +290,35 @@ def sparse_linear_wgrad(data: torch.Tensor, form: str, g: torch.Tensor, K: int) 
     lib.spk_sparse_linear_wgrad(int(g.dtype == torch.float64), _form_id(form), _ptr(data), _ptr(g), _ptr(out), M, K,
                                 N, torch.get_num_threads())
     return out
+
+
+ATTENTION_HEAD_SIZES = (8, 16, 24, 32, 40, 48, 56, 64)  # head sizes csrc/attention.cpp is compiled for
+
+
+def spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, shape: tuple[int, int, int, int],
+                    dtype: torch.dtype) -> torch.Tensor:
+    """``Q (K^T V)`` per head, ``[M, N, H * D]`` in ``dtype``, for ``q, k, v`` the bits (:func:`pack_bits`) of binary
+    ``[M, N, H * D]`` tensors; ``shape = (M, N, H, D)``, D one of :data:`ATTENTION_HEAD_SIZES`."""
+    lib = _loaded()
+    M, N, H, D = shape
+    out = torch.empty(M, N, H * D, dtype=dtype)
+    if lib.spk_spike_attention(int(dtype == torch.float64), _ptr(q), _ptr(k), _ptr(v), _ptr(out), M, N, H, D,
+                               torch.get_num_threads()):
+        raise ValueError(f"spike attention: head size {D} is not one of {ATTENTION_HEAD_SIZES}")
+    return out
+
+
+def spike_attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor,
+                             shape: tuple[int, int, int, int], needs: tuple[bool, bool, bool]) -> list:
+    """Gradients for ``q, k, v`` (``[M, N, H * D]``, None where ``needs`` is False) of :func:`spike_attention` for
+    the contiguous gradient ``g: [M, N, H * D]`` of its output."""
+    lib = _loaded()
+    M, N, H, D = shape
+    grads = [torch.empty_like(g) if need else None for need in needs]
+    if lib.spk_spike_attention_backward(int(g.dtype == torch.float64), _ptr(q), _ptr(k), _ptr(v), _ptr(g),
+                                        *(_ptr(t) for t in grads), M, N, H, D, torch.get_num_threads()):
+        raise ValueError(f"spike attention: head size {D} is not one of {ATTENTION_HEAD_SIZES}")
+    return grads
 
 
 def _form_id(form: str) -> int:
