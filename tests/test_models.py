@@ -87,3 +87,22 @@ def test_attention_order_is_exact_for_spikes() -> None:
     a = attention_product(q, k, v, "kv_first")
     b = attention_product(q, k, v, "qk_first")
     assert torch.equal(a, b) and torch.equal(a, q @ k.transpose(-1, -2) @ v)
+
+
+def test_static_image_is_convolved_once(monkeypatch):
+    """A static image expanded over T is convolved once (B images, not T*B); output and gradients are unchanged."""
+    from spikformers import layers
+
+    torch.manual_seed(0)
+    unit = layers.ConvBN(3, 8, 3)
+    image = torch.randn(2, 3, 8, 8)
+    shapes = []
+    real = layers.spike_conv2d
+    monkeypatch.setattr(layers, "spike_conv2d", lambda x, *a: shapes.append(tuple(x.shape)) or real(x, *a))
+    y_static = unit.project(image.unsqueeze(0).expand(4, *image.shape))
+    y_repeated = unit.project(image.unsqueeze(0).repeat(4, 1, 1, 1, 1))
+    assert shapes == [(2, 3, 8, 8), (8, 3, 8, 8)]
+    torch.testing.assert_close(y_static, y_repeated, atol=1e-6, rtol=0)
+    g = torch.randn_like(y_static)
+    grads = [torch.autograd.grad(y, unit.conv.weight, g)[0] for y in (y_static, y_repeated)]
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-5)

@@ -116,6 +116,11 @@ class ConvBN(nn.Module):
         c = self.conv
         if c.padding_mode != "zeros" or c.dilation != (1, 1) or c.groups != 1:  # pragma: no cover - not built here
             return c(fold(x))
+        if x.shape[0] > 1 and x.stride(0) == 0 and torch._C._len_torch_function_stack() == 0:
+            # a static image repeated over T (time_input's expand): convolve it once, repeat the result; autograd
+            # sums the gradient over T first. Not under a TorchFunctionMode (the energy counter counts T convs).
+            y = spike_conv2d(x[0], c.weight, c.bias, c.stride[0], c.padding[0])
+            return y.unsqueeze(0).expand(x.shape[0], *y.shape).reshape(-1, *y.shape[1:])
         return spike_conv2d(fold(x), c.weight, c.bias, c.stride[0], c.padding[0])
 
     def normalize(self, y: torch.Tensor, T: int) -> torch.Tensor:
