@@ -113,9 +113,7 @@ def unpack_exact(data: torch.Tensor, form: str, shape: tuple[int, ...], dtype: t
         return data
     if form == "u8":
         return data.to(dtype).reshape(shape)
-    n = 1
-    for d in shape:
-        n *= d
+    n = _numel(shape)
     if _fast(dtype, data.device):
         return _cpu_kernels.unpack_bits(data, n, dtype).view(shape)
     shifts = torch.arange(8, dtype=torch.uint8, device=data.device)
@@ -157,11 +155,18 @@ def _event_driven(x: torch.Tensor, px: Packed | None, weight: torch.Tensor) -> b
     return _sparse_enough(x, px, SPARSE_MAX_RATE) and _event_driven_ok(x, weight)
 
 
-def _sparse_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    K = x.shape[-1]
-    y = _cpu_kernels.sparse_linear(x.view(-1, K), weight.detach().t().contiguous(),
+def _sparse_linear(px: Packed, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The event-driven linear from ``px``, its input packed (as bits or bytes)."""
+    y = _cpu_kernels.sparse_linear(px.data, px.form, _numel(px.shape[:-1]), weight.detach().t().contiguous(),
                                    None if bias is None else bias.detach())
-    return y.view(*x.shape[:-1], weight.shape[0])
+    return y.view(*px.shape[:-1], weight.shape[0])
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 def _conv_event_driven_ok(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int,
@@ -191,7 +196,7 @@ class _SpikeLinear(torch.autograd.Function):
         ctx.save_for_backward(px.data, weight)
         ctx.has_bias = bias is not None
         ctx.sparse = _event_driven(x, px, weight)
-        return _sparse_linear(x, weight, bias) if ctx.sparse else F.linear(x, weight, bias)
+        return _sparse_linear(px, weight, bias) if ctx.sparse else F.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
@@ -308,8 +313,9 @@ def spike_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     if _compact(x, weight, bias):
         return _SpikeLinear.apply(x, weight, bias)
     if not _needs_grad(x, weight, bias) and _event_driven_ok(x, weight):  # inference: count the spikes, then pick
-        if _event_driven(x, _pack_compiled(x), weight):
-            return _sparse_linear(x, weight, bias)
+        px = _pack_compiled(x)
+        if _event_driven(x, px, weight):
+            return _sparse_linear(px, weight, bias)
     return F.linear(x, weight, bias)
 
 

@@ -131,7 +131,7 @@ def _build(openmp: bool = True) -> ctypes.CDLL:
         ("spk_pack_bits", [i32, ptr, i64, ptr, i32], i64),
         ("spk_pack_u8", [i32, ptr, i64, ptr, i32], i64),
         ("spk_unpack_bits", [i32, ptr, i64, ptr, i32], None),
-        ("spk_sparse_linear", [i32, ptr, ptr, ptr, ptr, i64, i64, i64, i32], None),
+        ("spk_sparse_linear", [i32, i32, ptr, ptr, ptr, ptr, i64, i64, i64, i32], None),
         ("spk_sparse_linear_wgrad", [i32, i32, ptr, ptr, ptr, i64, i64, i64, i32], None),
         ("spk_maxpool3s2", [i32, ptr, ptr, i64, i64, i64, i32], None),
         ("spk_maxpool3s2_backward", [i32, ptr, ptr, ptr, i64, i64, i64, i32], None),
@@ -266,18 +266,19 @@ def unpack_bits(bits: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
     return out
 
 
-def sparse_linear(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``x @ weight_t + bias`` for contiguous ``x: [M, K]`` that is mostly zeros and contiguous ``weight_t: [K, N]``.
+def sparse_linear(data: torch.Tensor, form: str, M: int, weight_t: torch.Tensor, bias: torch.Tensor | None
+                  ) -> torch.Tensor:
+    """``x @ weight_t + bias`` (``[M, N]``) for ``x: [M, K]`` that is mostly zeros, packed as ``"bits"`` (K a
+    multiple of 8) or ``"u8"`` (:func:`pack_bits`, :func:`pack_u8`); ``weight_t: [K, N]`` contiguous.
 
     Each output row adds the rows of ``weight_t`` where ``x`` is not zero (times that value), so it costs the
     fraction of non-zeros times the dense product.
     """
     lib = _loaded()
-    M, K = x.shape
-    N = weight_t.shape[1]
-    y = torch.empty(M, N, dtype=x.dtype)
-    lib.spk_sparse_linear(int(x.dtype == torch.float64), _ptr(x), _ptr(weight_t), _ptr(bias), _ptr(y), M, K, N,
-                          torch.get_num_threads())
+    K, N = weight_t.shape
+    y = torch.empty(M, N, dtype=weight_t.dtype)
+    lib.spk_sparse_linear(int(weight_t.dtype == torch.float64), _form_id(form), _ptr(data), _ptr(weight_t), _ptr(bias),
+                          _ptr(y), M, K, N, torch.get_num_threads())
     return y
 
 

@@ -85,48 +85,50 @@ using spk::vload;
 using spk::vstore;
 constexpr int VECS = 4;  // vectors per tile: 64 float or 32 double columns
 
-// The non-zero entries of rows of a [M, K] matrix as CSR: offsets (rows + 1), column indices and values.
+// The non-zero entries of rows [m0, m1) of a [M, K] matrix packed as bits (form 0, K a multiple of 8) or bytes
+// (form 1), as CSR: offsets (one per row, plus the end), column indices and values. Rows are counted first, so the
+// entries are written in place, without growing vectors.
 template <typename S>
 struct Csr {
-    std::vector<int64_t> off{0};
+    std::vector<int64_t> off;
     std::vector<int32_t> idx;
     std::vector<S> val;
-    void add(int64_t k, S v) {
-        idx.push_back(static_cast<int32_t>(k));
-        val.push_back(v);
+    int64_t m0 = 0;  // first row
+
+    void build(int form, const uint8_t* data, int64_t row0, int64_t row1, int64_t K) {
+        m0 = row0;
+        const int64_t rows = row1 - row0, bytes = form == 0 ? K / 8 : K;
+        off.assign(rows + 1, 0);
+        for (int64_t m = 0; m < rows; ++m) {
+            const uint8_t* row = data + (row0 + m) * bytes;
+            int64_t n = 0;
+            if (form == 0)
+                for (int64_t b = 0; b < bytes; ++b) n += __builtin_popcount(row[b]);
+            else
+                for (int64_t k = 0; k < bytes; ++k) n += row[k] != 0;
+            off[m + 1] = off[m] + n;
+        }
+        idx.resize(off[rows]);
+        val.resize(off[rows]);
+        for (int64_t m = 0; m < rows; ++m) {
+            const uint8_t* row = data + (row0 + m) * bytes;
+            int64_t at = off[m];
+            if (form == 0) {
+                for (int64_t b = 0; b < bytes; ++b)
+                    for (uint32_t byte = row[b]; byte; byte &= byte - 1) {
+                        idx[at] = static_cast<int32_t>(8 * b + __builtin_ctz(byte));
+                        val[at++] = S(1);
+                    }
+            } else {
+                for (int64_t k = 0; k < bytes; ++k)
+                    if (row[k]) {
+                        idx[at] = static_cast<int32_t>(k);
+                        val[at++] = static_cast<S>(row[k]);
+                    }
+            }
+        }
     }
-    void end_row() { off.push_back(static_cast<int64_t>(idx.size())); }
 };
-
-template <typename S>
-void csr_from_values(const S* x, int64_t K, int64_t m0, int64_t m1, Csr<S>& a) {
-    for (int64_t m = m0; m < m1; ++m) {
-        const S* __restrict row = x + m * K;
-        for (int64_t k = 0; k < K; ++k)
-            if (row[k] != S(0)) a.add(k, row[k]);
-        a.end_row();
-    }
-}
-
-template <typename S>
-void csr_from_bits(const uint8_t* bits, int64_t M, int64_t K, Csr<S>& a) {  // K a multiple of 8
-    for (int64_t m = 0; m < M; ++m) {
-        const uint8_t* row = bits + m * (K / 8);
-        for (int64_t b = 0; b < K / 8; ++b)
-            for (uint32_t byte = row[b]; byte; byte &= byte - 1) a.add(8 * b + __builtin_ctz(byte), S(1));
-        a.end_row();
-    }
-}
-
-template <typename S>
-void csr_from_u8(const uint8_t* u8, int64_t M, int64_t K, Csr<S>& a) {
-    for (int64_t m = 0; m < M; ++m) {
-        const uint8_t* row = u8 + m * K;
-        for (int64_t k = 0; k < K; ++k)
-            if (row[k]) a.add(k, static_cast<S>(row[k]));
-        a.end_row();
-    }
-}
 
 // Columns [t * TILE, (t + 1) * TILE) of wt [K, N] as contiguous [K, TILE] panels, so that the rows one tile reads
 // sit together in cache instead of N apart.
@@ -139,15 +141,15 @@ std::vector<S> panels(const S* wt, int64_t K, int64_t N, int64_t tile) {
     return out;
 }
 
-// y[m, :] = bias + sum over the non-zero x[m, k] of x[m, k] * wt[k, :], for rows [m0, m1). wt: the weight
-// transposed, [K, N]; panel: its full tiles (see panels()).
+// y[m, :] = bias + sum over the non-zero x[m, k] of x[m, k] * wt[k, :], for rows [m0, m1) of x packed (see Csr).
+// wt: the weight transposed, [K, N]; panel: its full tiles (see panels()).
 template <typename S>
-void sparse_linear_rows(const S* x, const S* wt, const S* panel, const S* bias, S* y, int64_t K, int64_t N, int64_t m0,
-                        int64_t m1) {
+void sparse_linear_rows(int form, const uint8_t* data, const S* wt, const S* panel, const S* bias, S* y, int64_t K,
+                        int64_t N, int64_t m0, int64_t m1) {
     using V = typename Vec<S>::type;
     constexpr int64_t L = Vec<S>::lanes, TILE = VECS * L;
     Csr<S> a;
-    csr_from_values(x, K, m0, m1, a);
+    a.build(form, data, m0, m1, K);
     const int64_t n_full = N / TILE * TILE;
     for (int64_t n0 = 0; n0 < n_full; n0 += TILE) {
         const S* tile = panel + n0 * K;  // [K, TILE]
@@ -174,50 +176,54 @@ void sparse_linear_rows(const S* x, const S* wt, const S* panel, const S* bias, 
     }
 }
 
-// gwt[k, n0:n1] = sum over the non-zero x[m, k] of x[m, k] * g[m, n0:n1] (the weight gradient, transposed).
+// gwt[k, n0:n1] = sum over the non-zero x[m, k] of x[m, k] * g[m, n0:n1] (the weight gradient, transposed); the
+// rows of x come as CSR parts in row order.
 template <typename S>
-void sparse_linear_wgrad_cols(const Csr<S>& a, const S* g, S* gwt, int64_t M, int64_t K, int64_t N, int64_t n0,
+void sparse_linear_wgrad_cols(const std::vector<Csr<S>>& parts, const S* g, S* gwt, int64_t K, int64_t N, int64_t n0,
                               int64_t n1) {
     using V = typename Vec<S>::type;
     constexpr int64_t L = Vec<S>::lanes, TILE = VECS * L;
     for (int64_t k = 0; k < K; ++k) std::memset(gwt + k * N + n0, 0, (n1 - n0) * sizeof(S));
     int64_t c0 = n0;
     for (; c0 + TILE <= n1; c0 += TILE) {
-        for (int64_t m = 0; m < M; ++m) {
-            V gm[VECS];
-            for (int v = 0; v < VECS; ++v) gm[v] = vload(g + m * N + c0 + v * L);
-            for (int64_t e = a.off[m]; e < a.off[m + 1]; ++e) {
-                S* out = gwt + static_cast<int64_t>(a.idx[e]) * N + c0;
-                const S s = a.val[e];
-                for (int v = 0; v < VECS; ++v) vstore(out + v * L, vload(out + v * L) + s * gm[v]);
+        for (const Csr<S>& a : parts)
+            for (int64_t r = 0; r + 1 < static_cast<int64_t>(a.off.size()); ++r) {
+                const int64_t m = a.m0 + r;
+                V gm[VECS];
+                for (int v = 0; v < VECS; ++v) gm[v] = vload(g + m * N + c0 + v * L);
+                for (int64_t e = a.off[r]; e < a.off[r + 1]; ++e) {
+                    S* out = gwt + static_cast<int64_t>(a.idx[e]) * N + c0;
+                    const S s = a.val[e];
+                    for (int v = 0; v < VECS; ++v) vstore(out + v * L, vload(out + v * L) + s * gm[v]);
+                }
+            }
+    }
+    for (const Csr<S>& a : parts)
+        for (int64_t r = 0; r + 1 < static_cast<int64_t>(a.off.size()) && c0 < n1; ++r) {
+            const int64_t m = a.m0 + r;
+            for (int64_t e = a.off[r]; e < a.off[r + 1]; ++e) {
+                S* out = gwt + static_cast<int64_t>(a.idx[e]) * N;
+                for (int64_t j = c0; j < n1; ++j) out[j] += a.val[e] * g[m * N + j];
             }
         }
-    }
-    for (int64_t m = 0; m < M && c0 < n1; ++m) {
-        for (int64_t e = a.off[m]; e < a.off[m + 1]; ++e) {
-            S* out = gwt + static_cast<int64_t>(a.idx[e]) * N;
-            for (int64_t j = c0; j < n1; ++j) out[j] += a.val[e] * g[m * N + j];
-        }
-    }
 }
 
 template <typename S>
-void sparse_linear(const S* x, const S* wt, const S* bias, S* y, int64_t M, int64_t K, int64_t N, int nthreads) {
+void sparse_linear(int form, const uint8_t* data, const S* wt, const S* bias, S* y, int64_t M, int64_t K, int64_t N,
+                   int nthreads) {
     const std::vector<S> panel = panels(wt, K, N, VECS * Vec<S>::lanes);
-    spk::parallel(M, K + N, nthreads, [&](int64_t b, int64_t e) {
-        sparse_linear_rows<S>(x, wt, panel.data(), bias, y, K, N, b, e);
+    spk::parallel(M, K / 8 + N, nthreads, [&](int64_t b, int64_t e) {
+        sparse_linear_rows<S>(form, data, wt, panel.data(), bias, y, K, N, b, e);
     });
 }
 
 template <typename S>
 void sparse_linear_wgrad(int form, const uint8_t* data, const S* g, S* gwt, int64_t M, int64_t K, int64_t N,
                          int nthreads) {
-    Csr<S> a;
-    if (form == 0)
-        csr_from_bits(data, M, K, a);
-    else
-        csr_from_u8(data, M, K, a);
-    spk::parallel(N, M, nthreads, [&](int64_t b, int64_t e) { sparse_linear_wgrad_cols<S>(a, g, gwt, M, K, N, b, e); });
+    const int64_t nt = spk::even_threads(M, K / 8, nthreads);
+    std::vector<Csr<S>> parts(nt);  // built in parallel, one part of the rows per thread
+    spk::run_tasks(nt, [&](int64_t k) { parts[k].build(form, data, M * k / nt, M * (k + 1) / nt, K); });
+    spk::parallel(N, M, nthreads, [&](int64_t b, int64_t e) { sparse_linear_wgrad_cols<S>(parts, g, gwt, K, N, b, e); });
 }
 
 // ---------------------------------------------------------------------------------- max-pool on spikes
@@ -302,15 +308,16 @@ void spk_unpack_bits(int is_double, const uint8_t* bits, int64_t n, void* out, i
     });
 }
 
-// y [M, N] = x [M, K] @ wt [K, N] + bias [N] (bias may be null), skipping the zeros of x.
-void spk_sparse_linear(int is_double, const void* x, const void* wt, const void* bias, void* y, int64_t M, int64_t K,
-                       int64_t N, int nthreads) {
+// y [M, N] = x [M, K] @ wt [K, N] + bias [N] (bias may be null) for x packed as bits (form 0; K a multiple of 8) or
+// bytes (form 1), adding only the rows of wt where x is not zero.
+void spk_sparse_linear(int is_double, int form, const uint8_t* data, const void* wt, const void* bias, void* y,
+                       int64_t M, int64_t K, int64_t N, int nthreads) {
     if (is_double)
-        sparse_linear<double>(static_cast<const double*>(x), static_cast<const double*>(wt),
-                              static_cast<const double*>(bias), static_cast<double*>(y), M, K, N, nthreads);
+        sparse_linear<double>(form, data, static_cast<const double*>(wt), static_cast<const double*>(bias),
+                              static_cast<double*>(y), M, K, N, nthreads);
     else
-        sparse_linear<float>(static_cast<const float*>(x), static_cast<const float*>(wt),
-                             static_cast<const float*>(bias), static_cast<float*>(y), M, K, N, nthreads);
+        sparse_linear<float>(form, data, static_cast<const float*>(wt), static_cast<const float*>(bias),
+                             static_cast<float*>(y), M, K, N, nthreads);
 }
 
 // gwt [K, N] = x^T [K, M] @ g [M, N] for x [M, K] packed as bits (form 0; K a multiple of 8) or bytes (form 1).
