@@ -237,8 +237,8 @@ class _SpikeConv2d(torch.autograd.Function):
         if ctx.sparse:  # the weight gradient adds gradient pixels where x is not zero; the input gradient stays dense
             gx = gw = gb = None
             form, shape, _ = ctx.forms[0]
-            if ctx.needs_input_grad[0]:
-                (x,) = _load(ctx, (xd,))
+            if ctx.needs_input_grad[0]:  # the input gradient needs x's shape only: no need to unpack it
+                x = torch.empty(shape, dtype=g.dtype)
                 gx = torch.ops.aten.convolution_backward(
                     g, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, False, False]
                 )[0]
