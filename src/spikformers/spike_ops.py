@@ -23,7 +23,8 @@ from .neurons.kernels import cpu as _cpu_kernels
 
 _COMPACT = True
 _SPARSE = True
-SPARSE_MAX_RATE = 0.15  # firing rate up to which the event-driven linear beats the dense product (benchmarks/)
+SPARSE_MAX_RATE = 0.3  # non-zero fraction up to which the event-driven linear's forward beats the dense product
+SPARSE_WGRAD_MAX_RATE = 0.2  # the same for its weight gradient (Spikformer shapes, 2 threads; benchmarks/README)
 SPARSE_CONV_MAX_RATE = 0.25  # the same for the event-driven 3x3 conv: its forward breaks even with the dense conv at
 # 0.3-0.4 firing (0.3 on 8x8 maps), its weight gradient at 0.35-0.45 (SPS shapes, batch 128, 2 threads)
 _BIT_WEIGHTS: dict[torch.device, torch.Tensor] = {}
@@ -196,6 +197,7 @@ class _SpikeLinear(torch.autograd.Function):
         ctx.save_for_backward(px.data, weight)
         ctx.has_bias = bias is not None
         ctx.sparse = _event_driven(x, px, weight)
+        ctx.sparse_wgrad = ctx.sparse and _sparse_enough(x, px, SPARSE_WGRAD_MAX_RATE)
         return _sparse_linear(px, weight, bias) if ctx.sparse else F.linear(x, weight, bias)
 
     @staticmethod
@@ -203,7 +205,7 @@ class _SpikeLinear(torch.autograd.Function):
         xd, weight = ctx.saved_tensors
         gx = gw = gb = None
         g2 = g.reshape(-1, g.shape[-1])
-        if ctx.sparse:  # x stays packed: the weight gradient adds the gradient rows where x is not zero
+        if ctx.sparse_wgrad:  # x stays packed: the weight gradient adds the gradient rows where x is not zero
             if ctx.needs_input_grad[0]:
                 gx = g.matmul(weight)
             if ctx.needs_input_grad[1]:
@@ -305,8 +307,9 @@ def spike_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     """``F.linear`` (``[..., C_in] -> [..., C_out]``) that keeps a spike / small-integer input compactly.
 
     On the CPU, a float input of sparse spikes or spike counts (at most :data:`SPARSE_MAX_RATE` of it not zero) is
-    computed event-driven: each output row adds the weight columns of the non-zero inputs, and the weight gradient
-    adds gradient rows where they are not zero, which costs that fraction of the dense product. Results equal the
+    computed event-driven: each output row adds the weight columns of the non-zero inputs, and (up to
+    :data:`SPARSE_WGRAD_MAX_RATE`) the weight gradient adds gradient rows where they are not zero, which costs that
+    fraction of the dense product. Results equal the
     dense ones to float rounding (the sums run in another order), not bit for bit; ``set_sparse_spikes(False)``
     turns it off.
     """

@@ -145,10 +145,9 @@ std::vector<S> panels(const S* wt, int64_t K, int64_t N, int64_t tile) {
 // wt: the weight transposed, [K, N]; panel: its full tiles (see panels()).
 template <typename S>
 void sparse_linear_rows(int form, const uint8_t* data, const S* wt, const S* panel, const S* bias, S* y, int64_t K,
-                        int64_t N, int64_t m0, int64_t m1) {
+                        int64_t N, int64_t m0, int64_t m1, Csr<S>& a) {
     using V = typename Vec<S>::type;
     constexpr int64_t L = Vec<S>::lanes, TILE = VECS * L;
-    Csr<S> a;
     a.build(form, data, m0, m1, K);
     const int64_t n_full = N / TILE * TILE;
     for (int64_t n0 = 0; n0 < n_full; n0 += TILE) {
@@ -212,8 +211,13 @@ template <typename S>
 void sparse_linear(int form, const uint8_t* data, const S* wt, const S* bias, S* y, int64_t M, int64_t K, int64_t N,
                    int nthreads) {
     const std::vector<S> panel = panels(wt, K, N, VECS * Vec<S>::lanes);
-    spk::parallel(M, K / 8 + N, nthreads, [&](int64_t b, int64_t e) {
-        sparse_linear_rows<S>(form, data, wt, panel.data(), bias, y, K, N, b, e);
+    // Blocks of 64 rows dealt out in turn: rows come step by step (t-major), and later steps fire more, so halves
+    // of the rows would give one thread more work than the other.
+    constexpr int64_t ROWS = 64;
+    spk::deal_blocks(M, ROWS, ROWS * (K / 8 + N), nthreads, [&](int64_t k, int64_t nt) {
+        Csr<S> a;
+        for (int64_t m0 = k * ROWS; m0 < M; m0 += nt * ROWS)
+            sparse_linear_rows<S>(form, data, wt, panel.data(), bias, y, K, N, m0, m0 + ROWS < M ? m0 + ROWS : M, a);
     });
 }
 
@@ -223,7 +227,8 @@ void sparse_linear_wgrad(int form, const uint8_t* data, const S* g, S* gwt, int6
     const int64_t nt = spk::even_threads(M, K / 8, nthreads);
     std::vector<Csr<S>> parts(nt);  // built in parallel, one part of the rows per thread
     spk::run_tasks(nt, [&](int64_t k) { parts[k].build(form, data, M * k / nt, M * (k + 1) / nt, K); });
-    spk::parallel(N, M, nthreads, [&](int64_t b, int64_t e) { sparse_linear_wgrad_cols<S>(parts, g, gwt, K, N, b, e); });
+    spk::parallel(N, M, nthreads,
+                  [&](int64_t b, int64_t e) { sparse_linear_wgrad_cols<S>(parts, g, gwt, K, N, b, e); });
 }
 
 // ---------------------------------------------------------------------------------- max-pool on spikes
