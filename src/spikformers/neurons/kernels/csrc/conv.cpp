@@ -252,11 +252,18 @@ void conv3x3(int form, const uint8_t* data, const S* w, const S* bias, S* y, con
     const S* b = bias ? bpad.data() : nullptr;
     const int64_t nnz = a.off.back(), rows = s.B * s.H;
     const int64_t cost = (9 * nnz / (rows > 0 ? rows : 1) + s.W) * s.Cpad / 16 + 1;
-    spk::parallel(rows, cost, nthreads, [&](int64_t r0, int64_t r1) {
-        if (form == 0)
-            forward_rows<S, true>(a, panels.data(), b, y, s, r0, r1);
-        else
-            forward_rows<S, false>(a, panels.data(), b, y, s, r0, r1);
+    // Eight blocks of output rows per thread, dealt out in turn: images come step by step (t-major) and later steps
+    // fire more, so contiguous halves would leave one thread waiting. Blocks stay large for the weight panels' reuse.
+    const int64_t per_thread = rows / (8 * static_cast<int64_t>(nthreads > 1 ? nthreads : 1));
+    const int64_t block = per_thread > 16 ? per_thread : 16;
+    spk::deal_blocks(rows, block, block * cost, nthreads, [&](int64_t k, int64_t nt) {
+        for (int64_t r0 = k * block; r0 < rows; r0 += nt * block) {
+            const int64_t r1 = r0 + block < rows ? r0 + block : rows;
+            if (form == 0)
+                forward_rows<S, true>(a, panels.data(), b, y, s, r0, r1);
+            else
+                forward_rows<S, false>(a, panels.data(), b, y, s, r0, r1);
+        }
     });
 }
 
