@@ -118,8 +118,8 @@ void bn_stats(const S* y, const Dims& d, double* out, int nthreads) {
 
 // Spikes of the LIF driven by z = y * scale + shift. `out` may be `y` itself: each element is read before it is
 // written and no other element depends on it.
-template <typename S>
-void forward_range(const S* y, S* out, const S* scale, const S* shift, const Dims& d, S tau, S v_th, S v_reset,
+template <typename S, typename Tau>
+void forward_range(const S* y, S* out, const S* scale, const S* shift, const Dims& d, Tau tau, S v_th, S v_reset,
                    int64_t begin, int64_t end) {
     const int64_t step = d.A * d.C * d.P;
     const bool plane = d.P > 1;
@@ -157,11 +157,11 @@ void forward_range(const S* y, S* out, const S* scale, const S* shift, const Dim
 // y into hb[T][BLOCK], then the reverse pass to gz = dL/dz from gs = dL/dspikes. FINAL = false: per-element sums
 // of gz and gz * (y - mean) into s1, s2; FINAL = true: out = gz * k1 + (y - mean) * k2 + k3, where out may be y
 // (element i of step t is read before it is written, and nothing else reads it later).
-template <typename S, bool PLANE, bool DETACH, bool FINAL>
+template <typename S, bool PLANE, bool DETACH, bool FINAL, typename Tau>
 inline void backward_block(const S* __restrict gs, const S* y, S* out, const S* __restrict sc,
                            const S* __restrict sh, const S* __restrict mu, const S* __restrict k1,
                            const S* __restrict k2, const S* __restrict k3, int64_t off, int64_t step, int64_t T,
-                           int64_t n, S tau, S v_th, S v_reset, S alpha, S* __restrict hb, S* __restrict gv,
+                           int64_t n, Tau tau, S v_th, S v_reset, S alpha, S* __restrict hb, S* __restrict gv,
                            double* __restrict s1, double* __restrict s2) {
     S* __restrict v = gv;  // the membrane until the reverse pass
     for (int64_t i = 0; i < n; ++i) v[i] = v_reset;
@@ -222,8 +222,8 @@ struct Grad {  // the per-channel inputs of backward; k = nullptr in pass 1
 };
 
 // One backward pass over units [begin, end); pass 1 (k null) adds the per-channel sums into acc[0, C), acc[C, 2C).
-template <typename S, bool DETACH, bool FINAL>
-void backward_range(const S* gs, const S* y, S* out, const Grad& gr, const Dims& d, S tau, S v_th, S v_reset,
+template <typename S, bool DETACH, bool FINAL, typename Tau>
+void backward_range(const S* gs, const S* y, S* out, const Grad& gr, const Dims& d, Tau tau, S v_th, S v_reset,
                     S alpha, int64_t begin, int64_t end, double* acc) {
     const int64_t step = d.A * d.C * d.P;
     const S* scale = static_cast<const S*>(gr.scale);
@@ -259,8 +259,8 @@ void backward_range(const S* gs, const S* y, S* out, const Grad& gr, const Dims&
 
 // Pooling units: the work unit is a whole plane u (a * C + c), so that the pool sees every position of a step.
 // Forward: each step's spikes go to a plane buffer and are pooled from there into out [T, A, C, pooled plane].
-template <typename S>
-void pool_forward_range(const S* y, S* out, const S* scale, const S* shift, const Dims& d, S tau, S v_th,
+template <typename S, typename Tau>
+void pool_forward_range(const S* y, S* out, const S* scale, const S* shift, const Dims& d, Tau tau, S v_th,
                         S v_reset, int64_t begin, int64_t end) {
     const int64_t step = d.A * d.C * d.P, Po = d.pooled_plane(), ostep = d.A * d.C * Po;
     std::vector<S> buf(2 * d.P);
@@ -286,8 +286,8 @@ void pool_forward_range(const S* y, S* out, const S* scale, const S* shift, cons
 // Backward of pooling units, plane by plane: the membranes rebuilt from y into hb [T][P], then per step in reverse
 // the pooled gradient gp routed to the spikes (spk::maxpool_plane_backward, the first spike of each window, as
 // torch's pool), and the LIF backward as in backward_block (FINAL: write out; else add the per-channel sums).
-template <typename S, bool DETACH, bool FINAL>
-void pool_backward_range(const S* gp, const S* y, S* out, const Grad& gr, const Dims& d, S tau, S v_th, S v_reset,
+template <typename S, bool DETACH, bool FINAL, typename Tau>
+void pool_backward_range(const S* gp, const S* y, S* out, const Grad& gr, const Dims& d, Tau tau, S v_th, S v_reset,
                          S alpha, int64_t begin, int64_t end, double* acc) {
     const int64_t T = d.T, P = d.P, H = d.P / d.W, step = d.A * d.C * P, Po = d.pooled_plane(),
                   ostep = d.A * d.C * Po;
@@ -344,17 +344,19 @@ void pool_backward_range(const S* gp, const S* y, S* out, const Grad& gr, const 
 template <typename S>
 void run_forward(const S* y, S* out, const S* scale, const S* shift, const Dims& d, double tau, double v_th,
                  double v_reset, int nthreads) {
-    const S t = static_cast<S>(tau), th = static_cast<S>(v_th), r = static_cast<S>(v_reset);
-    spk::split_even(units(d), unit_cost(d), nthreads, [&](int64_t b, int64_t e) {
-        if (d.W)
-            pool_forward_range<S>(y, out, scale, shift, d, t, th, r, b, e);
-        else
-            forward_range<S>(y, out, scale, shift, d, t, th, r, b, e);
+    const S th = static_cast<S>(v_th), r = static_cast<S>(v_reset);
+    spk::with_tau<S>(tau, [&](auto t) {
+        spk::split_even(units(d), unit_cost(d), nthreads, [&](int64_t b, int64_t e) {
+            if (d.W)
+                pool_forward_range<S>(y, out, scale, shift, d, t, th, r, b, e);
+            else
+                forward_range<S>(y, out, scale, shift, d, t, th, r, b, e);
+        });
     });
 }
 
-template <typename S, bool DETACH>
-void run_backward_t(const S* gs, const S* y, S* out, const Grad& gr, const Dims& d, S tau, S v_th, S v_reset,
+template <typename S, bool DETACH, typename Tau>
+void run_backward_t(const S* gs, const S* y, S* out, const Grad& gr, const Dims& d, Tau tau, S v_th, S v_reset,
                     S alpha, double* sums, int nthreads) {
     if (gr.k == nullptr) {
         reduce_units(d, nthreads, sums, [&](double* acc, int64_t b, int64_t e) {
@@ -379,11 +381,13 @@ void run_backward(const void* gs, const void* y, void* out, const Grad& gr, cons
     const S* g = static_cast<const S*>(gs);
     const S* yy = static_cast<const S*>(y);
     S* o = static_cast<S*>(out);
-    const S t = static_cast<S>(tau), th = static_cast<S>(v_th), r = static_cast<S>(v_reset), a = static_cast<S>(alpha);
-    if (detach)
-        run_backward_t<S, true>(g, yy, o, gr, d, t, th, r, a, sums, nthreads);
-    else
-        run_backward_t<S, false>(g, yy, o, gr, d, t, th, r, a, sums, nthreads);
+    const S th = static_cast<S>(v_th), r = static_cast<S>(v_reset), a = static_cast<S>(alpha);
+    spk::with_tau<S>(tau, [&](auto t) {
+        if (detach)
+            run_backward_t<S, true>(g, yy, o, gr, d, t, th, r, a, sums, nthreads);
+        else
+            run_backward_t<S, false>(g, yy, o, gr, d, t, th, r, a, sums, nthreads);
+    });
 }
 
 }  // namespace

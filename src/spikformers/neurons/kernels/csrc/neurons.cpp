@@ -10,7 +10,7 @@
 //   SAVE_X:              nothing new: backward gets the input x back and re-runs the charge to rebuild h[t]
 //                        (same arithmetic as the forward, so bit-identical), then proceeds as SAVE_H.
 // The arithmetic follows the reference loops operation by operation (no FMA contraction, true division
-// by tau), so spikes are bit-identical to them.
+// by tau, or the product with its exact reciprocal where tau is a power of two), so spikes are bit-identical to them.
 
 #include <cmath>
 #include <cstdint>
@@ -91,10 +91,10 @@ inline void load_planes(const uint8_t* __restrict planes, int64_t stride, int64_
     }
 }
 
-template <typename S, int KIND, int SAVE>
+template <typename S, int KIND, int SAVE, typename Tau>
 void forward_range(const S* x, S* out, uint8_t* planes, S* hsave, const S* v_init, S* v_final, int64_t T,
-                   int64_t N, const Params& p, int64_t begin, int64_t end) {
-    const S tau = static_cast<S>(p.tau), v_th = static_cast<S>(p.v_th), v_reset = static_cast<S>(p.v_reset);
+                   int64_t N, const Params& p, Tau tau, int64_t begin, int64_t end) {
+    const S v_th = static_cast<S>(p.v_th), v_reset = static_cast<S>(p.v_reset);
     const S alpha = static_cast<S>(p.alpha), decay = static_cast<S>(p.decay);
     const S half_th = static_cast<S>(0.5 * p.v_th);
     const int64_t TN = T * N;
@@ -177,10 +177,10 @@ void forward_range(const S* x, S* out, uint8_t* planes, S* hsave, const S* v_ini
     }
 }
 
-template <typename S, int KIND, int SAVE>
+template <typename S, int KIND, int SAVE, typename Tau>
 void backward_range(const S* gs, S* gx, const uint8_t* planes, const S* hsave, int64_t T, int64_t N,
-                    const Params& p, int64_t begin, int64_t end) {
-    const S tau = static_cast<S>(p.tau), v_th = static_cast<S>(p.v_th), v_reset = static_cast<S>(p.v_reset);
+                    const Params& p, Tau tau, int64_t begin, int64_t end) {
+    const S v_th = static_cast<S>(p.v_th), v_reset = static_cast<S>(p.v_reset);
     const S alpha = static_cast<S>(p.alpha), decay = static_cast<S>(p.decay);
     const int64_t TN = T * N;
     constexpr bool QUANT = SAVE == SAVE_Q16 || SAVE == SAVE_Q24;
@@ -242,7 +242,7 @@ void backward_range(const S* gs, S* gx, const uint8_t* planes, const S* hsave, i
             }
             for (int64_t i = 0; i < n; ++i) {
                 S gh = gst[i] * sg[i] + gv[i] * keep[i];
-                S g = gh / tau;
+                S g = tau(gh);
                 gxt[i] = g;
                 gv[i] = gh - g;
             }
@@ -253,17 +253,29 @@ void backward_range(const S* gs, S* gx, const uint8_t* planes, const S* hsave, i
 template <typename S, int KIND, int SAVE>
 void forward_t(const S* x, S* out, uint8_t* planes, S* hsave, const S* v_init, S* v_final, int64_t T, int64_t N,
                const Params& p, int nt) {
-    spk::parallel(N, T, nt, [&](int64_t b, int64_t e) {
-        forward_range<S, KIND, SAVE>(x, out, planes, hsave, v_init, v_final, T, N, p, b, e);
-    });
+    const auto run = [&](auto tau) {
+        spk::parallel(N, T, nt, [&](int64_t b, int64_t e) {
+            forward_range<S, KIND, SAVE>(x, out, planes, hsave, v_init, v_final, T, N, p, tau, b, e);
+        });
+    };
+    if (KIND == LIF)  // the ternary kinds keep the division alone: fewer instantiations
+        spk::with_tau<S>(p.tau, run);
+    else
+        run(spk::DivTau<S>{static_cast<S>(p.tau)});
 }
 
 template <typename S, int KIND, int SAVE>
 void backward_t(const S* gs, S* gx, const uint8_t* planes, const S* hsave, int64_t T, int64_t N, const Params& p,
                 int nt) {
-    spk::parallel(N, T, nt, [&](int64_t b, int64_t e) {
-        backward_range<S, KIND, SAVE>(gs, gx, planes, hsave, T, N, p, b, e);
-    });
+    const auto run = [&](auto tau) {
+        spk::parallel(N, T, nt, [&](int64_t b, int64_t e) {
+            backward_range<S, KIND, SAVE>(gs, gx, planes, hsave, T, N, p, tau, b, e);
+        });
+    };
+    if (KIND == LIF)
+        spk::with_tau<S>(p.tau, run);
+    else
+        run(spk::DivTau<S>{static_cast<S>(p.tau)});
 }
 
 template <typename S>
