@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "parallel.h"
+#include "vec.h"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "head masks read packed bits as little-endian words");
 
@@ -33,30 +34,23 @@ inline uint64_t head_mask(const uint8_t* bits, int64_t row, int64_t C, int64_t h
     return mask;
 }
 
-// Rows of D values are handled as D / 8 vectors of 8 (GCC/Clang vector extensions).
+// Rows of D values are handled as D / 8 vectors of 8 (vec.h).
 template <typename S>
-struct V8 {
-    typedef S type __attribute__((vector_size(8 * sizeof(S))));
-};
+using V8 = spk::Vec<S, 8>;
 
 template <typename S>
 inline typename V8<S>::type load8(const S* p) {
-    typename V8<S>::type v;
-    std::memcpy(&v, p, sizeof(v));
-    return v;
+    return spk::vload<S, 8>(p);
 }
 
-template <typename S>
-inline void store8(S* p, typename V8<S>::type v) {
-    std::memcpy(p, &v, sizeof(v));
-}
+using spk::vstore;
 
 // rows [D, D] (contiguous): rows[i] += row for every bit i of mask.
 template <typename S, int D>
 inline void add_to_rows(uint64_t mask, const typename V8<S>::type* row, S* __restrict rows) {
     for (; mask; mask &= mask - 1) {
         S* r = rows + __builtin_ctzll(mask) * D;
-        for (int c = 0; c < D / 8; ++c) store8(r + 8 * c, load8(r + 8 * c) + row[c]);
+        for (int c = 0; c < D / 8; ++c) vstore(r + 8 * c, load8(r + 8 * c) + row[c]);
     }
 }
 
@@ -68,7 +62,7 @@ inline void masked_row_sum(uint64_t mask, const S* __restrict rows, S* __restric
         const S* r = rows + __builtin_ctzll(mask) * D;
         for (int c = 0; c < D / 8; ++c) acc[c] += load8(r + 8 * c);
     }
-    for (int c = 0; c < D / 8; ++c) store8(out + 8 * c, acc[c]);
+    for (int c = 0; c < D / 8; ++c) vstore(out + 8 * c, acc[c]);
 }
 
 // ab [D, D] = A^T B for sequence m, head h: row i adds B's token row (0/1) wherever A fired in channel i.
@@ -132,7 +126,7 @@ void backward_range(const uint8_t* q, const uint8_t* k, const uint8_t* v, const 
                         const S* r = kvt + j * D;
                         for (int c = 0; c < D / 8; ++c) acc[c] += gj * load8(r + 8 * c);
                     }
-                    for (int c = 0; c < D / 8; ++c) store8(gq + at + 8 * c, acc[c]);
+                    for (int c = 0; c < D / 8; ++c) vstore(gq + at + 8 * c, acc[c]);
                 }
                 if (gk) masked_row_sum<S, D>(head_mask<D>(v, m * N + n, C, h), gkvt, gk + at);
                 if (gv) masked_row_sum<S, D>(head_mask<D>(k, m * N + n, C, h), gkv, gv + at);
