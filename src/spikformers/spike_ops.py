@@ -13,6 +13,7 @@ gradient from the saved bits; ``set_sparse_spikes(False)`` turns the linears and
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import torch
@@ -114,7 +115,7 @@ def unpack_exact(data: torch.Tensor, form: str, shape: tuple[int, ...], dtype: t
         return data
     if form == "u8":
         return data.to(dtype).reshape(shape)
-    n = _numel(shape)
+    n = math.prod(shape)
     if _fast(dtype, data.device):
         return _cpu_kernels.unpack_bits(data, n, dtype).view(shape)
     shifts = torch.arange(8, dtype=torch.uint8, device=data.device)
@@ -158,16 +159,10 @@ def _event_driven(x: torch.Tensor, px: Packed | None, weight: torch.Tensor) -> b
 
 def _sparse_linear(px: Packed, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """The event-driven linear from ``px``, its input packed (as bits or bytes)."""
-    y = _cpu_kernels.sparse_linear(px.data, px.form, _numel(px.shape[:-1]), weight.detach().t().contiguous(),
+    y = _cpu_kernels.sparse_linear(px.data, px.form, math.prod(px.shape[:-1]), weight.detach().t().contiguous(),
                                    None if bias is None else bias.detach())
     return y.view(*px.shape[:-1], weight.shape[0])
 
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def _conv_event_driven_ok(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int,
