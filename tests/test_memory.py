@@ -208,7 +208,8 @@ def test_event_driven_conv_matches_dense(monkeypatch, dtype, atol, with_bias):
 
 @pytest.mark.skipif(not cpu.available(), reason=f"C++ kernels unavailable: {cpu.error}")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("H,W", [(1, 1), (2, 3), (7, 8), (16, 16), (9, 5)])
+# the last two are past pool.h's row masks (rows up to 64 wide, planes up to 256 tall)
+@pytest.mark.parametrize("H,W", [(1, 1), (2, 3), (7, 8), (16, 16), (9, 5), (5, 70), (260, 3)])
 def test_spike_max_pool_routes_gradients_like_torch(monkeypatch, dtype, H, W):
     calls = []
     for name in ("maxpool3s2", "maxpool3s2_backward"):
