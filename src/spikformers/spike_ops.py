@@ -164,7 +164,6 @@ def _sparse_linear(px: Packed, weight: torch.Tensor, bias: torch.Tensor | None) 
     return y.view(*px.shape[:-1], weight.shape[0])
 
 
-
 def _conv_event_driven_ok(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int,
                           padding: int) -> bool:
     """Whether the event-driven CPU conv can take ``x`` at all: a 3x3 kernel, stride 1, padding 1 (how sparse ``x`` is

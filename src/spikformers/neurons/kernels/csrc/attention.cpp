@@ -137,18 +137,16 @@ void backward_range(const uint8_t* q, const uint8_t* k, const uint8_t* v, const 
 template <typename S, int D>
 void run_forward(const uint8_t* q, const uint8_t* k, const uint8_t* v, S* out, int64_t M, int64_t N, int64_t H,
                  int nthreads) {
-    spk::deal_blocks(M, 4, 4 * N * H * D * 4, nthreads, [&](int64_t k0, int64_t nt) {  // later steps fire more
-        for (int64_t m0 = 4 * k0; m0 < M; m0 += 4 * nt)
-            forward_range<S, D>(q, k, v, out, m0, m0 + 4 < M ? m0 + 4 : M, N, H);
+    spk::deal_blocks(M, 4, 4 * N * H * D * 4, nthreads, [&](int64_t m0, int64_t m1, int64_t) {  // later steps fire more
+        forward_range<S, D>(q, k, v, out, m0, m1, N, H);
     });
 }
 
 template <typename S, int D>
 void run_backward(const uint8_t* q, const uint8_t* k, const uint8_t* v, const S* g, S* gq, S* gk, S* gv, int64_t M,
                   int64_t N, int64_t H, int nthreads) {
-    spk::deal_blocks(M, 4, 4 * N * H * D * (gq ? D : 8), nthreads, [&](int64_t k0, int64_t nt) {
-        for (int64_t m0 = 4 * k0; m0 < M; m0 += 4 * nt)
-            backward_range<S, D>(q, k, v, g, gq, gk, gv, m0, m0 + 4 < M ? m0 + 4 : M, N, H);
+    spk::deal_blocks(M, 4, 4 * N * H * D * (gq ? D : 8), nthreads, [&](int64_t m0, int64_t m1, int64_t) {
+        backward_range<S, D>(q, k, v, g, gq, gk, gv, m0, m1, N, H);
     });
 }
 

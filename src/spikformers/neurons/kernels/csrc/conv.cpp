@@ -256,14 +256,11 @@ void conv3x3(int form, const uint8_t* data, const S* w, const S* bias, S* y, con
     // fire more, so contiguous halves would leave one thread waiting. Blocks stay large for the weight panels' reuse.
     const int64_t per_thread = rows / (8 * static_cast<int64_t>(nthreads > 1 ? nthreads : 1));
     const int64_t block = per_thread > 16 ? per_thread : 16;
-    spk::deal_blocks(rows, block, block * cost, nthreads, [&](int64_t k, int64_t nt) {
-        for (int64_t r0 = k * block; r0 < rows; r0 += nt * block) {
-            const int64_t r1 = r0 + block < rows ? r0 + block : rows;
-            if (form == 0)
-                forward_rows<S, true>(a, panels.data(), b, y, s, r0, r1);
-            else
-                forward_rows<S, false>(a, panels.data(), b, y, s, r0, r1);
-        }
+    spk::deal_blocks(rows, block, block * cost, nthreads, [&](int64_t r0, int64_t r1, int64_t) {
+        if (form == 0)
+            forward_rows<S, true>(a, panels.data(), b, y, s, r0, r1);
+        else
+            forward_rows<S, false>(a, panels.data(), b, y, s, r0, r1);
     });
 }
 

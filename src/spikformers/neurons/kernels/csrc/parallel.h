@@ -85,14 +85,17 @@ inline void split_even(int64_t N, int64_t cost, int nthreads, F fn) {
     run_tasks(nt, [&](int64_t k) { fn(N * k / nt, N * (k + 1) / nt); });
 }
 
-// Deal [0, N) out in blocks of `block` units, in turn, to up to nthreads threads: fn(k, nt) runs on thread k of nt and
-// takes blocks k, k + nt, k + 2 nt, ... For work whose cost drifts along [0, N) (rows ordered by time step, later
-// steps firing more), where contiguous halves would leave one thread waiting for the other.
+// Deal [0, N) out in blocks of `block` units, in turn, to up to nthreads threads: thread k of nt runs
+// fn(begin, end, k) for blocks k, k + nt, k + 2 nt, ... (k < nthreads indexes per-thread scratch). For work whose
+// cost drifts along [0, N) (rows ordered by time step, later steps firing more), where contiguous halves would leave
+// one thread waiting for the other.
 template <typename F>
 inline void deal_blocks(int64_t N, int64_t block, int64_t block_cost, int nthreads, F fn) {
     const int64_t blocks = (N + block - 1) / block;
     const int64_t nt = even_threads(blocks, block_cost, nthreads);
-    run_tasks(nt, [&](int64_t k) { fn(k, nt); });
+    run_tasks(nt, [&](int64_t k) {
+        for (int64_t b = k * block; b < N; b += nt * block) fn(b, b + block < N ? b + block : N, k);
+    });
 }
 
 }  // namespace spk

@@ -214,10 +214,9 @@ void sparse_linear(int form, const uint8_t* data, const S* wt, const S* bias, S*
     // Blocks of 64 rows dealt out in turn: rows come step by step (t-major), and later steps fire more, so halves
     // of the rows would give one thread more work than the other.
     constexpr int64_t ROWS = 64;
-    spk::deal_blocks(M, ROWS, ROWS * (K / 8 + N), nthreads, [&](int64_t k, int64_t nt) {
-        Csr<S> a;
-        for (int64_t m0 = k * ROWS; m0 < M; m0 += nt * ROWS)
-            sparse_linear_rows<S>(form, data, wt, panel.data(), bias, y, K, N, m0, m0 + ROWS < M ? m0 + ROWS : M, a);
+    std::vector<Csr<S>> scratch(nthreads > 1 ? nthreads : 1);  // one per thread, reused across its blocks
+    spk::deal_blocks(M, ROWS, ROWS * (K / 8 + N), nthreads, [&](int64_t m0, int64_t m1, int64_t k) {
+        sparse_linear_rows<S>(form, data, wt, panel.data(), bias, y, K, N, m0, m1, scratch[k]);
     });
 }
 
