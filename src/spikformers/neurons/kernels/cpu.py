@@ -141,8 +141,9 @@ def _build(openmp: bool = True) -> ctypes.CDLL:
         ("spk_spike_attention", [i32, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i32], i32),
         ("spk_spike_attention_backward", [i32, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i32], i32),
         ("spk_bn_lif_forward", [i32, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, dbl, dbl, dbl, i32], None),
-        ("spk_bn_lif_backward", [i32, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, dbl, dbl, dbl, dbl,
-                                 i32, ptr, i32], None),
+        ("spk_bn_apply_grad", [i32, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i32], None),
+        ("spk_bn_lif_backward", [i32, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, dbl, dbl, dbl, dbl, i32,
+                                 ptr, i32], None),
     ):
         getattr(lib, name).argtypes = args
         getattr(lib, name).restype = res
@@ -416,23 +417,22 @@ def bn_lif_forward(y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, di
 
 
 def bn_lif_sums(grad: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, mean: torch.Tensor,
-                dims: Dims, p: NeuronParams, pool_w: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                dims: Dims, p: NeuronParams, pool_w: int = 0, gz: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Backward pass 1: per channel ``sum(gz)`` and ``sum(gz * (y - mean))`` (float64 ``[C]``), ``gz`` the gradient
-    w.r.t. the norm's output given ``grad`` w.r.t. the spikes."""
+    w.r.t. the norm's output given ``grad`` w.r.t. the spikes; ``gz`` itself is written into ``gz`` (like ``y``)
+    when given, for :func:`bn_apply_grad`."""
     sums = torch.empty(2, dims[2], dtype=torch.float64)
-    _bn_lif_backward(grad, y, None, scale, shift, mean, None, dims, p, sums, pool_w)
+    _loaded().spk_bn_lif_backward(int(y.dtype == torch.float64), _ptr(grad), _ptr(y), _ptr(gz), _ptr(scale),
+                                  _ptr(shift), _ptr(mean), *dims, pool_w, p.tau, p.v_th, p.v_reset, p.alpha,
+                                  int(p.detach_reset), _ptr(sums), torch.get_num_threads())
     return sums[0], sums[1]
 
 
-def bn_lif_grad(grad: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, mean: torch.Tensor,
-                k: torch.Tensor, dims: Dims, p: NeuronParams, out: torch.Tensor, pool_w: int = 0) -> torch.Tensor:
-    """Backward pass 2: ``out = gz * k[0, c] + (y - mean[c]) * k[1, c] + k[2, c]`` (``k: [3, C]`` in y's dtype);
-    ``out`` may be ``y`` itself."""
-    _bn_lif_backward(grad, y, out, scale, shift, mean, k.contiguous(), dims, p, None, pool_w)
+def bn_apply_grad(gz: torch.Tensor, y: torch.Tensor, mean: torch.Tensor, k: torch.Tensor, dims: Dims,
+                  out: torch.Tensor) -> torch.Tensor:
+    """Backward pass 2 from the ``gz`` that :func:`bn_lif_sums` stored: ``out = gz * k[0, c] + (y - mean[c]) *
+    k[1, c] + k[2, c]``, one streaming pass (no LIF rebuilt); ``out`` may be ``gz`` or ``y``."""
+    _loaded().spk_bn_apply_grad(int(y.dtype == torch.float64), _ptr(gz), _ptr(y), _ptr(out), _ptr(mean),
+                                _ptr(k.contiguous()), *dims, torch.get_num_threads())
     return out
-
-
-def _bn_lif_backward(grad, y, out, scale, shift, mean, k, dims, p, sums, pool_w) -> None:  # type: ignore[no-untyped-def]
-    _loaded().spk_bn_lif_backward(int(y.dtype == torch.float64), _ptr(grad), _ptr(y), _ptr(out), _ptr(scale),
-                                  _ptr(shift), _ptr(mean), _ptr(k), *dims, pool_w, p.tau, p.v_th, p.v_reset, p.alpha,
-                                  int(p.detach_reset), _ptr(sums), torch.get_num_threads())

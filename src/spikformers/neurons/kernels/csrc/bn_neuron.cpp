@@ -11,12 +11,13 @@
 //
 // Forward:  z = y * scale[c] + shift[c] (scale = gamma / sqrt(var + eps), shift = beta - mean * scale, both
 //           computed by the caller in double), then the LIF of lif.h over t.
-// Backward: both passes rebuild z and the membranes from y (nothing but y is kept) and run the LIF backward to
-//           gz = dL/dz. Pass 1 only sums, per channel, gz and gz * (y - mean) in double; pass 2 writes
-//           dL/dy = gz * k1[c] + (y - mean[c]) * k2[c] + k3[c] (k from those sums), possibly over y itself: no
-//           buffer the size of y is allocated in backward, at the price of running the LIF backward twice.
+// Backward: pass 1 rebuilds z and the membranes from y (nothing but y is kept), runs the LIF backward to
+//           gz = dL/dz, sums per channel gz and gz * (y - mean) in double and stores gz; pass 2 streams
+//           dL/dy = gz * k1[c] + (y - mean[c]) * k2[c] + k3[c] (k from those sums) over gz. One buffer the size of y
+//           lives between the passes; the LIF backward (most of the cost: an exp per element) runs once.
 
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "lif.h"
@@ -154,13 +155,11 @@ void forward_range(const S* y, S* out, const S* scale, const S* shift, const Dim
 }
 
 // The LIF backward of one segment of n elements from `off` (channels c.. or, PLANE, all c): membranes rebuilt from
-// y into hb[T][BLOCK], then the reverse pass to gz = dL/dz from gs = dL/dspikes. FINAL = false: per-element sums
-// of gz and gz * (y - mean) into s1, s2; FINAL = true: out = gz * k1 + (y - mean) * k2 + k3, where out may be y
-// (element i of step t is read before it is written, and nothing else reads it later).
-template <typename S, bool PLANE, bool DETACH, bool FINAL, typename Tau>
-inline void backward_block(const S* __restrict gs, const S* y, S* out, const S* __restrict sc,
-                           const S* __restrict sh, const S* __restrict mu, const S* __restrict k1,
-                           const S* __restrict k2, const S* __restrict k3, int64_t off, int64_t step, int64_t T,
+// y into hb[T][BLOCK], then the reverse pass to gz = dL/dz from gs = dL/dspikes: per-element sums of gz and
+// gz * (y - mean) into s1, s2, and gz itself into out unless out is null.
+template <typename S, bool PLANE, bool DETACH, typename Tau>
+inline void backward_block(const S* __restrict gs, const S* __restrict y, S* __restrict out, const S* __restrict sc,
+                           const S* __restrict sh, const S* __restrict mu, int64_t off, int64_t step, int64_t T,
                            int64_t n, Tau tau, S v_th, S v_reset, S alpha, S* __restrict hb, S* __restrict gv,
                            double* __restrict s1, double* __restrict s2) {
     S* __restrict v = gv;  // the membrane until the reverse pass
@@ -177,10 +176,8 @@ inline void backward_block(const S* __restrict gs, const S* y, S* out, const S* 
     }
     for (int64_t i = 0; i < n; ++i) {
         gv[i] = S(0);
-        if (!FINAL) {
-            s1[i] = 0.0;
-            s2[i] = 0.0;
-        }
+        s1[i] = 0.0;
+        s2[i] = 0.0;
     }
     alignas(64) S gz[BLOCK];
     for (int64_t t = T - 1; t >= 0; --t) {
@@ -189,24 +186,16 @@ inline void backward_block(const S* __restrict gs, const S* y, S* out, const S* 
         for (int64_t i = 0; i < n; ++i)
             gz[i] = spk::lif_backward_step(ht[i], gst[i], gv[i], DETACH, tau, v_th, v_reset, alpha);
         const S* yt = y + t * step + off;
-        if (FINAL) {
-            S* ot = out + t * step + off;
-            SPK_IVDEP
-            for (int64_t i = 0; i < n; ++i) {
-                const int64_t c = PLANE ? 0 : i;
-                ot[i] = gz[i] * k1[c] + (yt[i] - mu[c]) * k2[c] + k3[c];
-            }
-        } else {
-            for (int64_t i = 0; i < n; ++i) {
-                const double g = gz[i];
-                s1[i] += g;
-                s2[i] += g * static_cast<double>(yt[i] - mu[PLANE ? 0 : i]);
-            }
+        for (int64_t i = 0; i < n; ++i) {
+            const double g = gz[i];
+            s1[i] += g;
+            s2[i] += g * static_cast<double>(yt[i] - mu[PLANE ? 0 : i]);
         }
+        if (out) std::memcpy(out + t * step + off, gz, n * sizeof(S));
     }
 }
 
-// Pass 1 of a plane of channel c: the per-position sums s1, s2 of n positions added into acc[c] and acc[C + c].
+// A plane of channel c: the per-position sums s1, s2 of n positions added into acc[c] and acc[C + c].
 inline void add_plane_sums(const double* s1, const double* s2, int64_t n, int64_t c, int64_t C, double* acc) {
     double a1 = 0.0, a2 = 0.0;
     for (int64_t i = 0; i < n; ++i) {
@@ -217,35 +206,31 @@ inline void add_plane_sums(const double* s1, const double* s2, int64_t n, int64_
     acc[C + c] += a2;
 }
 
-struct Grad {  // the per-channel inputs of backward; k = nullptr in pass 1
-    const void *scale, *shift, *mean, *k;
+struct Grad {  // the per-channel inputs of backward
+    const void *scale, *shift, *mean;
 };
 
-// One backward pass over units [begin, end); pass 1 (k null) adds the per-channel sums into acc[0, C), acc[C, 2C).
-template <typename S, bool DETACH, bool FINAL, typename Tau>
+// The backward pass over units [begin, end): the per-channel sums added into acc[0, C), acc[C, 2C), gz into out
+// unless out is null.
+template <typename S, bool DETACH, typename Tau>
 void backward_range(const S* gs, const S* y, S* out, const Grad& gr, const Dims& d, Tau tau, S v_th, S v_reset,
                     S alpha, int64_t begin, int64_t end, double* acc) {
     const int64_t step = d.A * d.C * d.P;
     const S* scale = static_cast<const S*>(gr.scale);
     const S* shift = static_cast<const S*>(gr.shift);
     const S* mean = static_cast<const S*>(gr.mean);
-    const S* k = static_cast<const S*>(gr.k);
     std::vector<S> hbuf(d.T * BLOCK);
     S* hb = hbuf.data();
     alignas(64) S gv[BLOCK];
     alignas(64) double s1[BLOCK];
     alignas(64) double s2[BLOCK];
     segments(d, begin, end, [&](int64_t off, int64_t c, int64_t n) {
-        const S* k1 = FINAL ? k + c : nullptr;
-        const S* k2 = FINAL ? k + d.C + c : nullptr;
-        const S* k3 = FINAL ? k + 2 * d.C + c : nullptr;
         if (d.P > 1)
-            backward_block<S, true, DETACH, FINAL>(gs, y, out, scale + c, shift + c, mean + c, k1, k2, k3, off, step,
-                                                   d.T, n, tau, v_th, v_reset, alpha, hb, gv, s1, s2);
+            backward_block<S, true, DETACH>(gs, y, out, scale + c, shift + c, mean + c, off, step, d.T, n, tau, v_th,
+                                            v_reset, alpha, hb, gv, s1, s2);
         else
-            backward_block<S, false, DETACH, FINAL>(gs, y, out, scale + c, shift + c, mean + c, k1, k2, k3, off,
-                                                    step, d.T, n, tau, v_th, v_reset, alpha, hb, gv, s1, s2);
-        if (FINAL) return;
+            backward_block<S, false, DETACH>(gs, y, out, scale + c, shift + c, mean + c, off, step, d.T, n, tau, v_th,
+                                             v_reset, alpha, hb, gv, s1, s2);
         if (d.P > 1) {
             add_plane_sums(s1, s2, n, c, d.C, acc);
         } else {
@@ -285,8 +270,8 @@ void pool_forward_range(const S* y, S* out, const S* scale, const S* shift, cons
 
 // Backward of pooling units, plane by plane: the membranes rebuilt from y into hb [T][P], then per step in reverse
 // the pooled gradient gp routed to the spikes (spk::maxpool_plane_backward, the first spike of each window, as
-// torch's pool), and the LIF backward as in backward_block (FINAL: write out; else add the per-channel sums).
-template <typename S, bool DETACH, bool FINAL, typename Tau>
+// torch's pool), and the LIF backward as in backward_block (sums, and gz into out unless null; out is full size).
+template <typename S, bool DETACH, typename Tau>
 void pool_backward_range(const S* gp, const S* y, S* out, const Grad& gr, const Dims& d, Tau tau, S v_th, S v_reset,
                          S alpha, int64_t begin, int64_t end, double* acc) {
     const int64_t T = d.T, P = d.P, H = d.P / d.W, step = d.A * d.C * P, Po = d.pooled_plane(),
@@ -296,14 +281,13 @@ void pool_backward_range(const S* gp, const S* y, S* out, const Grad& gr, const 
     S* __restrict gv = hb + T * P;  // the membrane, then the gradient carried back through it
     S* __restrict gs = gv + P;
     S* __restrict gz = gs + P;
-    std::vector<double> sums(FINAL ? 0 : 2 * P);
+    std::vector<double> sums(2 * P);
     double* __restrict s1 = sums.data();
     double* __restrict s2 = s1 + P;
     for (int64_t u = begin; u < end; ++u) {
         const int64_t c = u % d.C;
         const S s0 = static_cast<const S*>(gr.scale)[c], h0 = static_cast<const S*>(gr.shift)[c];
         const S mu = static_cast<const S*>(gr.mean)[c];
-        const S* k = static_cast<const S*>(gr.k);
         for (int64_t p = 0; p < P; ++p) gv[p] = v_reset;
         for (int64_t t = 0; t < T; ++t) {
             const S* __restrict yt = y + t * step + u * P;
@@ -316,7 +300,7 @@ void pool_backward_range(const S* gp, const S* y, S* out, const Grad& gr, const 
         }
         for (int64_t p = 0; p < P; ++p) {
             gv[p] = S(0);
-            if (!FINAL) s1[p] = s2[p] = 0.0;
+            s1[p] = s2[p] = 0.0;
         }
         for (int64_t t = T - 1; t >= 0; --t) {
             const S* __restrict ht = hb + t * P;
@@ -325,20 +309,38 @@ void pool_backward_range(const S* gp, const S* y, S* out, const Grad& gr, const 
             for (int64_t p = 0; p < P; ++p)
                 gz[p] = spk::lif_backward_step(ht[p], gs[p], gv[p], DETACH, tau, v_th, v_reset, alpha);
             const S* yt = y + t * step + u * P;
-            if (FINAL) {
-                const S k1 = k[c], k2 = k[d.C + c], k3 = k[2 * d.C + c];
-                S* ot = out + t * step + u * P;
+            for (int64_t p = 0; p < P; ++p) {
+                s1[p] += gz[p];
+                s2[p] += static_cast<double>(gz[p]) * static_cast<double>(yt[p] - mu);
+            }
+            if (out) std::memcpy(out + t * step + u * P, gz, P * sizeof(S));
+        }
+        add_plane_sums(s1, s2, P, c, d.C, acc);
+    }
+}
+
+// Backward pass 2 over units [begin, end): out = gz * k1[c] + (y - mean[c]) * k2[c] + k3[c] from the gz that pass 1
+// stored; out may be gz or y (each element is read before it is written).
+template <typename S>
+void apply_range(const S* gz, const S* y, S* out, const S* mean, const S* k, const Dims& d, int64_t begin,
+                 int64_t end) {
+    const int64_t step = d.A * d.C * d.P;
+    const S *k1 = k, *k2 = k + d.C, *k3 = k + 2 * d.C;
+    segments(d, begin, end, [&](int64_t off, int64_t c, int64_t n) {
+        for (int64_t t = 0; t < d.T; ++t) {
+            const S* g = gz + t * step + off;
+            const S* yt = y + t * step + off;
+            S* ot = out + t * step + off;
+            if (d.P > 1) {
+                const S a = k1[c], b = k2[c], m = mean[c], e = k3[c];
                 SPK_IVDEP
-                for (int64_t p = 0; p < P; ++p) ot[p] = gz[p] * k1 + (yt[p] - mu) * k2 + k3;
+                for (int64_t i = 0; i < n; ++i) ot[i] = g[i] * a + (yt[i] - m) * b + e;
             } else {
-                for (int64_t p = 0; p < P; ++p) {
-                    s1[p] += gz[p];
-                    s2[p] += static_cast<double>(gz[p]) * static_cast<double>(yt[p] - mu);
-                }
+                SPK_IVDEP
+                for (int64_t i = 0; i < n; ++i) ot[i] = g[i] * k1[c + i] + (yt[i] - mean[c + i]) * k2[c + i] + k3[c + i];
             }
         }
-        if (!FINAL) add_plane_sums(s1, s2, P, c, d.C, acc);
-    }
+    });
 }
 
 template <typename S>
@@ -358,21 +360,12 @@ void run_forward(const S* y, S* out, const S* scale, const S* shift, const Dims&
 template <typename S, bool DETACH, typename Tau>
 void run_backward_t(const S* gs, const S* y, S* out, const Grad& gr, const Dims& d, Tau tau, S v_th, S v_reset,
                     S alpha, double* sums, int nthreads) {
-    if (gr.k == nullptr) {
-        reduce_units(d, nthreads, sums, [&](double* acc, int64_t b, int64_t e) {
-            if (d.W)
-                pool_backward_range<S, DETACH, false>(gs, y, out, gr, d, tau, v_th, v_reset, alpha, b, e, acc);
-            else
-                backward_range<S, DETACH, false>(gs, y, out, gr, d, tau, v_th, v_reset, alpha, b, e, acc);
-        });
-    } else {
-        spk::split_even(units(d), unit_cost(d), nthreads, [&](int64_t b, int64_t e) {
-            if (d.W)
-                pool_backward_range<S, DETACH, true>(gs, y, out, gr, d, tau, v_th, v_reset, alpha, b, e, nullptr);
-            else
-                backward_range<S, DETACH, true>(gs, y, out, gr, d, tau, v_th, v_reset, alpha, b, e, nullptr);
-        });
-    }
+    reduce_units(d, nthreads, sums, [&](double* acc, int64_t b, int64_t e) {
+        if (d.W)
+            pool_backward_range<S, DETACH>(gs, y, out, gr, d, tau, v_th, v_reset, alpha, b, e, acc);
+        else
+            backward_range<S, DETACH>(gs, y, out, gr, d, tau, v_th, v_reset, alpha, b, e, acc);
+    });
 }
 
 template <typename S>
@@ -418,19 +411,33 @@ void spk_bn_lif_forward(int is_double, const void* y, void* out, const void* sca
                     static_cast<const float*>(shift), d, tau, v_th, v_reset, nthreads);
 }
 
-// A backward pass from gs = dL/dspikes (W > 0: of the pooled spikes). k null (pass 1): sums[0, C) = sum(gz),
-// sums[C, 2C) = sum(gz * (y - mean)) per channel. k ([3, C] in y's dtype, pass 2): out = gz * k[0] + (y - mean) * k[1]
-// + k[2] per channel; out may be y. scale, shift, mean: [C] in y's dtype.
+// Backward pass 1 from gs = dL/dspikes (W > 0: of the pooled spikes): sums[0, C) = sum(gz), sums[C, 2C) =
+// sum(gz * (y - mean)) per channel, gz = dL/dz itself into out (like y) unless out is null. scale, shift, mean: [C]
+// in y's dtype.
 void spk_bn_lif_backward(int is_double, const void* gs, const void* y, void* out, const void* scale, const void* shift,
-                         const void* mean, const void* k, int64_t T, int64_t A, int64_t C, int64_t P, int64_t W,
-                         double tau, double v_th, double v_reset, double alpha, int detach_reset, double* sums,
-                         int nthreads) {
+                         const void* mean, int64_t T, int64_t A, int64_t C, int64_t P, int64_t W, double tau,
+                         double v_th, double v_reset, double alpha, int detach_reset, double* sums, int nthreads) {
     const Dims d{T, A, C, P, W};
-    const Grad gr{scale, shift, mean, k};
+    const Grad gr{scale, shift, mean};
     if (is_double)
         run_backward<double>(gs, y, out, gr, d, tau, v_th, v_reset, alpha, detach_reset, sums, nthreads);
     else
         run_backward<float>(gs, y, out, gr, d, tau, v_th, v_reset, alpha, detach_reset, sums, nthreads);
+}
+
+// Backward pass 2 from the gz that pass 1 stored: out = gz * k[0] + (y - mean) * k[1] + k[2] per channel (k: [3, C]
+// in y's dtype), one streaming pass; out may be gz or y. gz and y are full size (before any pool).
+void spk_bn_apply_grad(int is_double, const void* gz, const void* y, void* out, const void* mean, const void* k,
+                       int64_t T, int64_t A, int64_t C, int64_t P, int nthreads) {
+    const Dims d{T, A, C, P, 0};
+    spk::split_even(units(d), unit_cost(d), nthreads, [&](int64_t b, int64_t e) {
+        if (is_double)
+            apply_range(static_cast<const double*>(gz), static_cast<const double*>(y), static_cast<double*>(out),
+                        static_cast<const double*>(mean), static_cast<const double*>(k), d, b, e);
+        else
+            apply_range(static_cast<const float*>(gz), static_cast<const float*>(y), static_cast<float*>(out),
+                        static_cast<const float*>(mean), static_cast<const float*>(k), d, b, e);
+    });
 }
 
 }  // extern "C"
