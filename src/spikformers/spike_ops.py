@@ -25,7 +25,7 @@ from .neurons.kernels import cpu as _cpu_kernels
 _COMPACT = True
 _SPARSE = True
 SPARSE_MAX_RATE = 0.3  # non-zero fraction up to which the event-driven linear's forward beats the dense product
-SPARSE_WGRAD_MAX_RATE = 0.2  # the same for its weight gradient (Spikformer shapes, 2 threads; benchmarks/README)
+SPARSE_WGRAD_MAX_RATE = 0.3  # the same for its weight gradient (Spikformer shapes, 2 threads; benchmarks/README)
 SPARSE_CONV_MAX_RATE = 0.3  # the same for the event-driven 3x3 conv: its forward breaks even with the dense conv at
 # 0.3-0.4 firing (0.3 on 8x8 maps), its weight gradient at 0.35-0.45 (SPS shapes, batch 128, 2 threads)
 _BIT_WEIGHTS: dict[torch.device, torch.Tensor] = {}

@@ -6,6 +6,7 @@
 // Packed bits: byte b holds elements 8b..8b+7, element 8b+j in bit j (the layout torch code in spike_ops.py uses).
 // Packed bytes ("u8"): one byte per element, for inputs that are integers in [0, 255].
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -85,50 +86,71 @@ using spk::vload;
 using spk::vstore;
 constexpr int VECS = 4;  // vectors per tile: 64 float or 32 double columns
 
-// The non-zero entries of rows [m0, m1) of a [M, K] matrix packed as bits (form 0, K a multiple of 8) or bytes
-// (form 1), as CSR: offsets (one per row, plus the end), column indices and values. Rows are counted first, so the
-// entries are written in place, without growing vectors.
-template <typename S>
+// Positions of the set bits of each byte value, in order (the rest zero): lists are written eight entries at a
+// time and the write position advances by the popcount, with no branch per bit.
+struct BitPositions {
+    uint8_t at[256][8];
+    constexpr BitPositions() : at{} {
+        for (int b = 0; b < 256; ++b)
+            for (int j = 0, n = 0; j < 8; ++j)
+                if ((b >> j) & 1) at[b][n++] = static_cast<uint8_t>(j);
+    }
+};
+constexpr BitPositions kBits{};
+
+// The non-zero entries of rows [row0, row1) of a [M, K] matrix packed as bits (BITS, K a multiple of 8) or bytes,
+// as CSR: offsets (one per row, plus the end), column indices and, for bytes, values (bits are all 1). Rows are
+// counted first, so the entries are written in place; both passes are branch-free (the lists carry 8 spare
+// entries for the writes past the end).
+template <typename S, bool BITS>
 struct Csr {
+    static constexpr bool bits = BITS;
     std::vector<int64_t> off;
     std::vector<int32_t> idx;
     std::vector<S> val;
     int64_t m0 = 0;  // first row
 
-    void build(int form, const uint8_t* data, int64_t row0, int64_t row1, int64_t K) {
+    void build(const uint8_t* data, int64_t row0, int64_t row1, int64_t K) {
         m0 = row0;
-        const int64_t rows = row1 - row0, bytes = form == 0 ? K / 8 : K;
+        const int64_t rows = row1 - row0, bytes = BITS ? K / 8 : K;
         off.assign(rows + 1, 0);
         for (int64_t m = 0; m < rows; ++m) {
             const uint8_t* row = data + (row0 + m) * bytes;
             int64_t n = 0;
-            if (form == 0)
+            if (BITS)
                 for (int64_t b = 0; b < bytes; ++b) n += __builtin_popcount(row[b]);
             else
                 for (int64_t k = 0; k < bytes; ++k) n += row[k] != 0;
             off[m + 1] = off[m] + n;
         }
-        idx.resize(off[rows]);
-        val.resize(off[rows]);
+        idx.resize(off[rows] + 8);
+        if (!BITS) val.resize(off[rows] + 8);
         for (int64_t m = 0; m < rows; ++m) {
             const uint8_t* row = data + (row0 + m) * bytes;
             int64_t at = off[m];
-            if (form == 0) {
-                for (int64_t b = 0; b < bytes; ++b)
-                    for (uint32_t byte = row[b]; byte; byte &= byte - 1) {
-                        idx[at] = static_cast<int32_t>(8 * b + __builtin_ctz(byte));
-                        val[at++] = S(1);
-                    }
-            } else {
-                for (int64_t k = 0; k < bytes; ++k)
-                    if (row[k]) {
-                        idx[at] = static_cast<int32_t>(k);
-                        val[at++] = static_cast<S>(row[k]);
-                    }
+            for (int64_t b = 0; b < bytes; ++b) {
+                if (BITS) {
+                    const uint8_t* pos = kBits.at[row[b]];
+                    for (int j = 0; j < 8; ++j) idx[at + j] = static_cast<int32_t>(8 * b + pos[j]);
+                    at += __builtin_popcount(row[b]);
+                } else {
+                    idx[at] = static_cast<int32_t>(b);
+                    val[at] = static_cast<S>(row[b]);
+                    at += row[b] != 0;
+                }
             }
         }
     }
 };
+
+// Calls fn(Csr<S, true>) for bits (form 0) or fn(Csr<S, false>) for bytes: the kernels are built for each.
+template <typename S, typename F>
+inline void with_form(int form, F fn) {
+    if (form == 0)
+        fn(Csr<S, true>{});
+    else
+        fn(Csr<S, false>{});
+}
 
 // Columns [t * TILE, (t + 1) * TILE) of wt [K, N] as contiguous [K, TILE] panels, so that the rows one tile reads
 // sit together in cache instead of N apart.
@@ -141,14 +163,26 @@ std::vector<S> panels(const S* wt, int64_t K, int64_t N, int64_t tile) {
     return out;
 }
 
+// acc[v] += (value of entry e) * row[v * L ...] over VECS vectors: a plain add for bits.
+template <typename S, bool BITS, typename V>
+inline void add_row(V* acc, const S* row, const std::vector<S>& val, int64_t e) {
+    constexpr int64_t L = Vec<S>::lanes;
+    if (BITS) {
+        for (int v = 0; v < VECS; ++v) acc[v] += vload(row + v * L);
+    } else {
+        const S s = val[e];
+        for (int v = 0; v < VECS; ++v) acc[v] += s * vload(row + v * L);
+    }
+}
+
 // y[m, :] = bias + sum over the non-zero x[m, k] of x[m, k] * wt[k, :], for rows [m0, m1) of x packed (see Csr).
 // wt: the weight transposed, [K, N]; panel: its full tiles (see panels()).
-template <typename S>
-void sparse_linear_rows(int form, const uint8_t* data, const S* wt, const S* panel, const S* bias, S* y, int64_t K,
-                        int64_t N, int64_t m0, int64_t m1, Csr<S>& a) {
+template <typename S, bool BITS>
+void sparse_linear_rows(const uint8_t* data, const S* wt, const S* panel, const S* bias, S* y, int64_t K, int64_t N,
+                        int64_t m0, int64_t m1, Csr<S, BITS>& a) {
     using V = typename Vec<S>::type;
     constexpr int64_t L = Vec<S>::lanes, TILE = VECS * L;
-    a.build(form, data, m0, m1, K);
+    a.build(data, m0, m1, K);
     const int64_t n_full = N / TILE * TILE;
     for (int64_t n0 = 0; n0 < n_full; n0 += TILE) {
         const S* tile = panel + n0 * K;  // [K, TILE]
@@ -157,11 +191,8 @@ void sparse_linear_rows(int form, const uint8_t* data, const S* wt, const S* pan
         for (int64_t m = m0; m < m1; ++m) {
             V acc[VECS];
             for (int v = 0; v < VECS; ++v) acc[v] = b[v];
-            for (int64_t e = a.off[m - m0]; e < a.off[m - m0 + 1]; ++e) {
-                const S* w = tile + static_cast<int64_t>(a.idx[e]) * TILE;
-                const S s = a.val[e];
-                for (int v = 0; v < VECS; ++v) acc[v] += s * vload(w + v * L);
-            }
+            for (int64_t e = a.off[m - m0]; e < a.off[m - m0 + 1]; ++e)
+                add_row<S, BITS>(acc, tile + static_cast<int64_t>(a.idx[e]) * TILE, a.val, e);
             for (int v = 0; v < VECS; ++v) vstore(y + m * N + n0 + v * L, acc[v]);
         }
     }
@@ -169,42 +200,10 @@ void sparse_linear_rows(int form, const uint8_t* data, const S* wt, const S* pan
         for (int64_t j = n_full; j < N; ++j) {
             S acc = bias ? bias[j] : S(0);
             for (int64_t e = a.off[m - m0]; e < a.off[m - m0 + 1]; ++e)
-                acc += a.val[e] * wt[static_cast<int64_t>(a.idx[e]) * N + j];
+                acc += (BITS ? S(1) : a.val[e]) * wt[static_cast<int64_t>(a.idx[e]) * N + j];
             y[m * N + j] = acc;
         }
     }
-}
-
-// gwt[k, n0:n1] = sum over the non-zero x[m, k] of x[m, k] * g[m, n0:n1] (the weight gradient, transposed); the
-// rows of x come as CSR parts in row order.
-template <typename S>
-void sparse_linear_wgrad_cols(const std::vector<Csr<S>>& parts, const S* g, S* gwt, int64_t K, int64_t N, int64_t n0,
-                              int64_t n1) {
-    using V = typename Vec<S>::type;
-    constexpr int64_t L = Vec<S>::lanes, TILE = VECS * L;
-    for (int64_t k = 0; k < K; ++k) std::memset(gwt + k * N + n0, 0, (n1 - n0) * sizeof(S));
-    int64_t c0 = n0;
-    for (; c0 + TILE <= n1; c0 += TILE) {
-        for (const Csr<S>& a : parts)
-            for (int64_t r = 0; r + 1 < static_cast<int64_t>(a.off.size()); ++r) {
-                const int64_t m = a.m0 + r;
-                V gm[VECS];
-                for (int v = 0; v < VECS; ++v) gm[v] = vload(g + m * N + c0 + v * L);
-                for (int64_t e = a.off[r]; e < a.off[r + 1]; ++e) {
-                    S* out = gwt + static_cast<int64_t>(a.idx[e]) * N + c0;
-                    const S s = a.val[e];
-                    for (int v = 0; v < VECS; ++v) vstore(out + v * L, vload(out + v * L) + s * gm[v]);
-                }
-            }
-    }
-    for (const Csr<S>& a : parts)
-        for (int64_t r = 0; r + 1 < static_cast<int64_t>(a.off.size()) && c0 < n1; ++r) {
-            const int64_t m = a.m0 + r;
-            for (int64_t e = a.off[r]; e < a.off[r + 1]; ++e) {
-                S* out = gwt + static_cast<int64_t>(a.idx[e]) * N;
-                for (int64_t j = c0; j < n1; ++j) out[j] += a.val[e] * g[m * N + j];
-            }
-        }
 }
 
 template <typename S>
@@ -214,20 +213,83 @@ void sparse_linear(int form, const uint8_t* data, const S* wt, const S* bias, S*
     // Blocks of 64 rows dealt out in turn: rows come step by step (t-major), and later steps fire more, so halves
     // of the rows would give one thread more work than the other.
     constexpr int64_t ROWS = 64;
-    std::vector<Csr<S>> scratch(nthreads > 1 ? nthreads : 1);  // one per thread, reused across its blocks
-    spk::deal_blocks(M, ROWS, ROWS * (K / 8 + N), nthreads, [&](int64_t m0, int64_t m1, int64_t k) {
-        sparse_linear_rows<S>(form, data, wt, panel.data(), bias, y, K, N, m0, m1, scratch[k]);
+    with_form<S>(form, [&](auto csr) {
+        std::vector<decltype(csr)> scratch(nthreads > 1 ? nthreads : 1);  // one per thread, reused across blocks
+        spk::deal_blocks(M, ROWS, ROWS * (K / 8 + N), nthreads, [&](int64_t m0, int64_t m1, int64_t k) {
+            sparse_linear_rows(data, wt, panel.data(), bias, y, K, N, m0, m1, scratch[k]);
+        });
     });
+}
+
+// The weight gradient, transposed: gwt[k, :] = sum over the non-zero x[m, k] of x[m, k] * g[m, :]. Each thread
+// owns rows [k0, k1) of gwt. Rows of x come in blocks of GRAD_ROWS, whose gradient rows (one tile of columns at a
+// time) stay in L2; per block, a column list per k (which rows m fired, CSC) is built, and each gwt row tile adds
+// the gradient rows of its list in registers.
+constexpr int64_t GRAD_ROWS = 1024;
+
+template <typename S, bool BITS>
+void sparse_linear_wgrad_range(const uint8_t* data, const S* g, S* gwt, int64_t M, int64_t K, int64_t N, int64_t k0,
+                               int64_t k1) {
+    using V = typename Vec<S>::type;
+    constexpr int64_t L = Vec<S>::lanes, TILE = VECS * L;
+    const int64_t nk = k1 - k0, bytes = BITS ? K / 8 : K, n_full = N / TILE * TILE;
+    std::vector<int64_t> start(nk + 1), cursor(nk);
+    std::vector<int32_t> rows;  // per k: the rows of the block where x[m, k] is not zero (offsets in the block)
+    std::vector<S> vals;
+    for (int64_t k = k0; k < k1; ++k) std::memset(gwt + k * N, 0, N * sizeof(S));
+    for (int64_t mb = 0; mb < M; mb += GRAD_ROWS) {
+        const int64_t me = mb + GRAD_ROWS < M ? mb + GRAD_ROWS : M;
+        // count per k, then fill: each k's list has one spare entry, so the branch-free write past it is harmless
+        std::fill(start.begin(), start.end(), 0);
+        for (int64_t m = mb; m < me; ++m) {
+            const uint8_t* row = data + m * bytes;
+            for (int64_t k = k0; k < k1; ++k)
+                start[k - k0 + 1] += BITS ? (row[k >> 3] >> (k & 7)) & 1 : row[k] != 0;
+        }
+        for (int64_t j = 0; j < nk; ++j) start[j + 1] += start[j] + 1;
+        rows.resize(start[nk]);
+        if (!BITS) vals.resize(start[nk]);
+        for (int64_t j = 0; j < nk; ++j) cursor[j] = start[j];
+        for (int64_t m = mb; m < me; ++m) {
+            const uint8_t* row = data + m * bytes;
+            for (int64_t k = k0; k < k1; ++k) {
+                const uint32_t v = BITS ? (row[k >> 3] >> (k & 7)) & 1 : row[k];
+                int64_t& at = cursor[k - k0];
+                rows[at] = static_cast<int32_t>(m - mb);
+                if (!BITS) vals[at] = static_cast<S>(v);
+                at += v != 0;
+            }
+        }
+        const S* gb = g + mb * N;
+        for (int64_t c0 = 0; c0 < n_full; c0 += TILE)
+            for (int64_t j = 0; j < nk; ++j) {
+                S* out = gwt + (k0 + j) * N + c0;
+                V acc[VECS];
+                for (int v = 0; v < VECS; ++v) acc[v] = vload(out + v * L);
+                for (int64_t e = start[j]; e < cursor[j]; ++e)
+                    add_row<S, BITS>(acc, gb + static_cast<int64_t>(rows[e]) * N + c0, vals, e);
+                for (int v = 0; v < VECS; ++v) vstore(out + v * L, acc[v]);
+            }
+        for (int64_t j = 0; j < nk && n_full < N; ++j)  // the last columns, fewer than a tile
+            for (int64_t e = start[j]; e < cursor[j]; ++e) {
+                const S s = BITS ? S(1) : vals[e];
+                const S* gr = gb + static_cast<int64_t>(rows[e]) * N;
+                S* out = gwt + (k0 + j) * N;
+                for (int64_t c = n_full; c < N; ++c) out[c] += s * gr[c];
+            }
+    }
 }
 
 template <typename S>
 void sparse_linear_wgrad(int form, const uint8_t* data, const S* g, S* gwt, int64_t M, int64_t K, int64_t N,
                          int nthreads) {
-    const int64_t nt = spk::even_threads(M, K / 8, nthreads);
-    std::vector<Csr<S>> parts(nt);  // built in parallel, one part of the rows per thread
-    spk::run_tasks(nt, [&](int64_t k) { parts[k].build(form, data, M * k / nt, M * (k + 1) / nt, K); });
-    spk::parallel(N, M, nthreads,
-                  [&](int64_t b, int64_t e) { sparse_linear_wgrad_cols<S>(parts, g, gwt, K, N, b, e); });
+    // Each thread a contiguous range of input features, so that a gradient tile in L2 serves as many rows as it can.
+    with_form<S>(form, [&](auto csr) {
+        constexpr bool bits = decltype(csr)::bits;
+        spk::split_even(K, M + M * N / 16, nthreads, [&](int64_t k0, int64_t k1) {
+            sparse_linear_wgrad_range<S, bits>(data, g, gwt, M, K, N, k0, k1);
+        });
+    });
 }
 
 // ---------------------------------------------------------------------------------- max-pool on spikes
