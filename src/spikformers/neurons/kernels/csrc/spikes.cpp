@@ -227,6 +227,19 @@ void sparse_linear(int form, const uint8_t* data, const S* wt, const S* bias, S*
 // the gradient rows of its list in registers.
 constexpr int64_t GRAD_ROWS = 1024;
 
+// Calls fn(k) for each set bit k in [k0, k1) of a row of bits.
+template <typename F>
+inline void set_bits(const uint8_t* row, int64_t k0, int64_t k1, F fn) {
+    for (int64_t b = k0 >> 3; b < (k1 + 7) >> 3; ++b) {
+        uint32_t byte = row[b];
+        if (!byte) continue;
+        if (8 * b < k0) byte &= 0xFFu << (k0 - 8 * b);
+        if (8 * b + 8 > k1) byte &= (1u << (k1 - 8 * b)) - 1u;
+        const uint8_t* pos = kBits.at[byte];
+        for (int j = 0, n = __builtin_popcount(byte); j < n; ++j) fn(8 * b + pos[j]);
+    }
+}
+
 template <typename S, bool BITS>
 void sparse_linear_wgrad_range(const uint8_t* data, const S* g, S* gwt, int64_t M, int64_t K, int64_t N, int64_t k0,
                                int64_t k1) {
@@ -239,12 +252,15 @@ void sparse_linear_wgrad_range(const uint8_t* data, const S* g, S* gwt, int64_t 
     for (int64_t k = k0; k < k1; ++k) std::memset(gwt + k * N, 0, N * sizeof(S));
     for (int64_t mb = 0; mb < M; mb += GRAD_ROWS) {
         const int64_t me = mb + GRAD_ROWS < M ? mb + GRAD_ROWS : M;
-        // count per k, then fill: each k's list has one spare entry, so the branch-free write past it is harmless
+        // count per k, then fill. Bytes: branch-free, each k's list having one spare entry for the write past it.
+        // Bits: by the set bits of each non-zero byte (kBits), so the cost follows the spikes, not M * K.
         std::fill(start.begin(), start.end(), 0);
         for (int64_t m = mb; m < me; ++m) {
             const uint8_t* row = data + m * bytes;
-            for (int64_t k = k0; k < k1; ++k)
-                start[k - k0 + 1] += BITS ? (row[k >> 3] >> (k & 7)) & 1 : row[k] != 0;
+            if (BITS)
+                set_bits(row, k0, k1, [&](int64_t k) { ++start[k - k0 + 1]; });
+            else
+                for (int64_t k = k0; k < k1; ++k) start[k - k0 + 1] += row[k] != 0;
         }
         for (int64_t j = 0; j < nk; ++j) start[j + 1] += start[j] + 1;
         rows.resize(start[nk]);
@@ -252,12 +268,16 @@ void sparse_linear_wgrad_range(const uint8_t* data, const S* g, S* gwt, int64_t 
         for (int64_t j = 0; j < nk; ++j) cursor[j] = start[j];
         for (int64_t m = mb; m < me; ++m) {
             const uint8_t* row = data + m * bytes;
-            for (int64_t k = k0; k < k1; ++k) {
-                const uint32_t v = BITS ? (row[k >> 3] >> (k & 7)) & 1 : row[k];
-                int64_t& at = cursor[k - k0];
-                rows[at] = static_cast<int32_t>(m - mb);
-                if (!BITS) vals[at] = static_cast<S>(v);
-                at += v != 0;
+            const int32_t r = static_cast<int32_t>(m - mb);
+            if (BITS) {
+                set_bits(row, k0, k1, [&](int64_t k) { rows[cursor[k - k0]++] = r; });
+            } else {
+                for (int64_t k = k0; k < k1; ++k) {
+                    int64_t& at = cursor[k - k0];
+                    rows[at] = r;
+                    vals[at] = static_cast<S>(row[k]);
+                    at += row[k] != 0;
+                }
             }
         }
         const S* gb = g + mb * N;
