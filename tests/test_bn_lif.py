@@ -215,14 +215,13 @@ def test_model_logits_and_gradients_match_with_and_without_fusion():
         torch.testing.assert_close(a, b, atol=1e-8, rtol=1e-8)
 
 
-def test_backward_twice_inside_units_and_on_a_kept_input():
+def test_backward_twice_raises_inside_units_and_works_on_a_kept_input():
     unit = _unit("linear", torch.float64)
     x = _input("linear", torch.float64).requires_grad_()
     out = unit(x)
-    out.sum().backward(retain_graph=True)  # backward leaves the saved input as it was: a second one sums again
-    first = x.grad.clone()
-    out.sum().backward()
-    torch.testing.assert_close(x.grad, 2 * first)
+    out.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="retain_graph"):
+        out.sum().backward()
 
     from spikformers.neurons.kernels.common import NeuronParams
 
@@ -235,6 +234,30 @@ def test_backward_twice_inside_units_and_on_a_kept_input():
     spikes.sum().backward()
     assert torch.equal(y.detach(), y_keep)
     torch.testing.assert_close(y.grad, 2 * first)
+
+
+def test_backward_passes_one_scratch_buffer_between_units():
+    from spikformers.neurons.kernels.common import NeuronParams
+
+    torch.manual_seed(0)
+    widths = (40, 24, 56)  # a smaller unit takes the buffer, a larger one needs a new one
+    bns = [torch.nn.BatchNorm1d(c).double() for c in widths]
+    mix = [torch.randn(a, b, dtype=torch.float64) for a, b in zip((40, *widths), widths)]
+    x = torch.randn(4, 21, 40, 1, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for private in (True, False):  # private: gradients over the units' inputs, gz in the shared buffer
+        x.grad = None
+        h = x
+        for bn, w in zip(bns, mix):
+            y = torch.einsum("tacp,cd->tadp", h, w).contiguous()
+            h = bn_lif.bn_lif(y, bn, NeuronParams(), tuple(y.shape), overwrite=private)
+        (h * torch.linspace(0, 1, h.numel(), dtype=h.dtype).view(h.shape)).sum().backward()
+        grads.append(x.grad.clone())
+        assert len(bn_lif._SCRATCH) == (1 if private else 0)
+    torch.testing.assert_close(grads[0], grads[1], atol=0, rtol=0)
+    h = bn_lif.bn_lif(torch.randn(4, 21, 40, 1, dtype=torch.float64, requires_grad=True), bns[0], NeuronParams(),
+                      (4, 21, 40, 1))
+    assert not bn_lif._SCRATCH  # a training forward lets the buffer go
 
 
 def test_linear_unit_under_cpu_autocast_adds_its_bias_back():

@@ -3,10 +3,13 @@
 One autograd node from the projection's output ``y`` to spikes (``csrc/bn_neuron.cpp``). Forward takes the
 batch statistics and fires in two passes over ``y``; the norm's output never exists as a tensor. Backward
 rebuilds it and the membranes from ``y`` once, in the pass that takes the per-channel sums the norm's gradient
-needs and keeps the gradient at the norm's output; a second, streaming pass turns that into ``y``'s gradient in
-place. So a unit keeps ``y`` alone for backward, where the separate norm and neuron keep ``y`` (the norm) and the
-norm's output (the neuron), and its backward allocates one tensor the size of ``y`` (the separate modules two).
-Gradients are exact (the membranes are recomputed, not quantised); statistics are accumulated in float64.
+needs and keeps the gradient at the norm's output in a scratch buffer; a second, streaming pass turns that into
+``y``'s gradient. So a unit keeps ``y`` alone for backward, where the separate norm and neuron keep ``y`` (the
+norm) and the norm's output (the neuron). Inside a unit, where ``y`` is private, the gradient is written over ``y``
+itself and the scratch buffer passes on to the next unit's backward, so a backward pass allocates no fresh tensor
+the size of ``y`` per unit (the separate modules allocate two): fresh memory costs a page fault per 4 KiB here,
+about 25 ms per 100 MB. The buffer is let go when the next forward starts. Gradients are exact (the membranes are
+recomputed, not quantised); statistics are accumulated in float64.
 
 A conv unit followed by MaxPool(3, stride 2, padding 1) can pool inside the same node (``pool=True``): it returns
 the pooled spikes, and its backward routes their gradient through the pool while it rebuilds the spikes (to the
@@ -30,6 +33,7 @@ from .common import NeuronParams
 Dims = tuple[int, int, int, int]  # (T, A, C, P): steps, rows per step, channels, positions per channel plane
 
 _ENABLED = True
+_SCRATCH: list[torch.Tensor] = []  # at most one free buffer, handed from one unit's backward to the next
 
 
 def set_fused_bn_neuron(enabled: bool) -> bool:
@@ -80,26 +84,34 @@ def _affine(mean: torch.Tensor, invstd: torch.Tensor, weight: torch.Tensor | Non
 class BNLIFFunction(torch.autograd.Function):
     """``LIF(batch_norm(y))`` with gradients for ``y``, the norm's weight and its bias.
 
+    ``private``: ``y`` is the caller's own tensor that nobody reads after this node; backward then writes the
+    gradient over it instead of allocating one (and refuses to run a second time, as ``y`` is gone).
     ``pre_bias``: the projection's bias, which the norm's input includes but ``y`` does not (``mean`` is relative
     to ``y``); its gradient, the sum of ``y``'s over all but channels, comes from the per-channel sums: exactly 0
     with batch statistics (the norm subtracts any constant), ``gamma * invstd * sum(gz)`` with running ones.
     """
 
     @staticmethod
-    def forward(ctx, y, weight, bias, pre_bias, mean, invstd, batch_stats, dims, params, pool_w):  # type: ignore[override]
+    def forward(ctx, y, weight, bias, pre_bias, mean, invstd, batch_stats, dims, params, private, pool_w):  # type: ignore[override]
         scale, shift = _affine(mean, invstd, weight, bias, y.dtype)
         out = cpu.bn_lif_forward(y, scale, shift, dims, params, _output(y, pool_w), pool_w)
         ctx.save_for_backward(y, weight, scale, shift, mean, invstd)
-        ctx.meta = (batch_stats, dims, params, pool_w)
+        ctx.meta = (batch_stats, dims, params, private, pool_w)
+        ctx.spent = False
         return out
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
+        if ctx.spent:
+            raise RuntimeError(
+                "a fused batch-norm + LIF unit wrote its gradient over its saved input, so it cannot run backward "
+                "twice (retain_graph=True); call spikformers.neurons.kernels.set_fused_bn_neuron(False) for that"
+            )
         y, weight, scale, shift, mean, invstd = ctx.saved_tensors
-        batch_stats, dims, params, pool_w = ctx.meta
+        batch_stats, dims, params, private, pool_w = ctx.meta
         grad = grad.contiguous()
         mean_y = mean.to(y.dtype)
-        gz = torch.empty_like(y) if ctx.needs_input_grad[0] else None  # dL/d(norm's output), from pass 1
+        gz = _scratch_like(y) if ctx.needs_input_grad[0] else None  # dL/d(norm's output), from pass 1
         sum_g, sum_gc = cpu.bn_lif_sums(grad, y, scale, shift, mean_y, dims, params, pool_w, gz)
         gy = gw = gb = gpb = None
         gamma = torch.ones_like(invstd) if weight is None else weight.detach().to(torch.float64)
@@ -112,12 +124,23 @@ class BNLIFFunction(torch.autograd.Function):
                 k = torch.stack([k1, -gamma * invstd**3 * (sum_gc / count), -k1 * (sum_g / count)])
             else:
                 k = torch.stack([k1, torch.zeros_like(k1), torch.zeros_like(k1)])
-            gy = cpu.bn_apply_grad(gz, y, mean_y, k.to(y.dtype), dims, gz)
+            ctx.spent = private
+            gy = cpu.bn_apply_grad(gz, y, mean_y, k.to(y.dtype), dims, y if private else gz)
+            if private:  # gz's buffer is free again
+                _SCRATCH[:] = [gz]
         if weight is not None and ctx.needs_input_grad[1]:
             gw = (sum_gc * invstd).to(weight.dtype)
         if ctx.needs_input_grad[2]:
             gb = sum_g.to(y.dtype)
-        return gy, gw, gb, gpb, None, None, None, None, None, None
+        return gy, gw, gb, gpb, None, None, None, None, None, None, None
+
+
+def _scratch_like(y: torch.Tensor) -> torch.Tensor:
+    """A tensor like ``y`` (contents undefined) on the free scratch buffer when it is large enough, else new."""
+    free = _SCRATCH.pop() if _SCRATCH else None
+    if free is None or free.dtype != y.dtype or free.untyped_storage().nbytes() < y.numel() * y.element_size():
+        return torch.empty_like(y)
+    return free.new_empty(0).set_(free.untyped_storage(), 0, y.shape)
 
 
 def _output(y: torch.Tensor, pool_w: int) -> torch.Tensor:
@@ -130,8 +153,10 @@ def bn_lif(y: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, params: NeuronP
     """Spikes of ``LIF(bn(y))`` for a contiguous CPU float ``y`` viewed as ``dims = (T, A, C, P)``, channels ``C``.
 
     ``overwrite``: ``y`` is a private tensor nobody reads again: without autograd the spikes are written over it
-    (unless pooling). ``pool``: ``y`` is conv planes
+    (unless pooling), with autograd backward writes ``y``'s gradient over it. ``pool``: ``y`` is conv planes
     ``[..., H, W]`` (``P = H * W``) and the spikes are max-pooled (3x3, stride 2, padding 1) in the same pass.
+    ``private``: ``y`` is the caller's own tensor that nobody reads after this node; backward then writes the
+    gradient over it instead of allocating one (and refuses to run a second time, as ``y`` is gone).
     ``pre_bias``: the projection's bias ``[C]``, left out of ``y`` and folded into the norm here (it costs neither
     the add in forward nor the column sum of ``y``'s gradient in backward).
     """
@@ -140,7 +165,9 @@ def bn_lif(y: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, params: NeuronP
         raise ValueError(f"pooling needs y as [..., H, W] planes of P = {dims[3]} positions, got {tuple(y.shape)}")
     mean, invstd, batch_stats = _statistics(y, bn, dims, pre_bias)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (y, bn.weight, bn.bias, pre_bias)):
-        return BNLIFFunction.apply(y, bn.weight, bn.bias, pre_bias, mean, invstd, batch_stats, dims, params, pool_w)
+        _SCRATCH.clear()  # a new forward: the last backward's buffer is not needed until the next one
+        return BNLIFFunction.apply(y, bn.weight, bn.bias, pre_bias, mean, invstd, batch_stats, dims, params, overwrite,
+                                   pool_w)
     scale, shift = _affine(mean, invstd, bn.weight, bn.bias, y.dtype)
     out = y if overwrite and not pool else _output(y, pool_w)
     return cpu.bn_lif_forward(y, scale, shift, dims, params, out, pool_w)
