@@ -155,8 +155,6 @@ def bn_lif(y: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, params: NeuronP
     ``overwrite``: ``y`` is a private tensor nobody reads again: without autograd the spikes are written over it
     (unless pooling), with autograd backward writes ``y``'s gradient over it. ``pool``: ``y`` is conv planes
     ``[..., H, W]`` (``P = H * W``) and the spikes are max-pooled (3x3, stride 2, padding 1) in the same pass.
-    ``private``: ``y`` is the caller's own tensor that nobody reads after this node; backward then writes the
-    gradient over it instead of allocating one (and refuses to run a second time, as ``y`` is gone).
     ``pre_bias``: the projection's bias ``[C]``, left out of ``y`` and folded into the norm here (it costs neither
     the add in forward nor the column sum of ``y``'s gradient in backward).
     """
