@@ -31,7 +31,8 @@ from .common import KIND_IDS, SAVE_IDS, NeuronParams, saved_shape
 CSRC = Path(__file__).with_name("csrc")
 SOURCES = (CSRC / "neurons.cpp", CSRC / "bn_neuron.cpp", CSRC / "spikes.cpp", CSRC / "conv.cpp",
            CSRC / "attention.cpp")  # one library
-HEADERS = (CSRC / "parallel.h", CSRC / "vec.h", CSRC / "lif.h", CSRC / "pool.h")  # shared by the sources
+# shared by the sources
+HEADERS = (CSRC / "bits.h", CSRC / "parallel.h", CSRC / "vec.h", CSRC / "lif.h", CSRC / "pool.h")
 RECOMPUTES = True  # backward takes the input itself (save "x") and rebuilds the membrane natively
 OVERWRITES = True  # forward(..., overwrite=True) writes the spikes over its input
 BASE_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno", "-fno-trapping-math",

@@ -16,6 +16,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "bits.h"
 #include "parallel.h"
 #include "vec.h"
 
@@ -65,15 +66,8 @@ inline void transpose(typename Lanes<S>::type* r) {
 template <typename F>
 inline void for_events(int form, const uint8_t* data, int64_t start, int64_t n, F fn) {
     const int64_t end = start + n;
-    if (form == 0) {  // bits: element e in bit e % 8 of byte e / 8
-        for (int64_t byte = start >> 3; byte < (end + 7) >> 3; ++byte) {
-            uint32_t m = data[byte];
-            if (!m) continue;
-            const int64_t e0 = byte * 8;
-            if (e0 < start) m &= 0xFFu << (start - e0);
-            if (e0 + 8 > end) m &= (1u << (end - e0)) - 1u;
-            for (; m; m &= m - 1) fn(e0 + __builtin_ctz(m) - start, uint32_t{1});
-        }
+    if (form == 0) {
+        spk::for_set_bits(data, start, end, [&](int64_t e) { fn(e - start, uint32_t{1}); });
     } else {  // bytes, eight at a time past the zeros
         int64_t k = start;
         for (; k + 8 <= end; k += 8) {

@@ -11,8 +11,10 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
+#include "bits.h"
 #include "parallel.h"
 #include "pool.h"
 #include "vec.h"
@@ -86,25 +88,12 @@ using spk::vload;
 using spk::vstore;
 constexpr int VECS = 4;  // vectors per tile: 64 float or 32 double columns
 
-// Positions of the set bits of each byte value, in order (the rest zero): lists are written eight entries at a
-// time and the write position advances by the popcount, with no branch per bit.
-struct BitPositions {
-    uint8_t at[256][8];
-    constexpr BitPositions() : at{} {
-        for (int b = 0; b < 256; ++b)
-            for (int j = 0, n = 0; j < 8; ++j)
-                if ((b >> j) & 1) at[b][n++] = static_cast<uint8_t>(j);
-    }
-};
-constexpr BitPositions kBits{};
-
 // The non-zero entries of rows [row0, row1) of a [M, K] matrix packed as bits (BITS, K a multiple of 8) or bytes,
 // as CSR: offsets (one per row, plus the end), column indices and, for bytes, values (bits are all 1). Rows are
-// counted first, so the entries are written in place; both passes are branch-free (the lists carry 8 spare
-// entries for the writes past the end).
+// counted first, so the entries are written in place; both passes are branch-free (bits through spk::kBits; the
+// lists carry 8 spare entries for the writes past the end).
 template <typename S, bool BITS>
 struct Csr {
-    static constexpr bool bits = BITS;
     std::vector<int64_t> off;
     std::vector<int32_t> idx;
     std::vector<S> val;
@@ -130,7 +119,7 @@ struct Csr {
             int64_t at = off[m];
             for (int64_t b = 0; b < bytes; ++b) {
                 if (BITS) {
-                    const uint8_t* pos = kBits.at[row[b]];
+                    const uint8_t* pos = spk::kBits.at[row[b]];
                     for (int j = 0; j < 8; ++j) idx[at + j] = static_cast<int32_t>(8 * b + pos[j]);
                     at += __builtin_popcount(row[b]);
                 } else {
@@ -143,13 +132,13 @@ struct Csr {
     }
 };
 
-// Calls fn(Csr<S, true>) for bits (form 0) or fn(Csr<S, false>) for bytes: the kernels are built for each.
-template <typename S, typename F>
+// Calls fn(std::true_type) for bits (form 0) or fn(std::false_type) for bytes: the kernels are built for each.
+template <typename F>
 inline void with_form(int form, F fn) {
     if (form == 0)
-        fn(Csr<S, true>{});
+        fn(std::true_type{});
     else
-        fn(Csr<S, false>{});
+        fn(std::false_type{});
 }
 
 // Columns [t * TILE, (t + 1) * TILE) of wt [K, N] as contiguous [K, TILE] panels, so that the rows one tile reads
@@ -213,8 +202,9 @@ void sparse_linear(int form, const uint8_t* data, const S* wt, const S* bias, S*
     // Blocks of 64 rows dealt out in turn: rows come step by step (t-major), and later steps fire more, so halves
     // of the rows would give one thread more work than the other.
     constexpr int64_t ROWS = 64;
-    with_form<S>(form, [&](auto csr) {
-        std::vector<decltype(csr)> scratch(nthreads > 1 ? nthreads : 1);  // one per thread, reused across blocks
+    with_form(form, [&](auto bits) {
+        // one per thread, reused across blocks
+        std::vector<Csr<S, decltype(bits)::value>> scratch(nthreads > 1 ? nthreads : 1);
         spk::deal_blocks(M, ROWS, ROWS * (K / 8 + N), nthreads, [&](int64_t m0, int64_t m1, int64_t k) {
             sparse_linear_rows(data, wt, panel.data(), bias, y, K, N, m0, m1, scratch[k]);
         });
@@ -226,19 +216,6 @@ void sparse_linear(int form, const uint8_t* data, const S* wt, const S* bias, S*
 // time) stay in L2; per block, a column list per k (which rows m fired, CSC) is built, and each gwt row tile adds
 // the gradient rows of its list in registers.
 constexpr int64_t GRAD_ROWS = 1024;
-
-// Calls fn(k) for each set bit k in [k0, k1) of a row of bits.
-template <typename F>
-inline void set_bits(const uint8_t* row, int64_t k0, int64_t k1, F fn) {
-    for (int64_t b = k0 >> 3; b < (k1 + 7) >> 3; ++b) {
-        uint32_t byte = row[b];
-        if (!byte) continue;
-        if (8 * b < k0) byte &= 0xFFu << (k0 - 8 * b);
-        if (8 * b + 8 > k1) byte &= (1u << (k1 - 8 * b)) - 1u;
-        const uint8_t* pos = kBits.at[byte];
-        for (int j = 0, n = __builtin_popcount(byte); j < n; ++j) fn(8 * b + pos[j]);
-    }
-}
 
 template <typename S, bool BITS>
 void sparse_linear_wgrad_range(const uint8_t* data, const S* g, S* gwt, int64_t M, int64_t K, int64_t N, int64_t k0,
@@ -258,7 +235,7 @@ void sparse_linear_wgrad_range(const uint8_t* data, const S* g, S* gwt, int64_t 
         for (int64_t m = mb; m < me; ++m) {
             const uint8_t* row = data + m * bytes;
             if (BITS)
-                set_bits(row, k0, k1, [&](int64_t k) { ++start[k - k0 + 1]; });
+                spk::for_set_bits(row, k0, k1, [&](int64_t k) { ++start[k - k0 + 1]; });
             else
                 for (int64_t k = k0; k < k1; ++k) start[k - k0 + 1] += row[k] != 0;
         }
@@ -270,7 +247,7 @@ void sparse_linear_wgrad_range(const uint8_t* data, const S* g, S* gwt, int64_t 
             const uint8_t* row = data + m * bytes;
             const int32_t r = static_cast<int32_t>(m - mb);
             if (BITS) {
-                set_bits(row, k0, k1, [&](int64_t k) { rows[cursor[k - k0]++] = r; });
+                spk::for_set_bits(row, k0, k1, [&](int64_t k) { rows[cursor[k - k0]++] = r; });
             } else {
                 for (int64_t k = k0; k < k1; ++k) {
                     int64_t& at = cursor[k - k0];
@@ -304,10 +281,9 @@ template <typename S>
 void sparse_linear_wgrad(int form, const uint8_t* data, const S* g, S* gwt, int64_t M, int64_t K, int64_t N,
                          int nthreads) {
     // Each thread a contiguous range of input features, so that a gradient tile in L2 serves as many rows as it can.
-    with_form<S>(form, [&](auto csr) {
-        constexpr bool bits = decltype(csr)::bits;
+    with_form(form, [&](auto bits) {
         spk::split_even(K, M + M * N / 16, nthreads, [&](int64_t k0, int64_t k1) {
-            sparse_linear_wgrad_range<S, bits>(data, g, gwt, M, K, N, k0, k1);
+            sparse_linear_wgrad_range<S, decltype(bits)::value>(data, g, gwt, M, K, N, k0, k1);
         });
     });
 }
