@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 
 import pytest
 import torch
@@ -191,6 +192,39 @@ def test_triton_kernels_under_interpreter(monkeypatch, dtype):
                lambda x, f=form: ternary_multistep(x, f, backend="reference"), x2, g2)
     assert saved_bytes(lambda x: lif_multistep(x, backend="triton"), x2) == (3 if dtype == torch.float32 else
                                                                               x2.element_size()) * x2.numel()
+
+
+def _cuda_toolchain_missing() -> str | None:
+    """Why Triton cannot build CUDA kernels on this machine (no GPU needed), or None when it can."""
+    if not triton_importable():
+        return "triton is not importable"
+    try:
+        from triton import knobs
+        from triton.backends.nvidia.compiler import CUDABackend  # noqa: F401
+
+        tools = (knobs.nvidia.ptxas.path, knobs.nvidia.cuobjdump.path)
+    except Exception as exc:  # noqa: BLE001 - any failure here means: no CUDA toolchain in this Triton
+        return f"Triton has no CUDA toolchain here ({exc})"
+    return None if all(os.path.exists(t) for t in tools) else "Triton's ptxas / cuobjdump are missing"
+
+
+@pytest.mark.skipif(_cuda_toolchain_missing() is not None, reason=str(_cuda_toolchain_missing()))
+def test_triton_kernels_compile_for_h100():
+    """Every variant the library launches on CUDA builds for sm_90 (PTX to cubin, no GPU needed), keeps the charge
+    in round-to-nearest multiply and add (no FMA contraction, no flush-to-zero: torch's arithmetic) and spills
+    nothing to local memory."""
+    from spikformers.neurons.kernels import gpu
+
+    kernels = gpu.compile_for_cuda(90)
+    assert set(kernels) == set(gpu.cuda_variants()) and len(kernels) == 21
+    for name, kernel in kernels.items():
+        ptx = kernel.asm["ptx"]
+        if name.startswith("forward/"):
+            assert "mul.rn.f32" in ptx and "add.rn.f32" in ptx, name
+            if gpu.cuda_options():
+                assert ".rn.ftz" not in ptx, name
+        usage = gpu.cuda_resources(kernel)
+        assert usage["local"] == 0 and usage["stack"] == 0 and 0 < usage["registers"] <= 255, (name, usage)
 
 
 def test_triton_needs_cuda_or_interpreter(monkeypatch):

@@ -5,11 +5,21 @@ CPU tensors through Triton's interpreter when ``TRITON_INTERPRET=1`` (how the te
 GPU). Saved state and arithmetic follow :mod:`.cpu` and the reference loops; on CUDA the charge uses
 round-to-nearest multiply/add intrinsics (never contracted into an FMA) and the reciprocal of tau, because
 that is what torch's CUDA ops compute for ``x / tau``, so spikes stay bit-identical to the reference there too.
+Triton links those intrinsics with flush-to-zero on by default; CUDA launches turn it off (``enable_reflect_ftz``,
+where the installed Triton has the option), so denormal membranes stay denormal as in torch.
+
+:func:`compile_for_cuda` builds every variant the library launches for a CUDA architecture without a GPU, with
+Triton's own LLVM and ptxas: the test suite uses it to check that the kernels compile and what their PTX does.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import re
+import subprocess
+import tempfile
+from typing import Any
 
 import torch
 import triton
@@ -175,6 +185,74 @@ def _kernels(interpret: bool):
     return triton.jit(_forward_kernel), triton.jit(_backward_kernel)
 
 
+@functools.cache
+def cuda_options() -> dict[str, Any]:
+    """Triton compile options of every CUDA launch: libdevice without flush-to-zero (see the module docstring);
+    empty where the installed Triton lacks the option."""
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+    except Exception:  # noqa: BLE001 - no CUDA backend in this Triton: nothing to set
+        return {}
+    return {"enable_reflect_ftz": False} if "enable_reflect_ftz" in CUDAOptions.__dataclass_fields__ else {}
+
+
+def cuda_variants() -> dict[str, tuple[str, dict[str, Any]]]:
+    """Every kernel variant :func:`forward` and :func:`backward` launch on CUDA (float32 compute), by name:
+    ``(kernel, constexpr values)`` with kernel ``"forward"`` or ``"backward"``. (Launches with the reset attached
+    differ from these only for the LIF's ``"h"`` backward, the one place ``DETACH`` is read.)"""
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for kind, kid in KIND_IDS.items():
+        saves = ["code"] if kind == "ternary_guo" else ["q16", "q24", "h"]
+        for save in ["none", *saves]:
+            out[f"forward/{kind}/{save}"] = ("forward", dict(KIND=kid, SAVE=SAVE_IDS[save], QMAX=Q_MAX.get(save, 1),
+                                                              RN=True, HAS_V0=False, STORE_V=False, BLOCK=BLOCK))
+        out[f"forward/{kind}/carry"] = ("forward", dict(KIND=kid, SAVE=0, QMAX=1, RN=True, HAS_V0=True, STORE_V=True,
+                                                        BLOCK=BLOCK))
+        for save in saves:
+            out[f"backward/{kind}/{save}"] = ("backward", dict(KIND=kid, SAVE=SAVE_IDS[save], DETACH=True, RN=True,
+                                                                BLOCK=BLOCK))
+    out["backward/lif/h/reset-attached"] = ("backward", dict(KIND=0, SAVE=SAVE_IDS["h"], DETACH=False, RN=True,
+                                                             BLOCK=BLOCK))
+    return out
+
+
+def compile_for_cuda(arch: int = 90, names: list[str] | None = None) -> dict[str, Any]:
+    """Compile the CUDA variants (``names`` of :func:`cuda_variants`, default all) for compute capability ``arch``
+    (90: H100) on any machine, GPU or not. Returns Triton's compiled kernels by name (``.asm["ptx"]``,
+    ``.asm["cubin"]``)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fns = dict(zip(("forward", "backward"), (triton.jit(_forward_kernel), triton.jit(_backward_kernel))))
+    variants = cuda_variants()
+    out = {}
+    for name in names or list(variants):
+        kernel, consts = variants[name]
+        fn = fns[kernel]
+        sig = {a: "constexpr" if a in consts else ("i32" if a in ("T", "N") else
+                                                   "*u8" if a == "planes_ptr" else "*fp32") for a in fn.arg_names}
+        src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(a),): v for a, v in consts.items()})
+        out[name] = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=cuda_options())
+    return out
+
+
+def cuda_resources(kernel: Any) -> dict[str, int]:
+    """Registers per thread and stack, shared and local (spill) bytes of a kernel from :func:`compile_for_cuda`,
+    read from its cubin with the cuobjdump that Triton ships."""
+    from triton import knobs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(kernel.asm["cubin"])
+        out = subprocess.run([knobs.nvidia.cuobjdump.path, "--dump-resource-usage", path], capture_output=True,
+                             text=True, check=True).stdout
+    found = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", out)
+    if found is None:
+        raise RuntimeError(f"cuobjdump printed no resource usage line for the kernel: {out!r}")
+    return dict(zip(("registers", "stack", "shared", "local"), map(int, found.groups())))
+
+
 def _interpret() -> bool:
     from .fused import triton_interpret
 
@@ -232,7 +310,7 @@ def forward(
     vT = x if v_final is None else v_final
     fwd[grid](x, out, planes, hsave, v0, vT, _params(kind, p, save, x.dtype, x.device), T, N, KIND=KIND_IDS[kind],
               SAVE=SAVE_IDS[save], QMAX=Q_MAX.get(save, 1), RN=x.is_cuda, HAS_V0=v_init is not None,
-              STORE_V=v_final is not None, BLOCK=BLOCK)
+              STORE_V=v_final is not None, BLOCK=BLOCK, **(cuda_options() if x.is_cuda else {}))
     return out, state
 
 
@@ -247,5 +325,6 @@ def backward(grad: torch.Tensor, state: torch.Tensor, kind: str, p: NeuronParams
     planes, hsave = (grad, state) if save == "h" else (state, grad)
     grid = (triton.cdiv(N, BLOCK),)
     bwd[grid](grad, grad_x, planes, hsave, _params(kind, p, save, grad.dtype, grad.device), T, N,
-              KIND=KIND_IDS[kind], SAVE=SAVE_IDS[save], DETACH=bool(p.detach_reset), RN=grad.is_cuda, BLOCK=BLOCK)
+              KIND=KIND_IDS[kind], SAVE=SAVE_IDS[save], DETACH=bool(p.detach_reset), RN=grad.is_cuda, BLOCK=BLOCK,
+              **(cuda_options() if grad.is_cuda else {}))
     return grad_x
