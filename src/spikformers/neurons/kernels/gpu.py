@@ -196,23 +196,30 @@ def cuda_options() -> dict[str, Any]:
     return {"enable_reflect_ftz": False} if "enable_reflect_ftz" in CUDAOptions.__dataclass_fields__ else {}
 
 
+def _forward_consts(kind: str, save: str, rn: bool, has_v0: bool = False, store_v: bool = False) -> dict[str, Any]:
+    """The forward kernel's compile-time arguments for one launch."""
+    return dict(KIND=KIND_IDS[kind], SAVE=SAVE_IDS[save], QMAX=Q_MAX.get(save, 1), RN=rn, HAS_V0=has_v0,
+                STORE_V=store_v, BLOCK=BLOCK)
+
+
+def _backward_consts(kind: str, save: str, detach: bool, rn: bool) -> dict[str, Any]:
+    """The backward kernel's compile-time arguments for one launch."""
+    return dict(KIND=KIND_IDS[kind], SAVE=SAVE_IDS[save], DETACH=detach, RN=rn, BLOCK=BLOCK)
+
+
 def cuda_variants() -> dict[str, tuple[str, dict[str, Any]]]:
     """Every kernel variant :func:`forward` and :func:`backward` launch on CUDA (float32 compute), by name:
-    ``(kernel, constexpr values)`` with kernel ``"forward"`` or ``"backward"``. (Launches with the reset attached
-    differ from these only for the LIF's ``"h"`` backward, the one place ``DETACH`` is read.)"""
+    ``(kernel, compile-time arguments)`` with kernel ``"forward"`` or ``"backward"``. (Launches with the reset
+    attached differ from these only for the LIF's ``"h"`` backward, the one place ``DETACH`` is read.)"""
     out: dict[str, tuple[str, dict[str, Any]]] = {}
-    for kind, kid in KIND_IDS.items():
+    for kind in KIND_IDS:
         saves = ["code"] if kind == "ternary_guo" else ["q16", "q24", "h"]
         for save in ["none", *saves]:
-            out[f"forward/{kind}/{save}"] = ("forward", dict(KIND=kid, SAVE=SAVE_IDS[save], QMAX=Q_MAX.get(save, 1),
-                                                              RN=True, HAS_V0=False, STORE_V=False, BLOCK=BLOCK))
-        out[f"forward/{kind}/carry"] = ("forward", dict(KIND=kid, SAVE=0, QMAX=1, RN=True, HAS_V0=True, STORE_V=True,
-                                                        BLOCK=BLOCK))
+            out[f"forward/{kind}/{save}"] = ("forward", _forward_consts(kind, save, True))
+        out[f"forward/{kind}/carry"] = ("forward", _forward_consts(kind, "none", True, has_v0=True, store_v=True))
         for save in saves:
-            out[f"backward/{kind}/{save}"] = ("backward", dict(KIND=kid, SAVE=SAVE_IDS[save], DETACH=True, RN=True,
-                                                                BLOCK=BLOCK))
-    out["backward/lif/h/reset-attached"] = ("backward", dict(KIND=0, SAVE=SAVE_IDS["h"], DETACH=False, RN=True,
-                                                             BLOCK=BLOCK))
+            out[f"backward/{kind}/{save}"] = ("backward", _backward_consts(kind, save, True, True))
+    out["backward/lif/h/reset-attached"] = ("backward", _backward_consts("lif", "h", False, True))
     return out
 
 
@@ -308,9 +315,9 @@ def forward(
     grid = (triton.cdiv(N, BLOCK),)
     v0 = x if v_init is None else v_init
     vT = x if v_final is None else v_final
-    fwd[grid](x, out, planes, hsave, v0, vT, _params(kind, p, save, x.dtype, x.device), T, N, KIND=KIND_IDS[kind],
-              SAVE=SAVE_IDS[save], QMAX=Q_MAX.get(save, 1), RN=x.is_cuda, HAS_V0=v_init is not None,
-              STORE_V=v_final is not None, BLOCK=BLOCK, **(cuda_options() if x.is_cuda else {}))
+    fwd[grid](x, out, planes, hsave, v0, vT, _params(kind, p, save, x.dtype, x.device), T, N,
+              **_forward_consts(kind, save, x.is_cuda, v_init is not None, v_final is not None),
+              **(cuda_options() if x.is_cuda else {}))
     return out, state
 
 
@@ -325,6 +332,6 @@ def backward(grad: torch.Tensor, state: torch.Tensor, kind: str, p: NeuronParams
     planes, hsave = (grad, state) if save == "h" else (state, grad)
     grid = (triton.cdiv(N, BLOCK),)
     bwd[grid](grad, grad_x, planes, hsave, _params(kind, p, save, grad.dtype, grad.device), T, N,
-              KIND=KIND_IDS[kind], SAVE=SAVE_IDS[save], DETACH=bool(p.detach_reset), RN=grad.is_cuda, BLOCK=BLOCK,
+              **_backward_consts(kind, save, bool(p.detach_reset), grad.is_cuda),
               **(cuda_options() if grad.is_cuda else {}))
     return grad_x
