@@ -2,9 +2,10 @@
 
 For every variant the library launches on CUDA (see ``spikformers.neurons.kernels.gpu.cuda_variants``): registers
 per thread, stack and local (spill) bytes from the cubin, the round-to-nearest float ops in its PTX, and the build
-time. Registers bound occupancy: an H100 SM has 65536 registers and holds at most 2048 threads, so a kernel at 32
-registers per thread or fewer can fill it, and one at 64 holds half as many threads (plenty for kernels that
-stream memory, as these do).
+time (near 0 where Triton's on-disk cache already holds the variant; set TRITON_CACHE_DIR to a new folder to time
+the full build). Registers bound occupancy: an H100 SM has 65536 registers and holds at most 2048 threads, so a
+kernel at 32 registers per thread or fewer can fill it, and one at 64 holds half as many threads (plenty for
+kernels that stream memory, as these do).
 
     python benchmarks/cuda_build.py [--arch 90] [--json out.json]
 """
