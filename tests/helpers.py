@@ -1,4 +1,5 @@
-"""Helpers shared by the tests: real digits at any size, and a forward hook that records activations."""
+"""Helpers shared by the tests: real digits at any size, a forward hook that records activations, and neuron
+kernel inputs with the check against a reference."""
 
 from __future__ import annotations
 
@@ -44,3 +45,21 @@ def train_digits(model: torch.nn.Module, epochs: int = 4, lr: float = 1e-2) -> f
     model.eval()
     with torch.no_grad():
         return (model(x[test]).argmax(1) == y[test]).float().mean().item()
+
+
+def neuron_inputs(shape: tuple[int, ...], dtype: torch.dtype, seed: int = 0, device: str = "cpu"
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A neuron input ``x`` (requiring grad, spread so that some steps fire) and an output gradient, seeded."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen, dtype=dtype) * 1.5 + 0.3
+    g = torch.randn(shape, generator=gen, dtype=dtype)
+    return x.to(device).requires_grad_(), g.to(device)
+
+
+def check_neuron(fast, ref, x: torch.Tensor, g: torch.Tensor, atol: float = 1e-6) -> None:  # type: ignore[no-untyped-def]
+    """``fast(x)`` gives exactly ``ref(x)``'s spikes, and input gradients within ``atol`` (and rtol 1e-6)."""
+    out_ref, out = ref(x), fast(x)
+    assert out.dtype == out_ref.dtype and torch.equal(out, out_ref)
+    (g_ref,) = torch.autograd.grad(out_ref, x, g)
+    (g_fast,) = torch.autograd.grad(out, x, g)
+    torch.testing.assert_close(g_fast, g_ref, atol=atol, rtol=1e-6)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.autograd.graph import saved_tensors_hooks
 
+from helpers import check_neuron, neuron_inputs
 from spikformers.neurons import LIF, TernaryNeuron
 from spikformers.neurons.kernels import (
     available_backends,
@@ -30,20 +31,6 @@ LIF_PARAMS = [(2.0, 1.0, 0.0, 4.0), (1.7, 0.8, -0.3, 4.0), (3.3, 1.2, 0.2, 5.0),
 TOL = {"atol": 1e-6, "rtol": 1e-6}
 
 
-def _inputs(shape, dtype, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    x = (torch.randn(shape, generator=gen, dtype=dtype) * 1.5 + 0.3).requires_grad_()
-    return x, torch.randn(shape, generator=gen, dtype=dtype)
-
-
-def _check(fast, ref, x, g):
-    out_ref, out = ref(x), fast(x)
-    assert out.dtype == out_ref.dtype and torch.equal(out, out_ref)
-    (g_ref,) = torch.autograd.grad(out_ref, x, g)
-    (g_fast,) = torch.autograd.grad(out, x, g)
-    torch.testing.assert_close(g_fast, g_ref, **TOL)
-
-
 def saved_bytes(fn, x):
     """Bytes of the distinct storages that autograd keeps for backward of ``fn(x)``."""
     seen: dict[int, int] = {}
@@ -63,9 +50,9 @@ def saved_bytes(fn, x):
 @pytest.mark.parametrize("params", LIF_PARAMS)
 def test_lif_matches_reference(backend, dtype, detach_reset, params):
     tau, v_th, v_reset, alpha = params
-    x, g = _inputs((6, 3, 257), dtype)
-    _check(lambda x: lif_multistep(x, tau, v_th, v_reset, alpha, detach_reset, backend=backend),
-           lambda x: lif_reference(x, tau, v_th, v_reset, alpha, detach_reset), x, g)
+    x, g = neuron_inputs((6, 3, 257), dtype)
+    check_neuron(lambda x: lif_multistep(x, tau, v_th, v_reset, alpha, detach_reset, backend=backend),
+                 lambda x: lif_reference(x, tau, v_th, v_reset, alpha, detach_reset), x, g)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -73,16 +60,16 @@ def test_lif_matches_reference(backend, dtype, detach_reset, params):
 @pytest.mark.parametrize("form,kwargs", [("guo", {"decay": 0.25, "v_th": 1.0}), ("guo", {"decay": 0.5, "v_th": 0.6}),
                                          ("lif", {"tau": 2.0, "v_th": 1.0}), ("lif", {"tau": 1.5, "v_th": 0.7})])
 def test_ternary_matches_reference(backend, dtype, form, kwargs):
-    x, g = _inputs((5, 2, 300), dtype, seed=1)
-    _check(lambda x: ternary_multistep(x, form, backend=backend, **kwargs),
-           lambda x: ternary_multistep(x, form, backend="reference", **kwargs), x, g)
+    x, g = neuron_inputs((5, 2, 300), dtype, seed=1)
+    check_neuron(lambda x: ternary_multistep(x, form, backend=backend, **kwargs),
+                 lambda x: ternary_multistep(x, form, backend="reference", **kwargs), x, g)
 
 
 def test_modules_route_through_backends():
-    x, g = _inputs((4, 2, 50), torch.float32)
-    _check(LIF(tau=1.7, v_th=0.9), LIF(tau=1.7, v_th=0.9, backend="reference"), x, g)
+    x, g = neuron_inputs((4, 2, 50), torch.float32)
+    check_neuron(LIF(tau=1.7, v_th=0.9), LIF(tau=1.7, v_th=0.9, backend="reference"), x, g)
     for form in ("guo", "lif"):
-        _check(TernaryNeuron(form), TernaryNeuron(form, backend="reference"), x, g)
+        check_neuron(TernaryNeuron(form), TernaryNeuron(form, backend="reference"), x, g)
     with pytest.raises(ValueError, match="backend"):
         TernaryNeuron(backend="nope")
     with pytest.raises(ValueError, match="backend"):
@@ -91,7 +78,7 @@ def test_modules_route_through_backends():
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_saved_state_is_compact(backend):
-    x, _ = _inputs((4, 8, 1024), torch.float32)
+    x, _ = neuron_inputs((4, 8, 1024), torch.float32)
     n = x.numel()
     loop = saved_bytes(lambda x: lif_reference(x), x)
     assert loop == 8 * n  # the surrogate input and the reset factor, both float32
@@ -111,11 +98,13 @@ def test_saved_state_is_compact(backend):
 @pytest.mark.parametrize("params", LIF_PARAMS[:2])
 def test_recompute_matches_reference_and_saves_only_the_input(backend, dtype, detach_reset, params):
     tau, v_th, v_reset, alpha = params
-    x, g = _inputs((5, 3, 301), dtype, seed=4)
-    _check(lambda x: lif_multistep(x, tau, v_th, v_reset, alpha, detach_reset, backend=backend, saved="recompute"),
-           lambda x: lif_reference(x, tau, v_th, v_reset, alpha, detach_reset), x, g)
-    _check(lambda x: ternary_multistep(x, "lif", tau=tau, v_th=v_th, alpha=alpha, backend=backend, saved="recompute"),
-           lambda x: ternary_multistep(x, "lif", tau=tau, v_th=v_th, alpha=alpha, backend="reference"), x, g)
+    x, g = neuron_inputs((5, 3, 301), dtype, seed=4)
+    lif = dict(tau=tau, v_th=v_th, v_reset=v_reset, alpha=alpha, detach_reset=detach_reset)
+    check_neuron(lambda x: lif_multistep(x, **lif, backend=backend, saved="recompute"),
+                 lambda x: lif_reference(x, **lif), x, g)
+    ternary = dict(tau=tau, v_th=v_th, alpha=alpha)
+    check_neuron(lambda x: ternary_multistep(x, "lif", **ternary, backend=backend, saved="recompute"),
+                 lambda x: ternary_multistep(x, "lif", **ternary, backend="reference"), x, g)
     seen = []
     with saved_tensors_hooks(lambda t: seen.append(t) or t, lambda t: t):
         lif_multistep(x, backend=backend, saved="recompute")
@@ -124,7 +113,7 @@ def test_recompute_matches_reference_and_saves_only_the_input(backend, dtype, de
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_saved_variants_gradients(backend):
-    x, g = _inputs((5, 4, 200), torch.float32)
+    x, g = neuron_inputs((5, 4, 200), torch.float32)
     (g_ref,) = torch.autograd.grad(lif_reference(x), x, g)
     (g_exact,) = torch.autograd.grad(lif_multistep(x, backend=backend, saved="exact"), x, g)
     (g_q16,) = torch.autograd.grad(lif_multistep(x, backend=backend, saved="q16"), x, g)
@@ -136,7 +125,7 @@ def test_saved_variants_gradients(backend):
 
 @pytest.mark.skipif(not cpu.available(), reason=f"C++ kernels unavailable: {cpu.error}")
 def test_cpp_and_eager_share_the_saved_format():
-    x, g = _inputs((4, 3, 333), torch.float32)
+    x, g = neuron_inputs((4, 3, 333), torch.float32)
     p = NeuronParams(tau=1.7, v_th=0.9)
     for kind, save in (("lif", "q24"), ("lif", "q16"), ("lif", "h"), ("ternary_lif", "q24"), ("ternary_guo", "code")):
         out_c, state_c = cpu.forward(x.detach(), kind, p, save)
@@ -178,18 +167,18 @@ def test_no_grad_half_and_odd_shapes():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_triton_kernels_under_interpreter(monkeypatch, dtype):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    x, g = _inputs((3, 2, 700), dtype, seed=2)
+    x, g = neuron_inputs((3, 2, 700), dtype, seed=2)
     for tau, v_th, v_reset, alpha in LIF_PARAMS[:3]:
         for detach in (True, False):
             args = (tau, v_th, v_reset, alpha, detach)
-            _check(lambda x, a=args: lif_multistep(x, *a, backend="triton"),
-                   lambda x, a=args: lif_reference(x, *a), x, g)
-    x2, g2 = _inputs((3, 1100), dtype, seed=3)
-    _check(lambda x: lif_multistep(x, backend="triton", saved="q16"), lif_reference, x2, torch.zeros_like(g2))
-    _check(lambda x: lif_multistep(x, backend="triton", saved="recompute"), lif_reference, x2, g2)
+            check_neuron(lambda x, a=args: lif_multistep(x, *a, backend="triton"),
+                         lambda x, a=args: lif_reference(x, *a), x, g)
+    x2, g2 = neuron_inputs((3, 1100), dtype, seed=3)
+    check_neuron(lambda x: lif_multistep(x, backend="triton", saved="q16"), lif_reference, x2, torch.zeros_like(g2))
+    check_neuron(lambda x: lif_multistep(x, backend="triton", saved="recompute"), lif_reference, x2, g2)
     for form in ("guo", "lif"):
-        _check(lambda x, f=form: ternary_multistep(x, f, backend="triton"),
-               lambda x, f=form: ternary_multistep(x, f, backend="reference"), x2, g2)
+        check_neuron(lambda x, f=form: ternary_multistep(x, f, backend="triton"),
+                     lambda x, f=form: ternary_multistep(x, f, backend="reference"), x2, g2)
     assert saved_bytes(lambda x: lif_multistep(x, backend="triton"), x2) == (3 if dtype == torch.float32 else
                                                                               x2.element_size()) * x2.numel()
 
@@ -246,7 +235,7 @@ def _chunks(fn, x, sizes):
 @pytest.mark.parametrize("backend", ["reference", *CPU_BACKENDS])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_membrane_carried_between_chunks(backend, dtype):
-    x, _ = _inputs((7, 3, 129), dtype, seed=4)
+    x, _ = neuron_inputs((7, 3, 129), dtype, seed=4)
     x = x.detach()
     fns = [lambda x, **kw: lif_multistep(x, 1.7, 0.9, -0.2, 4.0, backend=backend, **kw)]
     fns += [lambda x, f=f, **kw: ternary_multistep(x, f, backend=backend, **kw) for f in ("guo", "lif")]
@@ -261,7 +250,7 @@ def test_membrane_carried_between_chunks(backend, dtype):
 
 
 def test_fused_state_is_inference_only():
-    x, _ = _inputs((3, 10), torch.float32)
+    x, _ = neuron_inputs((3, 10), torch.float32)
     with pytest.raises(NotImplementedError, match="no_grad"):
         lif_multistep(x, backend="eager", return_v=True)
     out, v = lif_multistep(x, backend="reference", return_v=True)  # the loop supports it with autograd
@@ -273,7 +262,7 @@ def test_fused_state_is_inference_only():
 @pytest.mark.skipif(not triton_importable(), reason="triton is not importable")
 def test_triton_membrane_carry_under_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    x, _ = _inputs((5, 1100), torch.float32, seed=5)
+    x, _ = neuron_inputs((5, 1100), torch.float32, seed=5)
     with torch.no_grad():
         for kw in ({}, {"v_reset": -0.2}):
             full, v_full = lif_multistep(x, backend="reference", return_v=True, **kw)
@@ -299,11 +288,11 @@ def test_threaded_kernels_match_reference(monkeypatch, tmp_path, openmp):
     threads = torch.get_num_threads()
     torch.set_num_threads(max(threads, 2))
     try:
-        x, g = _inputs((4, 70001), torch.float32, seed=3)  # 280 Ki units of work: two threads or more
+        x, g = neuron_inputs((4, 70001), torch.float32, seed=3)  # 280 Ki units of work: two threads or more
         for saved in ("recompute", "q24", "exact"):
-            _check(lambda x, s=saved: lif_multistep(x, backend="cpp", saved=s), lif_reference, x, g)
-        _check(lambda x: ternary_multistep(x, "lif", backend="cpp"), ternary_lif_reference, x, g)
-        _check(lambda x: ternary_multistep(x, "guo", backend="cpp"), ternary_reference, x, g)
+            check_neuron(lambda x, s=saved: lif_multistep(x, backend="cpp", saved=s), lif_reference, x, g)
+        check_neuron(lambda x: ternary_multistep(x, "lif", backend="cpp"), ternary_lif_reference, x, g)
+        check_neuron(lambda x: ternary_multistep(x, "guo", backend="cpp"), ternary_reference, x, g)
     finally:
         torch.set_num_threads(threads)
     if openmp:  # the kernels' OpenMP calls land in the runtime torch loaded, not a second copy
