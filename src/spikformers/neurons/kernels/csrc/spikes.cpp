@@ -230,7 +230,7 @@ void sparse_linear_wgrad_range(const uint8_t* data, const S* g, S* gwt, int64_t 
     for (int64_t mb = 0; mb < M; mb += GRAD_ROWS) {
         const int64_t me = mb + GRAD_ROWS < M ? mb + GRAD_ROWS : M;
         // count per k, then fill. Bytes: branch-free, each k's list having one spare entry for the write past it.
-        // Bits: by the set bits of each non-zero byte (kBits), so the cost follows the spikes, not M * K.
+        // Bits: by the set bits of each non-zero byte (spk::for_set_bits), so the cost follows the spikes, not M * K.
         std::fill(start.begin(), start.end(), 0);
         for (int64_t m = mb; m < me; ++m) {
             const uint8_t* row = data + m * bytes;
