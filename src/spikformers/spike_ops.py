@@ -185,17 +185,18 @@ def _sparse_conv(px: Packed, weight: torch.Tensor, bias: torch.Tensor | None) ->
 
 
 def _input_grad(g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``g @ weight`` (``[..., N] @ [N, K]``), the input gradient of an event-driven linear. For a contiguous float32
-    CPU ``g`` it runs as oneDNN's 1x1 convolution over a channels-last view of ``g`` (no copy): 1.0-1.9x as fast as
-    MKL's sgemm at Spikformer shapes on the AMD CPU of ``benchmarks/README.md`` (most at ``[8192, 384] @ [384, 384]``),
-    equal to float rounding, like the rest of the event-driven path."""
+    """``g @ weight`` (``[..., N] @ [N, K]``), the input gradient of an event-driven linear. For contiguous float32
+    CPU tensors it runs as oneDNN's 1x1 transposed convolution over a channels-last view of ``g`` and the weight as
+    it is (no copies): 1.0-1.9x as fast as MKL's sgemm at Spikformer shapes on the AMD CPU of
+    ``benchmarks/README.md`` (most at ``[8192, 384] @ [384, 384]``), equal to float rounding, like the rest of the
+    event-driven path."""
     N, K = weight.shape
     if not (g.dtype == weight.dtype == torch.float32 and g.device.type == "cpu" and g.is_contiguous()
-            and torch.backends.mkldnn.is_available() and g.numel() > 0):
+            and weight.is_contiguous() and torch.backends.mkldnn.is_available() and g.numel() > 0):
         return g.matmul(weight)
     M = g.numel() // N
     x = g.view(1, M, 1, N).permute(0, 3, 1, 2)  # [1, N, M, 1] in channels-last memory: g itself
-    y = F.conv2d(x, weight.t().contiguous().view(K, N, 1, 1))  # channels-last [1, K, M, 1]: memory [M, K]
+    y = F.conv_transpose2d(x, weight.view(N, K, 1, 1))  # channels-last [1, K, M, 1]: memory [M, K]
     return y.permute(0, 2, 3, 1).reshape(*g.shape[:-1], K)
 
 
