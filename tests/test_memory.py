@@ -180,6 +180,8 @@ def test_event_driven_input_gradient_product():
     for g_other, w_other in ((g.double(), w.double()), (g.t().contiguous().t(), w), (g, w.t().contiguous().t())):
         assert torch.equal(spike_ops._input_grad(g_other, w_other), g_other.matmul(w_other))
     assert spike_ops._input_grad(torch.empty(0, 24), w).shape == (0, 8)
+    with torch.backends.mkldnn.flags(enabled=False):  # oneDNN switched off: matmul
+        assert torch.equal(spike_ops._input_grad(g, w), g.matmul(w))
 
 
 @pytest.mark.skipif(not cpu.available(), reason=f"C++ kernels unavailable: {cpu.error}")

@@ -192,7 +192,8 @@ def _input_grad(g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     event-driven path."""
     N, K = weight.shape
     if not (g.dtype == weight.dtype == torch.float32 and g.device.type == "cpu" and g.is_contiguous()
-            and weight.is_contiguous() and torch.backends.mkldnn.is_available() and g.numel() > 0):
+            and weight.is_contiguous() and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and g.numel() > 0):  # with oneDNN switched off the transposed conv would take a slow generic path
         return g.matmul(weight)
     M = g.numel() // N
     x = g.view(1, M, 1, N).permute(0, 3, 1, 2)  # [1, N, M, 1] in channels-last memory: g itself
