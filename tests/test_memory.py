@@ -166,22 +166,27 @@ def test_event_driven_linear_matches_dense(monkeypatch, dtype, atol, K, N):
         spike_ops.set_sparse_spikes(previous)
 
 
-def test_event_driven_input_gradient_product():
+def test_event_driven_input_gradient_product(monkeypatch):
     """The event-driven linear's input gradient (oneDNN's 1x1 transposed conv on a channels-last view for float32 CPU)
-    equals ``g @ weight`` to float rounding and keeps the batch shape; float64 or strided operands take ``matmul``
-    itself."""
+    equals ``g @ weight`` to float rounding and keeps the batch shape; float64 or strided operands, or oneDNN
+    switched off, take ``matmul`` itself."""
+    calls = []
+    real = F.conv_transpose2d
+    monkeypatch.setattr(spike_ops.F, "conv_transpose2d", lambda *a: calls.append(1) or real(*a))
     gen = torch.Generator().manual_seed(3)
     for shape, K in (((4, 2, 64, 384), 96), ((700, 48), 200), ((3, 16), 1)):
         g, w = torch.randn(shape, generator=gen), torch.randn(shape[-1], K, generator=gen) / shape[-1] ** 0.5
         got = spike_ops._input_grad(g, w)
         assert got.shape == (*shape[:-1], K) and got.is_contiguous()
         torch.testing.assert_close(got, g @ w, atol=1e-5, rtol=1e-5)
+    assert len(calls) == 3
     g, w = torch.randn(40, 24, generator=gen), torch.randn(24, 8, generator=gen)
     for g_other, w_other in ((g.double(), w.double()), (g.t().contiguous().t(), w), (g, w.t().contiguous().t())):
         assert torch.equal(spike_ops._input_grad(g_other, w_other), g_other.matmul(w_other))
     assert spike_ops._input_grad(torch.empty(0, 24), w).shape == (0, 8)
-    with torch.backends.mkldnn.flags(enabled=False):  # oneDNN switched off: matmul
-        assert torch.equal(spike_ops._input_grad(g, w), g.matmul(w))
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    assert torch.equal(spike_ops._input_grad(g, w), g.matmul(w))
+    assert len(calls) == 3  # none of the calls after the first three went through oneDNN
 
 
 @pytest.mark.skipif(not cpu.available(), reason=f"C++ kernels unavailable: {cpu.error}")
