@@ -197,7 +197,10 @@ def _cuda_toolchain_missing() -> str | None:
     return None if all(os.path.exists(t) for t in tools) else "Triton's ptxas / cuobjdump are missing"
 
 
-@pytest.mark.skipif(_cuda_toolchain_missing() is not None, reason=str(_cuda_toolchain_missing()))
+CUDA_TOOLCHAIN_MISSING = _cuda_toolchain_missing()
+
+
+@pytest.mark.skipif(CUDA_TOOLCHAIN_MISSING is not None, reason=str(CUDA_TOOLCHAIN_MISSING))
 def test_triton_kernels_compile_for_h100():
     """Every variant the library launches on CUDA builds for sm_90 (PTX to cubin, no GPU needed), keeps the charge
     in round-to-nearest multiply and add (no FMA contraction, no flush-to-zero: torch's arithmetic) and spills
