@@ -5,7 +5,7 @@ new random order each time) so that load from other processes, and the allocator
 the next, hit them alike. Also reports achieved memory bandwidth against a plain
 tensor copy measured in the same run, and the bytes autograd keeps for backward (saved_tensors_hooks).
 
-    python benchmarks/bench_lif.py [--T 4 16] [--repeats 7] [--json out.json]
+    python benchmarks/bench_lif.py [--T 4 16] [--repeats 7] [--shape 64 384 64] [--json out.json]
 """
 
 from __future__ import annotations
@@ -92,9 +92,10 @@ def _sync(x: torch.Tensor) -> None:
         torch.cuda.synchronize()
 
 
-def bench_shape(T: int, repeats: int, device: str) -> dict:
-    """Time every variant at ``[T, 64, 384, 64]``; returns medians in seconds, ratios, bandwidth, saved bytes."""
-    shape = (T, 64, 384, 64)
+def bench_shape(T: int, repeats: int, device: str, rest: tuple[int, ...] = (64, 384, 64)) -> dict:
+    """Time every variant at ``[T, *rest]`` (the issue's ``[T, 64, 384, 64]`` by default); returns medians in
+    seconds, ratios, bandwidth, saved bytes."""
+    shape = (T, *rest)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=gen).to(device).requires_grad_()
     g = torch.randn(shape, generator=gen).to(device)
@@ -206,13 +207,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--T", type=int, nargs="+", default=[4, 16])
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--shape", type=int, nargs="+", default=[64, 384, 64], metavar="DIM",
+                    help="the dimensions after T (default B=64 C=384 N=64, the issue's; smaller for a smoke run)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json", default=None, help="write the results to this file")
     args = ap.parse_args(argv)
     report = {"device": args.device, "threads": torch.get_num_threads(), "torch": torch.__version__,
               "cpu": platform.processor() or platform.machine(), "results": []}
     for T in args.T:
-        res = bench_shape(T, args.repeats, args.device)
+        res = bench_shape(T, args.repeats, args.device, tuple(args.shape))
         report["results"].append(res)
         print_table(res)
     if args.json:
