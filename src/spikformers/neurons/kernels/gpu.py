@@ -19,6 +19,7 @@ import os
 import re
 import subprocess
 import tempfile
+import types
 from typing import Any
 
 import torch
@@ -31,18 +32,26 @@ from .common import KIND_IDS, Q_MAX, SAVE_IDS, NeuronParams, saved_shape, surrog
 BLOCK = 1024
 
 
+def _neuron_params(prm_ptr):
+    """tau, 1 / tau, v_th, v_reset, alpha and decay from the launch's parameter vector (see :func:`_params`)."""
+    return (tl.load(prm_ptr + 0), tl.load(prm_ptr + 1), tl.load(prm_ptr + 2), tl.load(prm_ptr + 3),
+            tl.load(prm_ptr + 4), tl.load(prm_ptr + 5))
+
+
+def _sigmoid_grad(u, alpha):
+    """The sigmoid surrogate's derivative at ``u``: alpha * e / (1 + e)^2 with e = exp(-|alpha u|)."""
+    e = tl.exp(-tl.abs(alpha * u))
+    d = 1.0 + e
+    return alpha * e / (d * d)
+
+
 def _forward_kernel(x_ptr, out_ptr, planes_ptr, h_ptr, v0_ptr, vT_ptr, prm_ptr, T, N, KIND: tl.constexpr,
                     SAVE: tl.constexpr, QMAX: tl.constexpr, RN: tl.constexpr, HAS_V0: tl.constexpr,
                     STORE_V: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
-    tau = tl.load(prm_ptr + 0)
-    inv_tau = tl.load(prm_ptr + 1)
-    v_th = tl.load(prm_ptr + 2)
-    v_reset = tl.load(prm_ptr + 3)
-    alpha = tl.load(prm_ptr + 4)
-    decay = tl.load(prm_ptr + 5)
+    tau, inv_tau, v_th, v_reset, alpha, decay = _neuron_params(prm_ptr)
     half_th = tl.load(prm_ptr + 6)
     to_q = tl.load(prm_ptr + 7)
     TN = T * N
@@ -94,15 +103,9 @@ def _forward_kernel(x_ptr, out_ptr, planes_ptr, h_ptr, v0_ptr, vT_ptr, prm_ptr, 
             if SAVE == 4:
                 tl.store(h_ptr + idx, h, mask=mask)
             if SAVE == 2 or SAVE == 3:
-                z = alpha * up
-                e = tl.exp(-tl.abs(z))
-                dd = 1.0 + e
-                sg = alpha * e / (dd * dd)
+                sg = _sigmoid_grad(up, alpha)
                 if KIND == 1:
-                    z2 = alpha * un
-                    e2 = tl.exp(-tl.abs(z2))
-                    dd2 = 1.0 + e2
-                    sg = sg + alpha * e2 / (dd2 * dd2)
+                    sg = sg + _sigmoid_grad(un, alpha)
                 q = tl.minimum((sg * to_q + 0.5).to(tl.int32), QMAX)
                 bit = fired.to(tl.int32) << 7
                 tl.store(planes_ptr + idx, (q & 0xFF).to(tl.uint8), mask=mask)
@@ -120,12 +123,7 @@ def _backward_kernel(gs_ptr, gx_ptr, planes_ptr, h_ptr, prm_ptr, T, N, KIND: tl.
     pid = tl.program_id(0)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
-    tau = tl.load(prm_ptr + 0)
-    inv_tau = tl.load(prm_ptr + 1)
-    v_th = tl.load(prm_ptr + 2)
-    v_reset = tl.load(prm_ptr + 3)
-    alpha = tl.load(prm_ptr + 4)
-    decay = tl.load(prm_ptr + 5)
+    tau, inv_tau, v_th, v_reset, alpha, decay = _neuron_params(prm_ptr)
     from_q = tl.load(prm_ptr + 8)
     TN = T * N
     gv = tl.full([BLOCK], 0.0, gs_ptr.dtype.element_ty)
@@ -144,20 +142,14 @@ def _backward_kernel(gs_ptr, gx_ptr, planes_ptr, h_ptr, prm_ptr, T, N, KIND: tl.
             if SAVE == 4:
                 h = tl.load(h_ptr + idx, mask=mask, other=0.0)
                 up = h - v_th
-                z = alpha * up
-                e = tl.exp(-tl.abs(z))
-                dd = 1.0 + e
-                sg = alpha * e / (dd * dd)
+                sg = _sigmoid_grad(up, alpha)
                 if KIND == 0:
                     keep = tl.where(up >= 0.0, 0.0, 1.0)
                     if not DETACH:
                         g_spike = g_spike + gv * (v_reset - h)
                 else:
                     un = -h - v_th
-                    z2 = alpha * un
-                    e2 = tl.exp(-tl.abs(z2))
-                    dd2 = 1.0 + e2
-                    sg = sg + alpha * e2 / (dd2 * dd2)
+                    sg = sg + _sigmoid_grad(un, alpha)
                     keep = tl.where((up >= 0.0) != (un >= 0.0), 0.0, 1.0)
             else:
                 q = tl.load(planes_ptr + idx, mask=mask, other=0).to(tl.int32)
@@ -180,9 +172,17 @@ def _backward_kernel(gs_ptr, gx_ptr, planes_ptr, h_ptr, prm_ptr, T, N, KIND: tl.
 
 
 @functools.cache
-def _kernels(interpret: bool):
-    # decorated here, not at import, so that TRITON_INTERPRET can be switched on by tests before first use
-    return triton.jit(_forward_kernel), triton.jit(_backward_kernel)
+def _kernels(interpret: bool) -> tuple[Any, Any]:
+    """The forward and backward kernels, with the helpers they call, decorated for one mode: interpreted (CPU
+    tensors) or compiled. Decorated here rather than at import, each mode in a scope of its own, because a
+    decorated function is bound to one mode and the test suite runs both in one process."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    decorate = InterpretedFunction if interpret else triton.runtime.JITFunction
+    scope = dict(globals())
+    scope.update({f.__name__: decorate(f) for f in (_neuron_params, _sigmoid_grad)})
+    return tuple(decorate(types.FunctionType(f.__code__, scope, f.__name__)) for f in (_forward_kernel,
+                                                                                      _backward_kernel))
 
 
 @functools.cache
@@ -230,7 +230,7 @@ def compile_for_cuda(arch: int = 90, names: list[str] | None = None) -> dict[str
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    fns = dict(zip(("forward", "backward"), (triton.jit(_forward_kernel), triton.jit(_backward_kernel))))
+    fns = dict(zip(("forward", "backward"), _kernels(False)))
     variants = cuda_variants()
     out = {}
     for name in names or list(variants):
