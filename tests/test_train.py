@@ -50,6 +50,27 @@ def test_eval_reproduces_recorded_accuracy(trained_run: Path, capsys: pytest.Cap
     assert last.startswith("held-out accuracy:") and f"{recorded:.2f}%" in last
 
 
+def test_eval_in_time_chunks_gives_the_same_accuracy(trained_run: Path, capsys: pytest.CaptureFixture) -> None:
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(trained_run), "--chunk", "1"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    recorded = json.loads((trained_run / "summary.json").read_text())["test_acc"]
+    assert "T in chunks of 1" in out[-2] and f"{recorded:.2f}%" in out[-1]
+    assert main(["eval", "--checkpoint", str(trained_run), "--chunk", "0"]) == 2
+    assert "--chunk must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_eval_in_time_chunks_names_what_cannot_be_chunked(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from spikformers import create_model
+
+    model = create_model("spiliformer_2_64_cifar", img_size=16, in_chans=1, T=2)
+    save_model_config(model, tmp_path)
+    save_weights(model, tmp_path / "last.safetensors")
+    assert main(["eval", "--checkpoint", str(tmp_path), "--chunk", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--chunk 1: chunked_forward does not support SpiLiFormer" in err
+
+
 def test_checkpoint_round_trip(trained_run: Path) -> None:
     a = load_model(trained_run, "last").eval()
     b = load_model(trained_run, "last").eval()

@@ -130,6 +130,9 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="dataset root (default: the run's)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--device", default="auto")
+    p.add_argument("--chunk", type=int, default=None, metavar="STEPS",
+                   help="run the T steps this many at a time: the same accuracy, the memory of a STEPS-step "
+                        "forward (Spikformer / HST backbones; see spikformers.memory.chunked_forward)")
 
 
 @command("eval", "evaluate a checkpoint on its dataset's test split", _eval_args)
@@ -148,9 +151,19 @@ def _eval(args: argparse.Namespace) -> int:
         cfg.data.batch_size = args.batch_size
     device = resolve_device(args.device)
     model = load_model(weights.parent if weights.parent == run_dir else run_dir, which=weights.stem).to(device)
+    if args.chunk is not None:
+        from .memory import check_chunkable
+
+        if args.chunk < 1:
+            raise ValueError(f"--chunk must be >= 1, got {args.chunk}")
+        try:
+            check_chunkable(model.eval())
+        except NotImplementedError as e:
+            raise ValueError(f"--chunk {args.chunk}: {e}") from None
     _, test_loader = build_loaders(cfg, getattr(model, "T", None))
-    acc, loss = evaluate(model, test_loader, device, cfg.train.amp)
-    print(f"{model.default_cfg['architecture']} from {weights}: loss {loss:.4f}")
+    acc, loss = evaluate(model, test_loader, device, cfg.train.amp, args.chunk)
+    chunked = f", T in chunks of {args.chunk}" if args.chunk else ""
+    print(f"{model.default_cfg['architecture']} from {weights}: loss {loss:.4f}{chunked}")
     print(f"held-out accuracy: {acc:.2f}% ({cfg.data.name} test split, {len(test_loader.dataset)} images)")
     return 0
 

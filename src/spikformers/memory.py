@@ -23,7 +23,8 @@ from torch.utils.checkpoint import checkpoint
 
 from .neurons.state import carry_membrane
 
-__all__ = ["backbone_blocks", "checkpoint_blocks", "chunked_forward", "recompute_bn_neurons", "CHUNK_UNSUPPORTED"]
+__all__ = ["backbone_blocks", "checkpoint_blocks", "check_chunkable", "chunked_forward", "recompute_bn_neurons",
+           "CHUNK_UNSUPPORTED"]
 
 CHUNK_UNSUPPORTED = (
     "SpiLiFormer's two-pass forward (its feedback is computed from the first pass over all T), "
@@ -112,7 +113,9 @@ def recompute_bn_neurons(model: nn.Module, enabled: bool = True) -> int:
     return len(units)
 
 
-def _check_chunkable(model: nn.Module) -> None:
+def check_chunkable(model: nn.Module) -> None:
+    """Raise (NotImplementedError, or RuntimeError in training mode) unless :func:`chunked_forward` can run
+    ``model``: what it cannot run is listed in :data:`CHUNK_UNSUPPORTED`."""
     from .attention.psa import PSA
     from .models.hst import HST
     from .models.spikformer import Spikformer
@@ -143,7 +146,7 @@ def chunked_forward(model: nn.Module, x: torch.Tensor, chunk: int = 4) -> torch.
     """
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
-    _check_chunkable(model)
+    check_chunkable(model)
     x = model.check_input(x)
     pooled = []
     with carry_membrane() as store:

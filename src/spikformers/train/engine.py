@@ -141,14 +141,27 @@ def autocast_for(device: torch.device, amp: str) -> Any:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: str = "none") -> tuple[float, float]:
-    """Top-1 accuracy (%) and mean cross-entropy of ``model`` over ``loader`` (summed over all processes)."""
+def evaluate(
+    model: nn.Module, loader: DataLoader, device: torch.device, amp: str = "none", chunk: int | None = None
+) -> tuple[float, float]:
+    """Top-1 accuracy (%) and mean cross-entropy of ``model`` over ``loader`` (summed over all processes).
+
+    ``chunk``: run the T steps ``chunk`` at a time (:func:`~spikformers.memory.chunked_forward`: the same
+    logits, the activation memory of a ``chunk``-step forward); None runs all T at once.
+    """
     model.eval()
+    if chunk is not None:
+        from ..memory import chunked_forward
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return chunked_forward(model, x, chunk)
+    else:
+        forward = model
     correct, total, loss_sum = 0, 0, 0.0
     for x, y in loader:
         x, y = to_time_first(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
         with autocast_for(device, amp):
-            logits = logits_of(model(x)).float()
+            logits = logits_of(forward(x)).float()
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
         total += y.numel()
