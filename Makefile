@@ -23,7 +23,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_lif.py
+	@mkdir -p runs/bench
+	$(PY) benchmarks/bench_lif.py --json runs/bench/lif.json
+	$(PY) benchmarks/bench_model.py --json runs/bench/model.json
+	$(PY) benchmarks/plot_bench.py --lif runs/bench/lif.json --model runs/bench/model.json --out runs/bench/bench.png
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

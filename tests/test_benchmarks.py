@@ -6,7 +6,9 @@ runs against the library as it is now, and that its byte counts and equality che
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import math
 from pathlib import Path
@@ -25,10 +27,29 @@ def load(name: str) -> ModuleType:
     return module
 
 
-def test_bench_lif_small_shape_counts_saved_bytes_per_element(tmp_path: Path, capsys) -> None:
-    bench = load("bench_lif")
-    out = tmp_path / "lif.json"
-    report = bench.main(["--T", "4", "--repeats", "1", "--shape", "2", "8", "16", "--json", str(out)])
+@pytest.fixture(scope="module")
+def lif_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, str]:
+    """bench_lif.py at [4, 2, 8, 16], one repetition: its report, its JSON file and what it printed."""
+    out = tmp_path_factory.mktemp("lif") / "lif.json"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        report = load("bench_lif").main(["--T", "4", "--repeats", "1", "--shape", "2", "8", "16", "--json", str(out)])
+    return report, out, printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def model_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, str]:
+    """bench_model.py on a one-block 64-wide Spikformer, batch 2, two repetitions."""
+    out = tmp_path_factory.mktemp("model") / "model.json"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        report = load("bench_model").main(["--model", "spikformer_1_64_cifar", "--batch", "2", "--repeats", "2",
+                                           "--infer-T", "4", "--chunk", "2", "--no-floor", "--json", str(out)])
+    return report, out, printed.getvalue()
+
+
+def test_bench_lif_small_shape_counts_saved_bytes_per_element(lif_run) -> None:
+    report, out, printed = lif_run
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     (res,) = report["results"]
     assert res["shape"] == [4, 2, 8, 16]
@@ -43,22 +64,30 @@ def test_bench_lif_small_shape_counts_saved_bytes_per_element(tmp_path: Path, ca
         assert res["saved_beyond_input_bytes"]["fused"] == 0 and per_element["fused"] == 4
     for k, ratio in res["speedup_vs_loop"].items():
         assert math.isfinite(ratio) and ratio > 0, k
-    assert "LIF fwd+bwd at [4, 2, 8, 16]" in capsys.readouterr().out
+    assert "LIF fwd+bwd at [4, 2, 8, 16]" in printed
 
 
-def test_bench_model_small_model_reports_identical_chunked_logits(tmp_path: Path, capsys) -> None:
-    bench = load("bench_model")
-    out = tmp_path / "model.json"
-    report = bench.main(["--model", "spikformer_1_64_cifar", "--batch", "2", "--repeats", "2", "--infer-T", "4",
-                         "--chunk", "2", "--no-floor", "--json", str(out)])
+def test_bench_model_small_model_reports_identical_chunked_logits(model_run) -> None:
+    report, out, printed = model_run
     assert json.loads(out.read_text())["model"] == "spikformer_1_64_cifar"
     assert report["chunked_logits_equal"] is True
     assert len(report["paired_speedups"]["train"]) == 2
     assert report["train_speedup_paired_median"] > 0
     # compact saved spikes and fused units keep less than the reference's float activations
     assert report["saved_ratio"] < report["saved_ratio_split"] < 1
-    printed = capsys.readouterr().out
     assert "paired within each repetition" in printed and "logits identical: True" in printed
+
+
+def test_plot_bench_draws_both_reports(lif_run, model_run, tmp_path: Path) -> None:
+    plot = load("plot_bench")
+    out = plot.main(["--lif", str(lif_run[1]), "--model", str(model_run[1]), "--out", str(tmp_path / "b.png")])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    only_model = plot.main(["--model", str(model_run[1]), "--out", str(tmp_path / "m.png")])
+    assert only_model.stat().st_size > 0
+    with pytest.raises(SystemExit, match=r"cannot read .*missing\.json"):
+        plot.main(["--lif", str(tmp_path / "missing.json")])
+    with pytest.raises(ValueError, match="nothing to draw"):
+        plot.plot(None, None, tmp_path / "x.png")
 
 
 @pytest.mark.skipif(not (Path(__file__).resolve().parents[1].parent / "shared" / "data").is_dir(),
