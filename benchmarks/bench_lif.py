@@ -166,6 +166,8 @@ def bench_shape(T: int, repeats: int, device: str, rest: tuple[int, ...] = (64, 
         "min_s": best,
         "speedup_vs_loop": {k: med["loop"] / med[k] for k in variants},
         "speedup_vs_loop_of_min": {k: best["loop"] / best[k] for k in variants},
+        # loop / fused within each repetition (run moments apart, so a slow spell of the machine moves both)
+        "paired_speedups": [lo / fu for lo, fu in zip(times["loop"], times["fused"])],
         "speedup_vs_spikingjelly": ({k: med["spikingjelly"] / med[k] for k in variants} if sj else None),
         "inference_speedup": med["loop_inference"] / med["fused_inference"],
         "saved_bytes": saved,
@@ -190,6 +192,9 @@ def print_table(res: dict) -> None:
         print(f"{k:<16}{t * 1e3:>11.1f}{res['speedup_vs_loop'][k]:>11.2f}{res['speedup_vs_loop_of_min'][k]:>10.2f}"
               f"{(sj[k] if sj else float('nan')):>9.2f}{res['saved_bytes'][k] / 2**20:>10.1f}"
               f"{res['saved_ratio_vs_loop'][k]:>12.3f}{res['saved_beyond_input_bytes'][k] / 2**20:>8.1f}")
+    paired = res["paired_speedups"]
+    print(f"fused vs loop paired within each repetition: median {statistics.median(paired):.2f}x, "
+          f"range {min(paired):.2f}-{max(paired):.2f}x over {len(paired)} repetitions")
     print(f"inference (no grad): fused {res['median_s']['fused_inference'] * 1e3:.1f} ms, "
           f"loop {res['median_s']['loop_inference'] * 1e3:.1f} ms, {res['inference_speedup']:.2f}x")
     print(f"bandwidth: fused fwd+bwd {res['fused_GBps']:.1f} GB/s vs copy {res['copy_GBps']:.1f} GB/s "

@@ -64,7 +64,8 @@ def test_bench_lif_small_shape_counts_saved_bytes_per_element(lif_run) -> None:
         assert res["saved_beyond_input_bytes"]["fused"] == 0 and per_element["fused"] == 4
     for k, ratio in res["speedup_vs_loop"].items():
         assert math.isfinite(ratio) and ratio > 0, k
-    assert "LIF fwd+bwd at [4, 2, 8, 16]" in printed
+    assert len(res["paired_speedups"]) == 1 and res["paired_speedups"][0] > 0
+    assert "LIF fwd+bwd at [4, 2, 8, 16]" in printed and "paired within each repetition" in printed
 
 
 def test_bench_model_small_model_reports_identical_chunked_logits(model_run) -> None:
