@@ -38,6 +38,7 @@ import spikformers
 from spikformers.memory import chunked_forward, recompute_bn_neurons
 from spikformers.neurons import LIF, TernaryNeuron
 from spikformers.neurons.kernels.bn_lif import set_fused_bn_neuron
+from spikformers.registry import model_config
 from spikformers.spike_ops import SPARSE_CONV_MAX_RATE, SPARSE_MAX_RATE, set_compact_spikes, set_sparse_spikes
 
 MODEL = "spikformer_4_384_cifar"  # the model the targets name; --model picks another
@@ -264,6 +265,13 @@ def main(argv: list[str] | None = None) -> dict:
                          "between variants); the memory report needs fused_split and fused_lean")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    try:
+        cfg = model_config(args.model)
+    except (ValueError, TypeError, KeyError) as e:
+        ap.error(f"--model {args.model}: {e}")
+    if (cfg.get("in_chans"), cfg.get("img_size")) != (3, 32):
+        ap.error(f"--model {args.model}: takes {cfg.get('in_chans')}x{cfg.get('img_size')} inputs; this benchmark "
+                 "feeds 3x32x32 images (a CIFAR-shaped model)")
     dev = args.device
     x = torch.randn(args.batch, 3, 32, 32, device=dev)
     y = torch.randint(0, 10, (args.batch,), device=dev)

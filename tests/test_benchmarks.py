@@ -79,6 +79,12 @@ def test_bench_model_small_model_reports_identical_chunked_logits(model_run) -> 
     assert "paired within each repetition" in printed and "logits identical: True" in printed
 
 
+def test_bench_model_refuses_a_model_of_another_input_shape(capsys) -> None:
+    with pytest.raises(SystemExit):
+        load("bench_model").main(["--model", "spikformer_2_256_dvs"])
+    assert "--model spikformer_2_256_dvs: takes 2x128 inputs" in capsys.readouterr().err
+
+
 def test_plot_bench_draws_both_reports(lif_run, model_run, tmp_path: Path) -> None:
     plot = load("plot_bench")
     out = plot.main(["--lif", str(lif_run[1]), "--model", str(model_run[1]), "--out", str(tmp_path / "b.png")])
