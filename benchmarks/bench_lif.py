@@ -5,7 +5,8 @@ new random order each time) so that load from other processes, and the allocator
 the next, hit them alike. Also reports achieved memory bandwidth against a plain
 tensor copy measured in the same run, and the bytes autograd keeps for backward (saved_tensors_hooks).
 
-    python benchmarks/bench_lif.py [--T 4 16] [--repeats 7] [--shape 64 384 64] [--json out.json]
+    python benchmarks/bench_lif.py [--T 4 16] [--repeats 15] [--shape 64 384 64] [--keep-freed-memory]
+                                   [--json out.json]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Callable
 import torch
 from torch.autograd.graph import saved_tensors_hooks
 
+from spikformers.memory import keep_freed_memory
 from spikformers.neurons.kernels import choose_save, lif_multistep, select_impl
 
 
@@ -211,14 +213,21 @@ def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; print tables; optionally write JSON."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--T", type=int, nargs="+", default=[4, 16])
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--shape", type=int, nargs="+", default=[64, 384, 64], metavar="DIM",
                     help="the dimensions after T (default B=64 C=384 N=64, the issue's; smaller for a smoke run)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--keep-freed-memory", action="store_true",
+                    help="CPU: spikformers.memory.keep_freed_memory() first (malloc reuses blocks over 32 MB instead "
+                         "of mapping them afresh: what `spikformers train` does), for every variant alike")
     ap.add_argument("--json", default=None, help="write the results to this file")
     args = ap.parse_args(argv)
+    kept = keep_freed_memory() if args.keep_freed_memory else False
     report = {"device": args.device, "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "keep_freed_memory": kept,
               "cpu": platform.processor() or platform.machine(), "results": []}
+    if args.keep_freed_memory:
+        print(f"malloc keeps freed blocks (keep_freed_memory): {'applied' if kept else 'not available here'}")
     for T in args.T:
         res = bench_shape(T, args.repeats, args.device, tuple(args.shape))
         report["results"].append(res)

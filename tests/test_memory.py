@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import platform
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch.autograd.graph import saved_tensors_hooks
@@ -393,3 +397,34 @@ def test_chunked_forward_refuses_what_it_cannot_do():
     with carry_membrane(), pytest.raises(RuntimeError, match="nested"), carry_membrane():
         pass
     assert current_store() is None
+
+
+KEEP_FREED_PROBE = """
+import ctypes, sys
+import torch
+from spikformers.memory import keep_freed_memory
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+applied = keep_freed_memory() if sys.argv[1] == "on" else False
+block = torch.empty(64 << 20, dtype=torch.uint8)
+print(applied, libc.mallinfo2().hblkhd >> 20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc"
+                    or tuple(map(int, platform.libc_ver()[1].split(".")[:2])) < (2, 33),
+                    reason="needs glibc >= 2.33 (mallinfo2)")
+def test_keep_freed_memory_serves_large_tensors_from_the_heap() -> None:
+    """A 64 MB tensor is mapped on its own by default, and comes from the heap once the thresholds are raised
+    (mallinfo2's bytes in mmapped blocks; each case in a fresh process, as the setting is process-wide)."""
+    def mapped_mb(mode: str) -> tuple[str, int]:
+        out = subprocess.run([sys.executable, "-c", KEEP_FREED_PROBE, mode], capture_output=True, text=True,
+                             check=True).stdout.split()
+        return out[0], int(out[1])
+
+    default, on = mapped_mb("off"), mapped_mb("on")
+    assert default[0] == "False" and default[1] >= 64
+    assert on[0] == "True" and on[1] < 64

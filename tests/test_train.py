@@ -168,6 +168,21 @@ def test_spiliformer_beta_ramp_reaches_the_model(tmp_path: Path) -> None:
     assert rows[0].split(",")[-1] == "beta" and [r.split(",")[-1] for r in rows[1:]] == ["0.2", "0.6"]
 
 
+@pytest.mark.parametrize("keep", [True, False])
+def test_cpu_run_keeps_freed_memory_as_configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep: bool) -> None:
+    from spikformers import memory
+    from spikformers.train.engine import train
+
+    calls: list[int] = []
+    monkeypatch.setattr(memory, "keep_freed_memory", lambda *a: calls.append(1) or True)
+    cfg = load_config(None, ["model.name=spikformer_1_64_cifar", "model.T=1", "data.img_size=8", "optim.epochs=1",
+                             "optim.warmup_epochs=0", "data.limit_train=16", "data.limit_test=16", "progress=false",
+                             f"train.keep_freed_memory={str(keep).lower()}", "train.tensorboard=false",
+                             f"out={tmp_path}"])
+    train(cfg)
+    assert calls == ([1] if keep else [])
+
+
 def test_ema_mixup_bf16_run_is_reproduced_by_eval(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     rc = main(["train", "--model", "spikformer_1_64_cifar", "--T", "1", "--img-size", "8", "--epochs", "2",
                "--amp", "bf16", "--out", str(tmp_path), "--no-progress", "--set", "data.limit_train=64",

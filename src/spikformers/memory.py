@@ -10,6 +10,8 @@
   keeps only the norm's input.
 - Compact spike inputs for backward and event-driven CPU products live in :mod:`spikformers.spike_ops`
   (``set_compact_spikes``, ``set_sparse_spikes``).
+- :func:`keep_freed_memory` (CPU, glibc): large freed blocks stay in the process for reuse instead of being
+  mapped afresh, and faulted in page by page, at every allocation (``train.keep_freed_memory``).
 """
 
 from __future__ import annotations
@@ -23,14 +25,40 @@ from torch.utils.checkpoint import checkpoint
 
 from .neurons.state import carry_membrane
 
-__all__ = ["backbone_blocks", "checkpoint_blocks", "check_chunkable", "chunked_forward", "recompute_bn_neurons",
-           "CHUNK_UNSUPPORTED"]
+__all__ = ["backbone_blocks", "checkpoint_blocks", "check_chunkable", "chunked_forward", "keep_freed_memory",
+           "recompute_bn_neurons", "CHUNK_UNSUPPORTED"]
 
 CHUNK_UNSUPPORTED = (
     "SpiLiFormer's two-pass forward (its feedback is computed from the first pass over all T), "
     "PSA with mode='random' and ratio > 0 (evaluation masks are drawn for the whole input shape), "
     "training mode (batch-norm statistics would pool over one chunk), and backbones other than Spikformer / HST"
 )
+
+
+def keep_freed_memory(max_bytes: int = 1 << 30) -> bool:
+    """Let glibc's malloc keep freed blocks of up to ``max_bytes`` for reuse; True where applied, False elsewhere.
+
+    glibc maps every allocation above its mmap threshold (which it raises to 32 MB at most) afresh and unmaps it
+    on free, so each large tensor of every step costs the kernel a page fault and a zeroed page per 4 KB on first
+    touch: at T = 16 that was most of the fused LIF's time (``benchmarks/README.md``). Raising the mmap and trim
+    thresholds keeps such blocks in the heap. Process-wide and for the life of the process; numbers do not change
+    (torch aligns its buffers the same either way); the process's resident memory stays near its peak instead
+    of shrinking between steps. A no-op (False) without glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt if name else None
+    except (OSError, AttributeError):
+        mallopt = None
+    if mallopt is None:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    value = min(int(max_bytes), 2**31 - 1)
+    return mallopt(M_MMAP_THRESHOLD, value) == 1 and mallopt(M_TRIM_THRESHOLD, value) == 1
 
 
 def backbone_blocks(model: nn.Module) -> list[nn.Module]:

@@ -369,6 +369,10 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo) -> RunResult:
     from tqdm.auto import tqdm
 
     device, main = info.device, info.is_main
+    if device.type == "cpu" and cfg.train.keep_freed_memory:
+        from ..memory import keep_freed_memory
+
+        keep_freed_memory()
     seed_everything(cfg.seed, cfg.deterministic)
     model = build_model(cfg)
     apply_speed_options(model, cfg)
