@@ -10,6 +10,10 @@ Paths (all give the same spikes and, to 1e-6, the same gradients as the loops in
 | "reference" | anywhere                       | the plain per-step autograd loop (the oracle)                  |
 | "auto"      | -                              | triton on CUDA, else cpp, else eager (``"fused"`` is an alias) |
 
+Each Triton variant is run against the reference loop on its first call in a process (:mod:`.selfcheck`): one that
+differs, or fails to compile or launch, gives a :class:`KernelCheckWarning` and is replaced by the eager path.
+``SPIKFORMERS_KERNEL_CHECK=0`` or :func:`set_kernel_check` ``(False)`` skips the check.
+
 Every fused path is one autograd node that saves only what backward needs; see :mod:`.common`. By default
 (``saved="auto"``) the C++ path keeps no new state: it holds on to its input and rebuilds the membrane in
 backward (``"recompute"``), which is faster on a CPU than computing and storing the surrogate; the Triton and
@@ -28,9 +32,11 @@ from .bn_lif import set_fused_bn_neuron
 from .common import NeuronParams, choose_save
 from .fused import BACKENDS, lif_fused, mark_scratch, run_neuron, select_impl, set_overwrite_scratch
 from .reference import lif_reference, ternary_lif_reference, ternary_reference
+from .selfcheck import KernelCheckWarning, set_kernel_check
 
 __all__ = [
     "BACKENDS",
+    "KernelCheckWarning",
     "NeuronParams",
     "available_backends",
     "choose_save",
@@ -42,6 +48,7 @@ __all__ = [
     "select_impl",
     "set_overwrite_scratch",
     "set_fused_bn_neuron",
+    "set_kernel_check",
     "ternary_multistep",
     "ternary_reference",
     "ternary_lif_reference",

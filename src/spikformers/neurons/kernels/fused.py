@@ -2,7 +2,8 @@
 
 Forward runs all T steps in one kernel and saves only the compact state of :mod:`.common` through
 ``ctx.save_for_backward``; backward walks the steps in reverse from that state. Without autograd
-(inference, ``torch.no_grad``, inputs not requiring grad) nothing is saved at all.
+(inference, ``torch.no_grad``, inputs not requiring grad) nothing is saved at all. Each Triton variant is
+checked against the reference loop on its first call (:mod:`.selfcheck`) and replaced by the eager path if wrong.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from types import ModuleType
 
 import torch
 
-from . import cpu, eager
+from . import cpu, eager, selfcheck
 from .common import NeuronParams, choose_save
 
 BACKENDS = ("auto", "fused", "cpp", "triton", "eager", "reference")
@@ -144,6 +145,7 @@ def run_neuron(
         if saved == "auto" and getattr(impl, "RECOMPUTES", False):
             saved = "recompute"  # C++: rebuilding the membrane is cheaper than storing the surrogate
         save = choose_save(kind, compute, params.detach_reset, saved)
+        impl = selfcheck.guard(impl, xc, kind, params, save)  # Triton: checked once per variant, else eager
         out = NeuronFunction.apply(xc, kind, params, save, impl)
         return out if out.dtype == x.dtype else out.to(x.dtype)
     v0 = None
@@ -152,6 +154,7 @@ def run_neuron(
             raise ValueError(f"v_init must have the per-step shape {tuple(x.shape[1:])}, got {tuple(v_init.shape)}")
         v0 = v_init.detach().to(device=x.device, dtype=compute).contiguous()
     v_final = torch.empty(x.shape[1:], dtype=compute, device=x.device) if return_v else None
+    impl = selfcheck.guard(impl, xc, kind, params, "none", v0 is not None, return_v)
     if getattr(impl, "OVERWRITES", False) and (scratch or xc is not x):  # spikes over a private input: no new tensor
         out, _ = impl.forward(xc, kind, params, "none", v0, v_final, overwrite=True)
     else:
