@@ -43,6 +43,8 @@ _lib: ctypes.CDLL | None = None
 _tried = False
 error: str | None = None
 threading_model: str | None = None  # "openmp" (torch's own pool) or "std::thread", once built
+library_path: Path | None = None  # the loaded shared library, once built
+build_flags: list[str] | None = None  # the compiler flags it was built with
 
 
 def _cache_dir() -> Path:
@@ -93,10 +95,15 @@ def libgomp_path() -> str | None:
         return None
 
 
+def find_compiler() -> str | None:
+    """The C++ compiler the library is built with: ``$CXX``, else the first of g++, clang++, c++ on the PATH."""
+    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++") or shutil.which("c++")
+
+
 def _build(openmp: bool = True) -> ctypes.CDLL:
     """Compile (or take from the cache) and load the library; ``openmp=False`` builds the std::thread variant."""
-    global threading_model
-    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++") or shutil.which("c++")
+    global threading_model, library_path, build_flags
+    compiler = find_compiler()
     if compiler is None:
         raise RuntimeError("no C++ compiler found (looked for $CXX, g++, clang++, c++)")
     source = b"".join(p.read_bytes() for p in (*SOURCES, *HEADERS))
@@ -115,6 +122,7 @@ def _build(openmp: bool = True) -> ctypes.CDLL:
                 _compile(compiler, flags, target)
             lib = ctypes.CDLL(str(target))
             threading_model = "openmp" if "-fopenmp" in flags else "std::thread"
+            library_path, build_flags = target, flags
             break
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
             last = exc
