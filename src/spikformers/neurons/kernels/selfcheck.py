@@ -251,6 +251,12 @@ def _raised(exc: Exception, tol: float) -> CheckResult:
     return CheckResult(False, f"raised {type(exc).__name__}: {lines[0][:300] if lines else ''}", math.nan, tol)
 
 
+def _compiling() -> bool:
+    """Whether torch.compile is tracing this call (``torch.compiler.is_compiling``, torch >= 2.3)."""
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(is_compiling and is_compiling())
+
+
 def _warn(message: str) -> None:
     warnings.warn(f"spikformers: {message}", KernelCheckWarning, stacklevel=5)  # 5: the caller of the neuron
 
@@ -262,7 +268,7 @@ def guard(impl: ModuleType, x: torch.Tensor, kind: str, p: NeuronParams, save: s
 
     ``x`` is the contiguous input in its compute dtype; ``save`` the format chosen (``"none"`` at inference).
     """
-    if impl.__name__ != _TRITON_MODULE or torch.compiler.is_compiling():  # tracing: fake tensors, nothing to run
+    if impl.__name__ != _TRITON_MODULE or _compiling():  # tracing: fake tensors, nothing to run
         return impl
     T = x.shape[0]
     N = x.numel() // T
