@@ -76,15 +76,17 @@ def create_dataset(name: str, root: str | Path | None = None, split: str = "trai
     """Build a dataset yielding ``(x, label)``: images ``[C, H, W]`` or event frames ``[T, 2, H, W]``.
 
     ``split`` is ``"train"`` or ``"test"``; ``opts`` are the dataset's own options (``img_size``, ``download``,
-    ``auto_augment``, ``T``, ``split_by``, ...).
+    ``auto_augment``, ``T``, ``split_by``, ...). ``skip_bad_images`` applies to ImageFolder trees (``imagenet``,
+    ``imagefolder``) and is ignored by the others, whose files are read whole when the dataset is built.
     """
+    skip_bad_images = bool(opts.pop("skip_bad_images", False))
     if name in BUNDLED:
         size = int(opts.get("img_size") or STATIC[name].img_size)
         return BundledImages(name, split, img_size=size, augment=opts.get("augment", split == "train"))
     if name in ("cifar10", "cifar100"):
         return cifar(name, _need_root(name, root), split, **opts)
     if name in ("imagenet", "imagefolder"):
-        return image_folder(_need_root(name, root), split, **opts)
+        return image_folder(_need_root(name, root), split, skip_bad_images=skip_bad_images, **opts)
     from .events import EVENT_DATASETS, create_event_dataset
 
     if name in EVENT_DATASETS:

@@ -36,6 +36,7 @@ class DataConfig:
     download: bool = False
     limit_train: int | None = None  # use a fixed random subset of this many training samples (quick checks)
     limit_test: int | None = None  # evaluate on the first this many test samples
+    skip_bad_images: bool = False  # ImageFolder: replace files that do not decode, list them after each epoch
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 

@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from ..data import create_dataset, dataset_info, is_event_dataset
+from ..data.images import report_skipped_images
 from ..outputs import logits_of, output_loss
 from ..registry import count_parameters, create_model
 from . import distributed as dist_utils
@@ -108,6 +109,8 @@ def build_loaders(cfg: TrainConfig, T: int | None = None, rank: int = 0, world_s
         opts["img_size"] = cfg.data.img_size  # event datasets resize their frames to it
     if cfg.data.download:
         opts["download"] = True
+    if cfg.data.skip_bad_images:
+        opts["skip_bad_images"] = True
     if T is not None and is_event_dataset(cfg.data.name):
         opts.setdefault("T", T)
     train_set = create_dataset(cfg.data.name, cfg.data.root, "train", **opts)
@@ -463,6 +466,7 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo) -> RunResult:
         ema_acc = ema_loss = None
         if ema is not None:
             ema_acc, ema_loss = evaluate(ema.module, test_loader, device, cfg.train.amp)
+        report_skipped_images(epoch + 1, train_loader, test_loader)  # data.skip_bad_images: what was skipped
         use_ema = ema is not None and cfg.train.ema_eval
         test_acc, test_loss = (ema_acc, ema_loss) if use_ema else (model_acc, model_loss)
         reported = ema.module if use_ema else model  # type: ignore[union-attr]

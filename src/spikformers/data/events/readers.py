@@ -53,6 +53,10 @@ class EventFileError(ValueError):
             msg += f", found {found}"
         super().__init__(msg)
 
+    def __reduce__(self) -> tuple:
+        # rebuilt from its fields, so that it crosses a process pool (the frame cache build) intact
+        return type(self), (self.path, self.offset, self.expected, self.found)
+
 
 def _make_events(t: np.ndarray, x: np.ndarray, y: np.ndarray, p: np.ndarray) -> np.ndarray:
     out = np.empty(len(t), dtype=EVENT_DTYPE)
