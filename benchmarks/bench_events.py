@@ -1,5 +1,6 @@
-"""Event-data benchmark: reader throughput (events/s) on the real recordings in ../shared/data and on large
-synthetic files of each format, frame-cache build time, and tonic's readers on the same files in the same run.
+"""Event-data benchmark: reader throughput (events/s) on the real recordings (docs/data.md, "Real recordings in the
+tests"; skipped when absent) and on large synthetic files of each format, frame-cache build time, and tonic's
+readers on the same files in the same run.
 
 Usage: python benchmarks/bench_events.py [--events 2000000] [--repeat 3] [--workers 2] [--json out.json]
 """

@@ -1,4 +1,8 @@
-"""Shared fixtures: real digits images, and the location of the shared real recordings."""
+"""Shared fixtures: real digits images, and where the real event recordings are looked for.
+
+The recordings (tonic's public test fixtures, docs/data.md "Real recordings in the tests") are not part of the
+repository; the tests that read them skip when they are absent.
+"""
 
 from __future__ import annotations
 

@@ -86,7 +86,7 @@ def test_sdt_presets() -> None:
     with torch.device("meta"):
         sdt = create_model("sdt_8_768")
         assert isinstance(sdt.blocks[0], MembraneBlock) and isinstance(sdt.blocks[0].attn, SDSA)
-        # ARCH 5, official "used" counts (SDT's Q/K/V convs have no bias)
+        # docs/models.md "Parameter counts", official used counts (SDT's Q/K/V convs have no bias)
         assert count_parameters(sdt) == 66_338_632 == count_parameters(create_model("spikformer_8_768"))
         assert count_parameters(create_model("sdt_8_512")) == 29_689_384
         assert count_parameters(create_model("sdt_2_512_cifar")) == 10_233_418

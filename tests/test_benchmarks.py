@@ -98,7 +98,7 @@ def test_plot_bench_draws_both_reports(lif_run, model_run, tmp_path: Path) -> No
 
 
 @pytest.mark.skipif(not (Path(__file__).resolve().parents[1].parent / "shared" / "data").is_dir(),
-                    reason="no ../shared/data recordings")
+                    reason="no real event recordings beside the checkout (not shipped; see docs/data.md)")
 def test_bench_events_small_run(tmp_path: Path, capsys) -> None:
     bench = load("bench_events")
     out = tmp_path / "events.json"

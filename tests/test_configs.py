@@ -21,7 +21,7 @@ from spikformers.train.engine import (
 )
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
-REQUIRED = {  # SPEC 1: one recipe per published model x dataset, plus the A2OS2A and EST presets
+REQUIRED = {  # one recipe per published model x dataset (docs/recipes.md), plus the A2OS2A and EST presets
     "spikformer_4_384_cifar10", "spikformer_4_384_cifar100", "spikformer_8_384_imagenet", "spikformer_8_512_imagenet",
     "spikformer_8_768_imagenet", "spikformer_2_256_cifar10dvs", "spikformer_2_256_dvsgesture",
     "spiliformer_4_384_cifar10", "spiliformer_4_384_cifar100", "spiliformer_10_768_imagenet",

@@ -1,7 +1,7 @@
 """The GPU paths on a CUDA device: the Triton neuron kernels against the reference loops run on the same device,
 membranes carried between chunks bit for bit (denormals included), and whole models with and without AMP.
 
-Skipped without a CUDA device. No session had one when these were written: they run whenever the machine
+Skipped without a CUDA device. None was at hand when these were written: they run whenever the machine
 running the suite has one (``benchmarks/README.md`` lists the GPU checks to run then).
 """
 

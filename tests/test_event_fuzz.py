@@ -129,7 +129,7 @@ def test_fuzz_aedat4_random(tmp_path, raw):
 def test_fuzz_aedat4_mutated_real_file(tmp_path, data):
     pytest.importorskip("aedat", reason="aedat package not installed (pip install aedat)")
     if not AEDAT4_FILE.is_file():
-        pytest.skip(f"real recording {AEDAT4_FILE} is absent (../shared/data beside the repo)")
+        pytest.skip(f"real recording {AEDAT4_FILE} is absent (not shipped; see docs/data.md)")
     seed = bytearray(_aedat4_head())
     # mutate the header / first packets, where structure lives, or cut anywhere
     for _ in range(data.draw(st.integers(1, 4))):

@@ -1,5 +1,6 @@
-"""Event readers: files written here bit by bit (SPEC 6) decode back; real recordings match their README facts,
-tonic and the aedat package. The writers below are also used by the other test_event_* files."""
+"""Event readers: files written here bit by bit (docs/data.md, "Event file formats") decode back; real recordings
+match their known facts (docs/data.md, "Real recordings in the tests"), tonic and the aedat package. The writers
+below are also used by the other test_event_* files."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ AEDAT4_FILE = DATA / "sample.aedat4"
 
 def need(path: Path) -> Path:
     if not path.is_file():
-        pytest.skip(f"real recording {path} is absent (it lives in ../shared/data beside the repo, see its README)")
+        pytest.skip(f"real recording {path} is absent (not shipped; docs/data.md, 'Real recordings in the tests')")
     return path
 
 

@@ -8,7 +8,7 @@ import torch
 import spikformers
 from spikformers import count_parameters, create_model, list_models
 
-# ARCH.md section 5, "official used" column (LayerNorms and pos_embed that never run are not built)
+# docs/models.md "Parameter counts", used column (LayerNorms and pos_embed that never run are not built)
 SPIKFORMER_COUNTS = {
     "spikformer_8_384": 16_816_024,
     "spikformer_6_512": 23_373_352,

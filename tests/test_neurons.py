@@ -9,7 +9,8 @@ from spikformers.neurons import LIF, ReLUNeuron, TernaryNeuron, create_neuron
 
 
 def loop_lif(x, tau, v_th, v_reset, alpha, detach_reset):
-    """SPEC 1 written out once more, independently of the library: one step at a time, autograd throughout."""
+    """The LIF of docs/models.md written out once more, independently of the library: one step at a time,
+    autograd throughout."""
 
     class Spike(torch.autograd.Function):
         @staticmethod

@@ -88,7 +88,7 @@ def capture(module: torch.nn.Module, store: dict, key: str, inputs: bool = False
 
 
 # ---------------------------------------------------------------------------------------------------------
-# parameter counts (ARCH 5)
+# parameter counts (docs/models.md, "Parameter counts")
 
 
 @pytest.mark.parametrize(
@@ -159,7 +159,7 @@ def test_ff_lidiff_token_mask_from_real_q_spikes(digits, trained, q_split: bool)
     T, B, N, C = q.shape
     heads, d = 4, C // 4
     assert set(q.unique().tolist()) <= {0.0, 1.0} and 0 < q.mean() < 1
-    # recompute the per-head scores with explicit channel indices (ARCH 3.1 split rule)
+    # recompute the per-head scores with explicit channel indices (docs/models.md, FF-LiDiff's Q split)
     s = torch.zeros(T, B, N, heads)
     for h in range(heads):
         if q_split:

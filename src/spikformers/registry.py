@@ -170,7 +170,7 @@ def _install_timm_hook() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Spikformer (ARCH 1): ImageNet 224 px / 1000 classes, CIFAR 32 px / 10 classes, DVS 128 px / 2 ch / T=16.
+# Spikformer (docs/models.md): ImageNet 224 px / 1000 classes, CIFAR 32 px / 10 classes, DVS 128 px / 2 ch / T=16.
 
 
 def _spikformer_imagenet(depth: int, dim: int) -> dict[str, Any]:
@@ -252,7 +252,7 @@ register_family(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# SpiLiFormer (ARCH 2-3): QKFormer's hierarchical backbone (HST) with FF-LiDiff / FB-LiDiff and a feedback
+# SpiLiFormer (docs/models.md): QKFormer's hierarchical backbone (HST) with FF-LiDiff / FB-LiDiff and a feedback
 # second pass. imagenet: 224 px, 1000 classes; cifar: 32 px, 100 classes (the published 7.04 M is the
 # CIFAR-100 model, whose decoder is BN-first with aug 2.0; use decoder_norm="bn", aug=1.0 for the CIFAR-10
 # file); dvs: 128 px, 2 channels, T=16, 10 classes, non-doubled FB with a BN decoder (published 1.57 M;

@@ -1,4 +1,4 @@
-"""SpiLiFormer's lateral-inhibition attention (Zheng et al., ICCV 2025; ARCH 3.1-3.2).
+"""SpiLiFormer's lateral-inhibition attention (Zheng et al., ICCV 2025; docs/models.md, "SpiLiFormer").
 
 FF-LiDiff (shallow stages), per head h of d = C / heads channels:
 
@@ -27,7 +27,7 @@ from .base import attention_product, merge_heads, split_heads
 
 
 class FFLiDiff(nn.Module):
-    """Feed-forward lateral-differential token attention ``[T, B, N, dim] -> [T, B, N, dim]`` (ARCH 3.1).
+    """Feed-forward lateral-differential token attention ``[T, B, N, dim] -> [T, B, N, dim]`` (docs/models.md).
 
     Args:
         dim: channels C; heads: number of heads (C divisible by it; with ``q_split`` the head size must be even).
@@ -70,7 +70,7 @@ class FFLiDiff(nn.Module):
 
 
 class FBLiDiff(nn.Module):
-    """Feedback lateral-differential attention ``[T, B, N, dim] -> [T, B, N, dim]`` (ARCH 3.2).
+    """Feedback lateral-differential attention ``[T, B, N, dim] -> [T, B, N, dim]`` (docs/models.md).
 
     ``forward(x, feedback=F)`` adds ``F W_v`` (``F: [T, B, N, dim]``, same weights as ``X W_v``) before the
     value batch norm; without ``feedback`` it is SSA with binary Q, K, V.
@@ -81,7 +81,8 @@ class FBLiDiff(nn.Module):
             uses ``K_{2i}^T V_{2i} - K_{2i+1}^T V_{2i+1}`` in place of ``K_i^T V_i``. Off by default.
         qkv_bias: bias on the Q/K/V projections (False in the official code; the feedback never gets a bias).
         attn_v_th: threshold of the neuron after the product; order: see :func:`attention_product`.
-        fold_proj_lif: official quirk Q1 (ARCH 3.6): the projection's LIF integrates over the folded T*B axis.
+        fold_proj_lif: official quirk Q1 (docs/models.md, "Official quirks"): the projection's LIF integrates
+            over the folded T*B axis.
     """
 
     def __init__(

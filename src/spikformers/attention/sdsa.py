@@ -1,4 +1,4 @@
-"""SDSA: spike-driven self-attention (Spike-driven Transformer, Yao et al., NeurIPS 2023), ARCH 4.
+"""SDSA: spike-driven self-attention (Spike-driven Transformer, Yao et al., NeurIPS 2023; docs/models.md).
 
     Q, K, V = LIF(BN(X W_q)), LIF(BN(X W_k)), LIF(BN(X W_v))    binary, [T, B, N, D]
     kv      = LIF_{v_th=0.5}(sum over tokens of K * V)           [T, B, 1, D], a binary channel mask

@@ -9,7 +9,7 @@ The counter watches a model from outside, without any change to model code:
   named after that child; other products called directly in a module's ``forward`` get the op name and call
   index: ``blocks.0.attn.matmul1``, FB-LiDiff's feedback ``F W_v``: ``stage3.0.attn.linear1``).
 
-Conventions (SPEC 5, the papers' own):
+Conventions (the papers' own; docs/energy.md):
 
 * ``flops`` of a layer = multiply-accumulates of ONE single-step forward of ONE image (a 3x3 conv from C to C'
   on an h x w output: ``h w C C' 9``); bias, batch norm (folded into the weights at inference), neurons,

@@ -1,4 +1,4 @@
-"""Block forms beside Spikformer's: the membrane-shortcut block of Spike-driven Transformer (ARCH 4).
+"""Block forms beside Spikformer's: the membrane-shortcut block of Spike-driven Transformer (docs/models.md).
 
 Spikformer's block adds spike tensors (``x + Attn(x)`` with ``Attn`` ending in a LIF). The membrane-shortcut
 block instead carries real-valued membrane input along the residual stream and spikes it at the start of

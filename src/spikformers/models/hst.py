@@ -1,4 +1,4 @@
-"""Hierarchical spiking transformer (QKFormer's HST) and SpiLiFormer on top of it (ARCH 2-3).
+"""Hierarchical spiking transformer (QKFormer's HST) and SpiLiFormer on top of it (docs/models.md).
 
     x [B, C, H, W] or [T, B, C, H, W]
     -> patch_embed1 -> stage1 (token attention blocks)          [T, B, N1, D/4]   (DVS: two stages, D/2, D)
@@ -24,9 +24,9 @@ from ..layers import MLP, ConvBN, DropPath, drop_path_rates, max_pool, time_inpu
 from ..neurons import LIF
 from ..outputs import WeightedLogits
 
-# Per embedding variant (ARCH 2.2-2.3): the stem's channel fractions of E (input first), which of its convs
-# pool, the step whose output feeds the 1x1 shortcut (-1: the input) and that shortcut's stride; then which
-# of the two 3x3 convs of a stage embedding pools. ``stages``: number of stages.
+# Per embedding variant (docs/models.md, "Patch embeddings"): the stem's channel fractions of E (input first),
+# which of its convs pool, the step whose output feeds the 1x1 shortcut (-1: the input) and that shortcut's
+# stride; then which of the two 3x3 convs of a stage embedding pools. ``stages``: number of stages.
 EMBEDS: dict[str, dict[str, Any]] = {
     "imagenet": dict(stem=(0.5, 1, 1), stem_pools=(True, True, False), stem_res=0, stem_stride=2,
                      stage_pools=(True, False), stages=3),
@@ -129,7 +129,7 @@ class HST(nn.Module):
         img_size, in_chans, num_classes: input and output. T: time steps a static image is repeated over.
         dim: width D of the last stage; depth: total blocks, split by :func:`stage_depths` unless ``depths``.
         heads: heads in every stage; mlp_ratio: MLP hidden = ratio * width.
-        embed: patch-embedding variant (``"imagenet"``, ``"cifar"``, ``"dvs"``, ARCH 2.2-2.3).
+        embed: patch-embedding variant (``"imagenet"``, ``"cifar"``, ``"dvs"``, docs/models.md "Patch embeddings").
         attn_early / attn_last: attention of the early stages / the last stage, names or classes, with options
             ``attn_early_kwargs`` / ``attn_last_kwargs``. Defaults: QKFormer's token attention and SSA.
         drop_path_rate: stochastic depth of the last block; over all blocks of all stages in order, block i gets
@@ -247,7 +247,7 @@ class HST(nn.Module):
 
 
 class FeedbackDecoder(nn.Module):
-    """One decoder of the feedback chain, ``[T, B, N, C] -> spikes [T, B, N, C]`` (ARCH 3.3).
+    """One decoder of the feedback chain, ``[T, B, N, C] -> spikes [T, B, N, C]`` (docs/models.md, "Feedback").
 
     ``norm="bn"``: Linear (no bias) -> BN -> LIF (ImageNet, CIFAR-10, N-Caltech101); ``"bn_first"``:
     BN -> Linear -> LIF (CIFAR-100); ``"none"``: Linear -> LIF (CIFAR10-DVS).
@@ -276,13 +276,14 @@ class FeedbackDecoder(nn.Module):
 
 
 class FeedbackGenerator(nn.Module):
-    """Feedback for each last-stage block from the last-stage output ``x: [T, B, N, C]`` (ARCH 3.3).
+    """Feedback for each last-stage block from the last-stage output ``x: [T, B, N, C]`` (docs/models.md).
 
     ``m_i = clamp(cos(x, P_i), 0, 1)`` per token with two learnable prompts ``P_i ~ N(0, 1)``;
     ``z = aug * (x * m_1 - x * m_2)``; then a chain of decoders, one per block, each feeding the next.
     ``order="forward"``: decoders 0, 1, ... in turn, block i gets the output after decoder i (ImageNet);
     ``"reverse"``: decoders K-1, ..., 0, block i gets decoder i's output (CIFAR, DVS code).
-    ``raw_reshape``: official quirk Q2 (ARCH 3.6), each decoder output's N x C block is read as C x N.
+    ``raw_reshape``: official quirk Q2 (docs/models.md, "Official quirks"), each decoder output's N x C block is
+    read as C x N.
     """
 
     def __init__(
@@ -331,9 +332,10 @@ class SpiLiFormer(HST):
         doubled_kv: FB-LiDiff's doubled K/V head-pair difference (the CIFAR10-DVS file); off by default.
         decoder_order, decoder_norm, aug: feedback generator options (see :class:`FeedbackGenerator`).
         beta: weight of the second pass in the training loss (0.8 CIFAR / ImageNet, 0.5 DVS).
-        official_quirks: reproduce the official code's reshaping accidents (ARCH 3.6): Q1 (FB projection LIF
-            over the folded T*B axis) everywhere, Q2 (raw decoder reshape) in the Linear-first reverse-order
-            decoders of the CIFAR-10 / DVS / N-Caltech101 files. Parameter counts are the same either way.
+        official_quirks: reproduce the official code's reshaping accidents (docs/models.md, "Official quirks"):
+            Q1 (FB projection LIF over the folded T*B axis) everywhere, Q2 (raw decoder reshape) in the
+            Linear-first reverse-order decoders of the CIFAR-10 / DVS / N-Caltech101 files. Parameter counts are
+            the same either way.
     """
 
     def __init__(

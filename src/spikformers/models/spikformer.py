@@ -20,7 +20,7 @@ from ..layers import MLP, ConvBN, ConvBNSpike, DropPath, drop_path_rates, time_i
 from ..neurons import LIF
 from .blocks import MembraneBlock
 
-# Which of the four SPS convs is followed by a max-pool, per published variant (ARCH 1.2).
+# Which of the four SPS convs is followed by a max-pool, per published variant (docs/models.md, "SPS and RPE").
 SPS_POOLS: dict[str, tuple[bool, bool, bool, bool]] = {
     "cifar": (False, False, True, True),
     "imagenet": (True, True, True, True),

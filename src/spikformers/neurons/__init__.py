@@ -7,7 +7,7 @@ context used to run T in chunks; its state is dropped on exit).
 
 | kind      | output values  | used for                                   |
 |-----------|----------------|--------------------------------------------|
-| "lif"     | {0, 1}         | every paper's default neuron (SPEC 1)      |
+| "lif"     | {0, 1}         | every paper's default neuron               |
 | "ternary" | {-1, 0, +1}    | A2OS2A's V                                 |
 | "relu"    | [0, inf)       | A2OS2A's K (real-valued, no threshold)     |
 """
@@ -42,7 +42,7 @@ class Neuron(nn.Module):
 
 
 class LIF(Neuron):
-    """Multi-step leaky integrate-and-fire neuron (SPEC 1): hard reset, sigmoid surrogate, ``>=`` fires.
+    """Multi-step leaky integrate-and-fire neuron (docs/models.md): hard reset, sigmoid surrogate, ``>=`` fires.
 
     Args:
         tau: membrane time constant (decay_input form: ``h = v + (x - (v - v_reset)) / tau``).
@@ -107,7 +107,7 @@ class LIF(Neuron):
 
 
 class TernaryNeuron(Neuron):
-    """Ternary spiking neuron emitting {-1, 0, +1} (SPEC 1).
+    """Ternary spiking neuron emitting {-1, 0, +1} (docs/models.md, "Neurons").
 
     ``form="guo"`` (default, Ternary Spike, Guo et al. 2024): ``u = decay * u + x``; fire ``sign(u)`` where
     ``|u| >= v_th / 2``; hard reset; straight-through gradient inside [-1, 1].

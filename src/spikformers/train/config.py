@@ -65,7 +65,7 @@ class MixupConfig:
     prob: float = 1.0
     switch_prob: float = 0.5
     mode: Literal["batch", "pair", "elem"] = "batch"
-    off_epoch: int | None = None  # from this (0-based) epoch on, no mixing (SPEC 4: CIFAR mixup off after 200)
+    off_epoch: int | None = None  # from this (0-based) epoch on, no mixing (docs/recipes.md: CIFAR mixup off after 200)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Torch datasets over the neuromorphic datasets in their published on-disk layouts (SPEC sections 4, 6, 7).
+"""Torch datasets over the neuromorphic datasets in their published on-disk layouts (docs/data.md).
 
 Each dataset yields ``(frames [T, 2, H, W] float32, int label)``. Frames are built once per (T, split mode)
 into an on-disk cache (``cache.py``) in parallel, so an epoch reads ``.npy`` frames, not raw events.
@@ -94,7 +94,8 @@ def random_translate(frames: torch.Tensor, max_shift: float = 0.1,
 class DVSAugment:
     """Training augmentation for DVS frames ``[T, 2, H, W]``: random horizontal flip, then random translation.
 
-    The same flip and shift apply to every time step and both polarities (SPEC 4: flip + translation).
+    The same flip and shift apply to every time step and both polarities (the published DVS augmentation,
+    docs/recipes.md "Spikformer CIFAR10-DVS").
     """
 
     def __init__(self, flip_p: float = 0.5, max_shift: float = 0.1):

@@ -1,4 +1,4 @@
-"""Integrate events into ``[T, 2, H, W]`` count frames (SPEC section 6), vectorised with ``np.bincount``."""
+"""Integrate events into ``[T, 2, H, W]`` count frames (docs/data.md, "Frames"), vectorised with ``np.bincount``."""
 
 from __future__ import annotations
 

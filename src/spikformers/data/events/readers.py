@@ -1,4 +1,4 @@
-"""Readers for the event-camera file formats of the neuromorphic datasets (SPEC section 6).
+"""Readers for the event-camera file formats of the neuromorphic datasets (docs/data.md, "Event file formats").
 
 Every reader returns a numpy structured array of dtype :data:`EVENT_DTYPE` with fields
 ``t`` (int64, microseconds), ``x``, ``y`` (uint16) and ``p`` (uint8, 0 = OFF, 1 = ON), in the order
@@ -97,7 +97,7 @@ def read_atis_bin(path: PathLike, size: tuple[int, int] | None = None) -> np.nda
 
     Word layout: x (bits 39-32), y (31-24), polarity (bit 23), timestamp in us (22-0). A word with
     y == 240 marks a timestamp overflow: it is dropped and 2**13 is added to every later timestamp
-    (tonic's convention, SPEC 6). Coordinates are 8-bit, so any byte value decodes; pass
+    (tonic's convention, docs/data.md). Coordinates are 8-bit, so any byte value decodes; pass
     ``size=(H, W)`` to reject events outside the sensor (N-MNIST: 34x34). An empty file gives 0 events.
     """
     data = np.frombuffer(_read_bytes(path), dtype=np.uint8)

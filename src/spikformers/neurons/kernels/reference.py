@@ -1,7 +1,7 @@
 """The reference per-step loops: plain autograd, one time step at a time.
 
 These are the oracles. Every fast path in :mod:`spikformers.neurons.kernels` is tested against them,
-spikes exactly and gradients to 1e-6. They are deliberately written as the equations read (SPEC 1).
+spikes exactly and gradients to 1e-6. They are deliberately written as the equations read (docs/models.md, "Neurons").
 """
 
 from __future__ import annotations
