@@ -242,31 +242,37 @@ def tiny_runs(tmp_path_factory) -> list:
 
 def test_energy_command_checkpoint_json(tiny_runs, tmp_path, capsys) -> None:
     path = tmp_path / "e.json"
-    assert main(["energy", "--checkpoint", str(tiny_runs[0]), "--data", "digits", "--batches", "1",
-                 "--batch-size", "8", "--json", str(path)]) == 0
+    assert main(["energy", "--checkpoint", str(tiny_runs[0]), "--data", "digits", "--images", "8",
+                 "--batch-size", "3", "--json", str(path)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert "mJ per image" in lines[-1] and "SOPs" in lines[-1]
+    assert "J per image" in lines[-1] and "SOPs" in lines[-1] and "8 images" in lines[-1]
     doc = json.loads(path.read_text())
     for key in ("total_flops", "total_sops", "total_macs", "total_acs", "energy_mj", "layers"):
         assert key in doc
     for key in ("name", "flops", "firing_rate", "sops", "energy_mj"):
         assert key in doc["layers"][0]
     assert doc["energy_mj"] == pytest.approx(sum(row["energy_mj"] for row in doc["layers"]))
-    assert f"{doc['energy_mj']:.4f} mJ" in lines[-1]
+    assert doc["images"] == 8
+    # a tiny model's energy (under 0.001 mJ) is shown in nJ with three decimals, in the table, the parts and the
+    # last line; not in mJ with five decimals
+    assert 1e-6 <= doc["energy_mj"] < 1e-3
+    assert f"{doc['energy_mj'] * 1e6:.3f} nJ per image" in lines[-1]
+    table = "\n".join(lines)
+    assert "energy nJ" in lines[0] and "energy by part (nJ)" in table and "mJ" not in table
 
 
 def test_energy_command_model_several_T(capsys) -> None:
     assert main(["energy", "--model", "spikformer_1_32_cifar", "--img-size", "16", "--T", "1", "2",
-                 "--batches", "1", "--batch-size", "2"]) == 0
+                 "--images", "2", "--batch-size", "2"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1].startswith("energy:") and "T=2" in out[-1]
     assert any(line.startswith("T=  1") for line in out)
 
 
 def test_compare_command(tiny_runs, capsys) -> None:
-    assert main(["compare", *map(str, tiny_runs), "--batches", "1", "--batch-size", "8"]) == 0
+    assert main(["compare", *map(str, tiny_runs), "--images", "8", "--batch-size", "8"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    assert "SOPs" in out[0] and "energy" in out[0]
+    assert "SOPs" in out[0] and "energy nJ" in out[0] and "nJ per image" in out[-1]
     assert any("50.00" in line and "ssa" in line for line in out)
     assert any("51.00" in line and "sdsa" in line for line in out)
     assert out[-1].startswith("lowest energy:")

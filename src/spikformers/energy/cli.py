@@ -5,13 +5,16 @@ run's ``config.yaml``, or ``--data``). ``energy --model NAME``: a randomly initi
 architectures; its input is uniform random noise in [0, 1) (seeded), or real test images with ``--data``
 (the model is then sized for that dataset). Its batch norms take their statistics from that input first
 (:func:`calibrate_bn`), so that it fires; its firing rates still reflect random weights, not training.
+
+The sample is the first ``--images`` images of the test split (default :data:`DEFAULT_IMAGES`), in batches of
+``--batch-size``; ``spikformers plot`` measures the same sample through the same :func:`checkpoint_report`, so
+both commands report the same firing rates, SOPs and energy for a run.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -20,14 +23,25 @@ import torch
 from torch import nn
 
 from ..cli import command
-from .report import E_AC_PJ, E_MAC_PJ, EnergyReport, measure
+from .report import E_AC_PJ, E_MAC_PJ, EnergyReport, energy_unit, format_energy, measure
+
+DEFAULT_IMAGES = 64  # test images that firing rates, SOPs and energy are averaged over, in every command
+DEFAULT_BATCH_SIZE = 32
+
+
+def add_sample_args(p: argparse.ArgumentParser) -> None:
+    """``--images`` and ``--batch-size``: the sample of test images measured, the same in every command."""
+    p.add_argument("--images", type=int, default=DEFAULT_IMAGES, metavar="N",
+                   help=f"average firing rates, SOPs and energy over the first N test images (default "
+                        f"{DEFAULT_IMAGES}; the same default in energy, compare and plot)")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                   help=f"images per forward pass while measuring (default {DEFAULT_BATCH_SIZE})")
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="dataset of the input images (default: the run's; --model: random noise)")
     p.add_argument("--data-dir", help="dataset root folder (default: the run's)")
-    p.add_argument("--batches", type=int, default=2, help="number of test batches to average over (default 2)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
+    add_sample_args(p)
     p.add_argument("--e-mac", type=float, default=E_MAC_PJ, help=f"energy of a MAC in pJ (default {E_MAC_PJ})")
     p.add_argument("--e-ac", type=float, default=E_AC_PJ, help=f"energy of an AC in pJ (default {E_AC_PJ})")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
@@ -47,19 +61,45 @@ def _energy_args(p: argparse.ArgumentParser) -> None:
     _common_args(p)
 
 
-def _test_batches(
-    name: str, root: str | None, opts: dict[str, Any], batches: int, batch_size: int, T: int | None
+def _check_sample(images: int, batch_size: int) -> None:
+    if images < 1:
+        raise ValueError(f"--images must be a positive number of test images, got {images}")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be a positive number of images, got {batch_size}")
+
+
+def sample_batches(
+    name: str, root: str | None, opts: dict[str, Any], images: int, batch_size: int, T: int | None
 ) -> tuple[list[torch.Tensor], int]:
-    """The first ``batches`` test batches of a dataset, time-first for event frames; and the dataset size."""
+    """The first ``images`` test images of a dataset (all of them if it has fewer) in batches of ``batch_size``,
+    time-first for event frames; and the dataset size."""
     from ..data import create_dataset, is_event_dataset
 
+    _check_sample(images, batch_size)
     opts = dict(opts)
     if T is not None and is_event_dataset(name):
         opts.setdefault("T", T)
     ds = create_dataset(name, root, "test", **opts)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
-    out = [x.transpose(0, 1) if x.dim() == 5 else x for x, _ in itertools.islice(loader, batches)]
-    return out, len(ds)
+    first = torch.utils.data.Subset(ds, range(min(images, len(ds))))
+    loader = torch.utils.data.DataLoader(first, batch_size=batch_size, shuffle=False)
+    return [x.transpose(0, 1) if x.dim() == 5 else x for x, _ in loader], len(ds)
+
+
+def batch_images(x: torch.Tensor) -> int:
+    """Images in a batch: ``[B, C, H, W]`` or time-first event frames ``[T, B, C, H, W]``."""
+    return len(x) if x.dim() == 4 else x.shape[1]
+
+
+def checkpoint_data(run_dir: Path, model: nn.Module, data: str | None = None,
+                    data_dir: str | None = None) -> tuple[str, str | None, dict[str, Any]]:
+    """Dataset name, root and options of a run's test images (``data``/``data_dir`` override the run's), sized
+    for its model."""
+    cfg = run_config(run_dir)
+    opts = dict(cfg.data.kwargs)
+    size = getattr(model, "img_size", None) or cfg.data.img_size  # the images must fit the model
+    if size:
+        opts["img_size"] = size
+    return data or cfg.data.name, data_dir or cfg.data.root, opts
 
 
 def run_config(run_dir: Path) -> Any:
@@ -72,38 +112,37 @@ def run_config(run_dir: Path) -> Any:
 
 def checkpoint_report(
     checkpoint: str | Path, which: str = "last", data: str | None = None, data_dir: str | None = None,
-    batches: int = 2, batch_size: int = 32, e_mac: float = E_MAC_PJ, e_ac: float = E_AC_PJ, device: str = "cpu",
-    all_ones: bool = False,
+    images: int = DEFAULT_IMAGES, batch_size: int = DEFAULT_BATCH_SIZE, e_mac: float = E_MAC_PJ,
+    e_ac: float = E_AC_PJ, device: str = "cpu", all_ones: bool = False,
 ) -> tuple[EnergyReport, nn.Module]:
-    """Energy report of a trained run on real test images of its dataset (or ``data``); also the model."""
+    """Energy report of a trained run on its dataset's (or ``data``'s) first ``images`` test images; also the
+    model. The one measurement behind ``spikformers energy``, ``compare`` and ``plot``."""
     from ..train.checkpoint import load_model, resolve_checkpoint
     from ..train.engine import resolve_device
 
+    _check_sample(images, batch_size)
     run_dir, weights = resolve_checkpoint(checkpoint, which)
-    cfg = run_config(run_dir)
     model = load_model(run_dir, which=weights.stem).to(resolve_device(device))
-    name = data or cfg.data.name
-    opts = dict(cfg.data.kwargs)
-    size = getattr(model, "img_size", None) or cfg.data.img_size  # the images must fit the model
-    if size:
-        opts["img_size"] = size
-    xs, n = _test_batches(name, data_dir or cfg.data.root, opts, batches, batch_size, getattr(model, "T", None))
+    name, root, opts = checkpoint_data(run_dir, model, data, data_dir)
+    xs, n = sample_batches(name, root, opts, images, batch_size, getattr(model, "T", None))
     dev = next(model.parameters()).device
-    desc = f"{name} test split, {sum(len(x) if x.dim() == 4 else x.shape[1] for x in xs)} of {n} images"
+    desc = f"{name} test split, first {sum(batch_images(x) for x in xs)} of {n} images"
     report = measure(model, [x.to(dev) for x in xs], e_mac, e_ac, input_desc=desc, all_ones=all_ones)
     return report, model
 
 
 def model_report(
     name: str, T: int | None = None, attn: str | None = None, img_size: int | None = None, data: str | None = None,
-    data_dir: str | None = None, batches: int = 1, batch_size: int = 32, seed: int = 0,
+    data_dir: str | None = None, images: int = DEFAULT_IMAGES, batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0,
     e_mac: float = E_MAC_PJ, e_ac: float = E_AC_PJ, device: str = "cpu", all_ones: bool = False,
 ) -> EnergyReport:
-    """Energy report of a randomly initialised registry model on random noise (or ``data``'s test images)."""
+    """Energy report of a randomly initialised registry model on ``images`` images of uniform random noise (or
+    ``data``'s first ``images`` test images)."""
     from ..data import dataset_info
     from ..registry import create_model
     from ..train.engine import resolve_device
 
+    _check_sample(images, batch_size)
     torch.manual_seed(seed)
     overrides: dict[str, Any] = {}
     if T is not None:
@@ -119,12 +158,12 @@ def model_report(
     model = create_model(name, **overrides).to(dev)
     if data:
         opts = {"img_size": model.img_size} if getattr(model, "img_size", None) else {}
-        xs, n = _test_batches(data, data_dir, opts, batches, batch_size, model.T)
+        xs, n = sample_batches(data, data_dir, opts, images, batch_size, model.T)
         desc = f"{data} test split, random weights"
     else:
         g = torch.Generator().manual_seed(seed)
-        shape = (batch_size, model.in_chans, model.img_size, model.img_size)
-        xs = [torch.rand(shape, generator=g) for _ in range(batches)]
+        shape = (model.in_chans, model.img_size, model.img_size)
+        xs = [torch.rand((min(batch_size, images - i), *shape), generator=g) for i in range(0, images, batch_size)]
         desc = "uniform random input, random weights"
     xs = [x.to(dev) for x in xs]
     calibrate_bn(model, xs)
@@ -154,9 +193,9 @@ def calibrate_bn(model: nn.Module, batches: list[torch.Tensor]) -> None:
             m.momentum = momentum
 
 
-@command("energy", "per-layer FLOPs, firing rates, SOPs and energy (mJ per image) of a run or a model", _energy_args)
+@command("energy", "per-layer FLOPs, firing rates, SOPs and energy per image of a run or a model", _energy_args)
 def _energy(args: argparse.Namespace) -> int:
-    common = dict(batches=args.batches, batch_size=args.batch_size, e_mac=args.e_mac, e_ac=args.e_ac,
+    common = dict(images=args.images, batch_size=args.batch_size, e_mac=args.e_mac, e_ac=args.e_ac,
                   device=args.device, all_ones=args.all_ones)
     reports: list[EnergyReport] = []
     if args.checkpoint:
@@ -170,8 +209,10 @@ def _energy(args: argparse.Namespace) -> int:
         print(report.table())
         print()
     if len(reports) > 1:
+        unit = energy_unit(max(r.energy_mj for r in reports))[0]  # one unit down the column
         for r in reports:
-            print(f"T={r.T:3d}  {r.energy_mj:.4f} mJ  {r.total_sops / 1e6:.2f} M SOPs  {r.total_macs / 1e6:.2f} M MACs")
+            print(f"T={r.T:3d}  {format_energy(r.energy_mj, unit):>12s}  {r.total_sops / 1e6:.2f} M SOPs  "
+                  f"{r.total_macs / 1e6:.2f} M MACs")
     if args.json:
         doc = reports[0].to_dict() if len(reports) == 1 else {"reports": [r.to_dict() for r in reports],
                                                                **reports[-1].to_dict()}
@@ -214,7 +255,7 @@ def _compare(args: argparse.Namespace) -> int:
     for run in args.runs:
         run_dir = Path(run)
         summary = run_summary(run_dir)
-        report, model = checkpoint_report(run_dir, args.which, args.data, args.data_dir, args.batches,
+        report, model = checkpoint_report(run_dir, args.which, args.data, args.data_dir, args.images,
                                           args.batch_size, args.e_mac, args.e_ac, args.device)
         cfg = getattr(model, "default_cfg", {}).get("config", {})
         attn = cfg.get("attn") or ("lidiff" if "spiliformer" in str(summary.get("architecture")) else "")
@@ -225,8 +266,9 @@ def _compare(args: argparse.Namespace) -> int:
             sops=report.total_sops, macs=report.total_macs, energy_mj=report.energy_mj,
         ))  # fmt: skip
     w = max(len(r["run"]) for r in rows)
+    unit, size = energy_unit(max(r["energy_mj"] for r in rows))  # one unit down the column
     print(f"{'run':{w}s} {'architecture':26s} {'attn':8s} {'test %':>7s} {'best %':>7s} {'params':>9s} {'T':>3s} "
-          f"{'SOPs (M)':>9s} {'MACs (M)':>9s} {'energy mJ':>10s}")
+          f"{'SOPs (M)':>9s} {'MACs (M)':>9s} {'energy ' + unit:>10s}")
 
     def pct(v: Any) -> str:
         return f"{v:7.2f}" if isinstance(v, (int, float)) else f"{'-':>7s}"
@@ -234,10 +276,10 @@ def _compare(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r['run']:{w}s} {str(r['architecture'])[:26]:26s} {str(r['attn'])[:8]:8s} {pct(r['test_acc'])} "
               f"{pct(r['best_acc'])} {r['params'] / 1e6:8.3f}M {r['T']:3d} {r['sops'] / 1e6:9.3f} "
-              f"{r['macs'] / 1e6:9.3f} {r['energy_mj']:10.5f}")
+              f"{r['macs'] / 1e6:9.3f} {r['energy_mj'] / size:10.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     best = min(rows, key=lambda r: r["energy_mj"])
-    print(f"lowest energy: {best['run']} {best['energy_mj']:.5f} mJ per image, {best['sops'] / 1e6:.3f} M SOPs "
+    print(f"lowest energy: {best['run']} {format_energy(best['energy_mj'])} per image, {best['sops'] / 1e6:.3f} M SOPs "
           f"(test {pct(best['test_acc']).strip()}%)")
     return 0

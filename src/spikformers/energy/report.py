@@ -4,7 +4,8 @@
 
 MACs are the real x real products (the first conv on the encoded image, counted once for a static image; the
 head on the time-averaged features); ACs are the synaptic operations (SOPs) of every product that has a spike
-operand. All numbers are per image; energies in mJ.
+operand. All numbers are per image. Energies are kept in mJ (``energy_mj``, the JSON) and shown in the unit
+:func:`energy_unit` picks from their magnitude (mJ, µJ, nJ or pJ), in tables and figures alike.
 """
 
 from __future__ import annotations
@@ -24,7 +25,36 @@ E_MAC_PJ = 4.6
 E_AC_PJ = 0.9
 PJ_PER_MJ = 1e9
 
-__all__ = ["E_MAC_PJ", "E_AC_PJ", "LayerEnergy", "EnergyReport", "measure", "upper_bound_mj", "layer_group"]
+__all__ = [
+    "E_MAC_PJ", "E_AC_PJ", "LayerEnergy", "EnergyReport", "measure", "upper_bound_mj", "layer_group",
+    "energy_unit", "format_energy",
+]  # fmt: skip
+
+# display units of an energy and their size in mJ, largest first
+ENERGY_UNITS = (("mJ", 1.0), ("µJ", 1e-3), ("nJ", 1e-6), ("pJ", 1e-9))
+
+
+def energy_unit(mj: float) -> tuple[str, float]:
+    """The unit to show energies of about ``mj`` millijoules in, and its size in mJ.
+
+    The largest of mJ, µJ, nJ, pJ in which ``|mj|`` is at least 1 (mJ for 0), so that three decimals always
+    show four significant digits: 0.001523 mJ is shown as 1.523 µJ, not 0.00152 mJ.
+    """
+    for unit, size in ENERGY_UNITS:
+        if abs(mj) >= size:
+            return unit, size
+    return ENERGY_UNITS[-1] if mj else ENERGY_UNITS[0]
+
+
+def format_energy(mj: float, unit: str | None = None, decimals: int = 3) -> str:
+    """``mj`` millijoules as text with its unit, e.g. ``"1.523 µJ"``; in ``unit`` if given, else in
+    :func:`energy_unit`'s."""
+    sizes = dict(ENERGY_UNITS)
+    if unit is None:
+        unit = energy_unit(mj)[0]
+    elif unit not in sizes:
+        raise ValueError(f"energy unit must be one of {list(sizes)}, got {unit!r}")
+    return f"{mj / sizes[unit]:.{decimals}f} {unit}"
 
 
 @dataclass
@@ -102,27 +132,29 @@ class EnergyReport:
         return out
 
     def table(self) -> str:
-        """The per-layer table and the totals, as printed by ``spikformers energy``."""
+        """The per-layer table and the totals, as printed by ``spikformers energy``; energies in the unit
+        :func:`energy_unit` picks for the total."""
+        unit, size = energy_unit(self.energy_mj)
         w = max([len(r.name) for r in self.layers] + [5])
         head = (f"{'layer':{w}s} {'operands':22s} {'T':>3s} {'FLOPs':>10s} {'rate':>6s} {'SOPs':>10s} "
-                f"{'MACs':>10s} {'energy mJ':>10s}")
+                f"{'MACs':>10s} {'energy ' + unit:>10s}")
         lines = [head, "-" * len(head)]
         for r in self.layers:
             lines.append(f"{r.name:{w}s} {r.operands[:22]:22s} {r.steps:3d} {_si(r.flops):>10s} "
-                         f"{r.firing_rate:6.3f} {_si(r.sops):>10s} {_si(r.macs):>10s} {r.energy_mj:10.5f}")
+                         f"{r.firing_rate:6.3f} {_si(r.sops):>10s} {_si(r.macs):>10s} {r.energy_mj / size:10.3f}")
         lines.append("-" * len(head))
         lines.append(f"{'total':{w}s} {'':22s} {self.T:3d} {_si(self.total_flops):>10s} {'':6s} "
-                     f"{_si(self.total_sops):>10s} {_si(self.total_macs):>10s} {self.energy_mj:10.5f}")
-        groups = ", ".join(f"{g} {e:.5f}" for g, e in sorted(self.groups().items(), key=lambda kv: -kv[1]))
-        lines.append(f"energy by part (mJ): {groups}")
+                     f"{_si(self.total_sops):>10s} {_si(self.total_macs):>10s} {self.energy_mj / size:10.3f}")
+        groups = ", ".join(f"{g} {e / size:.3f}" for g, e in sorted(self.groups().items(), key=lambda kv: -kv[1]))
+        lines.append(f"energy by part ({unit}): {groups}")
         lines.append(f"E_MAC {self.e_mac_pj} pJ x {_si(self.total_macs)} MACs + E_AC {self.e_ac_pj} pJ x "
                      f"{_si(self.total_acs)} ACs; per image, mean over {self.images} images ({self.input})")
         return "\n".join(lines)
 
     def summary_line(self) -> str:
         """The last line ``spikformers energy`` prints: energy and SOPs per image."""
-        return (f"energy: {self.energy_mj:.4f} mJ per image, {self.total_sops / 1e6:.2f} M SOPs, "
-                f"{self.total_macs / 1e6:.2f} M MACs ({self.model}, T={self.T})")
+        return (f"energy: {format_energy(self.energy_mj)} per image, {self.total_sops / 1e6:.2f} M SOPs, "
+                f"{self.total_macs / 1e6:.2f} M MACs ({self.model}, T={self.T}, {self.images} images)")
 
 
 def _si(v: float) -> str:
