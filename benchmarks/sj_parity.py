@@ -72,6 +72,10 @@ CASES = [
     Case("qkformer_small", "qkformer", "QKFormer",
          dict(T=3, in_channels=2, num_classes=3, embed_dims=64, num_heads=(1, 2, 4), depths=(1, 1, 2),
               mlp_ratio=2.0)),
+    Case("sdt_8_384", "spike_driven_transformer", "sdt_8_384", dict(T=2, num_classes=5)),
+    Case("sdt_small_frames", "spike_driven_transformer", "SpikeDrivenTransformer",
+         dict(T=3, in_channels=2, num_classes=4, embed_dims=64, num_heads=4, depths=2, mlp_ratio=2.0,
+              pooling_stat="0011"), img_size=16, frames=True),
 ]
 
 

@@ -1,12 +1,12 @@
 """Models converted from spikingjelly's model zoo compute exactly what spikingjelly computes.
 
-spikingjelly 2.0's Spikformer and QKFormer are independent implementations: for each factory (small images,
-several T, class counts, neuron settings, a frame input), random weights and random batch-norm statistics,
-float64, the converted model's logits equal spikingjelly's to 1e-9 and the output of every patch embedding and
-block is identical; in training mode one forward and backward gives the same gradients of every mapped parameter
-and the same batch-norm statistics. A deliberately wrong mapping fails these checks; what has no equivalent is
-refused by name. The cases and their random initialisation are benchmarks/sj_parity.py's, which prints the
-table of docs/checkpoints.md.
+spikingjelly 2.0's Spikformer, QKFormer and Spike-driven Transformer are independent implementations: for each
+factory (small images, several T, class counts, neuron settings, frame inputs), random weights and random
+batch-norm statistics, float64, the converted model's logits equal spikingjelly's to 1e-9 and the spikes of every
+patch embedding and block are identical; in training mode one forward and backward gives the same gradients of
+every mapped parameter and the same batch-norm statistics. A deliberately wrong mapping fails these checks; what
+has no equivalent is refused by name. The cases and their random initialisation are benchmarks/sj_parity.py's,
+which prints the table of docs/checkpoints.md.
 """
 
 from __future__ import annotations
@@ -198,8 +198,10 @@ def test_what_has_no_equivalent_is_refused_by_name() -> None:
     with pytest.raises(ConversionError, match="16 x 8.*square"):
         from_spikingjelly(spikformer.Spikformer(**{**small, "img_size_w": 8}))
     assert from_spikingjelly(spikformer.Spikformer(**{**small, "img_size_w": 8}), img_size=16).img_size == 16
-    with pytest.raises(ConversionError, match="SpikeDrivenTransformer is not supported"):
-        from_spikingjelly(spike_driven_transformer.SpikeDrivenTransformer(embed_dims=32, depths=1))
+    with pytest.raises(ConversionError, match=r"blocks\.0\.mlp: hidden width = width"):
+        from_spikingjelly(spike_driven_transformer.SpikeDrivenTransformer(embed_dims=32, depths=1, mlp_ratio=1.0))
+    with pytest.raises(ConversionError, match="torch.nn.modules.linear.Linear is not supported"):
+        from_spikingjelly(torch.nn.Linear(2, 2))
 
 
 @needs_sj
@@ -238,6 +240,9 @@ def test_builder_options_keep_defaults_and_change_what_they_name() -> None:
     assert [s[0].attn.heads for s in per_stage.stages()] == [1, 2, 4]
     assert per_stage.patch_embed1.convs[0].conv.conv.bias is not None
     assert per_stage.stage1[0].attn.proj.linear.bias is None
+    sdt = create_model("sdt_2_64_cifar", sps_form="sdt", sps_bias=True, head_neuron=True)
+    assert count_parameters(sdt) - count_parameters(create_model("sdt_2_64_cifar")) == 8 + 16 + 32 + 64
+    assert isinstance(sdt.embed.stages[3].neuron, torch.nn.Identity) and sdt.head_neuron.v_th == 1.0
     with pytest.raises(ValueError, match="one count or 3 counts"):
         create_model("qkformer_4_64", heads=(1, 2))
     with pytest.raises(ValueError, match="SPS pool must be 'spikes' or 'membrane'"):
@@ -262,6 +267,26 @@ def test_membrane_pooling_pools_the_norm_output() -> None:
         spikes = pool(stage.neuron(membrane).flatten(0, 1), 3, 2, 1).unflatten(0, (4, 1))
         assert torch.equal(stage(x), spikes)
     assert not torch.equal(expected, spikes)
+
+
+def test_sdt_embedding_and_head_neuron() -> None:
+    """``sps_form="sdt"``: real-valued embedding ``BN(Conv(LIF(u))) + u`` with ``u`` the last stage's norm output;
+    ``head_neuron``: a LIF over time on the token means before the head, also under T-chunked inference."""
+    from spikformers.memory import chunked_forward
+
+    torch.manual_seed(0)
+    model = create_model("sdt_1_32_cifar", T=4, img_size=8, sps_form="sdt", head_neuron=True).eval()
+    BENCH.randomize(model)  # weights and statistics under which the layers fire
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        u = model.embed.stages(model.check_input(x))
+        embed = model.embed.rpe(model.embed.rpe_neuron(u)) + u
+        assert torch.equal(model.embed(model.check_input(x)), embed.flatten(3).transpose(2, 3))
+        assert not torch.equal(u, (u > 0.5).float())  # real-valued, not spikes
+        pooled = model.forward_features(x).mean(2)
+        assert torch.equal(model(x), model.head(model.head_neuron(pooled).mean(0)))
+        assert not torch.equal(model(x), model.head(pooled.mean(0)))
+        assert torch.equal(chunked_forward(model, x, 2), model(x))
 
 
 def test_neuron_settings_by_name() -> None:

@@ -141,14 +141,15 @@ class ConvBNSpike(nn.Module):
 
     ``pool_membrane``: pool the batch norm's output before the neuron instead (``Conv -> BN -> MaxPool ->
     neuron``, spikingjelly's Spikformer stem); the official Spikformer pools the spikes (the default).
+    ``bias``: a bias on the conv (none by default).
     """
 
     def __init__(
         self, in_chans: int, out_chans: int, pool: bool = False, neuron: str | type[Neuron] = "lif",
-        pool_membrane: bool = False,
+        pool_membrane: bool = False, bias: bool = False,
     ) -> None:
         super().__init__()
-        self.conv = ConvBN(in_chans, out_chans, 3)
+        self.conv = ConvBN(in_chans, out_chans, 3, bias=bias)
         self.neuron = create_neuron(neuron)
         self.pool = pool
         self.pool_membrane = pool_membrane

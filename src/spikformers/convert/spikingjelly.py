@@ -5,8 +5,9 @@
     >>> sj.load_state_dict(torch.load("spikformer_cifar10.pth"))
     >>> model = spikformers.from_spikingjelly(sj)          # same logits, same spikes, same gradients
 
-Supported: ``spikingjelly.activation_based.model.spikformer.Spikformer`` (``spikformer_ti``, ``spikformer_s``,
-``spikformer_cifar10``) and ``...model.qkformer.QKFormer`` (``qkformer_10_384``), spikingjelly 2.0.
+Supported (spikingjelly 2.0): ``spikingjelly.activation_based.model.spikformer.Spikformer`` (``spikformer_ti``,
+``spikformer_s``, ``spikformer_cifar10``), ``...model.qkformer.QKFormer`` (``qkformer_10_384``) and
+``...model.spike_driven_transformer.SpikeDrivenTransformer`` (``sdt_8_384``).
 
 Every architectural choice (depth, width, heads, stem pooling, biases, T, classes, attention scale, each LIF's
 tau / threshold / reset / surrogate) is read from the module's children and attributes; where spikingjelly's
@@ -27,7 +28,8 @@ from torch import nn
 from ..neurons import LIF, Neuron
 from ..registry import create_model
 
-SUPPORTED = "spikingjelly.activation_based.model: spikformer.Spikformer, qkformer.QKFormer"
+SUPPORTED = ("spikingjelly.activation_based.model: spikformer.Spikformer, qkformer.QKFormer, "
+             "spike_driven_transformer.SpikeDrivenTransformer")
 
 
 class ConversionError(ValueError):
@@ -409,6 +411,92 @@ def _qkformer(plan: _Plan, img_size: int | None) -> tuple[str, dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Spike-driven Transformer
+
+
+def _sdt(plan: _Plan, img_size: int | None) -> tuple[str, dict[str, Any]]:
+    from spikingjelly.activation_based.layer.attention import SpikeDrivenSelfAttention
+
+    src = plan.src
+    stem = src.patch_embed
+    pools, widths, biases = [], [], set()
+    for i, stage in enumerate([*stem.stages, stem.final_stage]):
+        path = f"patch_embed.stages.{i}" if i < 3 else "patch_embed.final_stage"
+        layers = list(stage)
+        _check_conv(layers[0], f"{path}.0", nn.Conv2d, 3, 1, 1)
+        biases.add(layers[0].bias is not None)
+        widths.append(layers[0].out_channels)
+        plan.linear(f"{path}.0", f"embed.stages.{i}.conv.conv")
+        plan.norm(f"{path}.1", f"embed.stages.{i}.conv.bn")
+        if i < 3:  # conv, norm, LIF, then the pool (of spikes)
+            plan.neuron(f"{path}.2", f"embed.stages.{i}.neuron")
+            pools.append(_check_pool(layers[3:], f"{path}[3:]"))
+        else:  # conv, norm, pool: no neuron, the embedding stays real-valued
+            pools.append(_check_pool(layers[2:], f"{path}[2:]"))
+    dim = widths[-1]
+    if widths != [dim // 8, dim // 4, dim // 2, dim]:
+        raise ConversionError(f"patch_embed: widths {widths}; our SPS has D/8, D/4, D/2, D")
+    if len(biases) != 1:
+        raise ConversionError("patch_embed: some stage convs have a bias and others not; ours have all or none")
+    variants = {(False, False, True, True): "cifar", (True, True, True, True): "imagenet"}
+    if tuple(pools) not in variants:
+        raise ConversionError(f"patch_embed: pooling_stat {pools}; ours pool the last 2 or all 4 stages")
+    _check_conv(stem.rpe_conv, "patch_embed.rpe_conv", nn.Conv2d, 3, 1, 1)
+    plan.neuron("patch_embed.final_lif", "embed.rpe_neuron")
+    plan.linear("patch_embed.rpe_conv", "embed.rpe.conv")
+    plan.norm("patch_embed.rpe_bn", "embed.rpe.bn")
+    plan.points.append(("patch_embed.final_lif", "embed.rpe_neuron"))
+
+    attn, mlp = [], []
+    for j in range(len(src.blocks)):
+        a, d = f"blocks.{j}.attn", f"blocks.{j}"
+        m = plan.module(a)
+        if type(m) is not SpikeDrivenSelfAttention:
+            raise ConversionError(f"{a}: expected SpikeDrivenSelfAttention, found {type(m).__name__}")
+        plan.neuron(f"{a}.shortcut_lif", f"{d}.shortcut_neuron")
+        plan.points.append((f"{a}.shortcut_lif", f"{d}.shortcut_neuron"))
+        for name in "qkv":
+            _check_conv(plan.module(f"{a}.{name}_conv"), f"{a}.{name}_conv", nn.Conv2d, 1, 1, 0)
+            plan.linear(f"{a}.{name}_conv", f"{d}.attn.{name}.linear", squeeze=True)
+            plan.norm(f"{a}.{name}_bn", f"{d}.attn.{name}.bn")
+            plan.neuron(f"{a}.{name}_lif", f"{d}.attn.{name}.neuron")
+        plan.neuron(f"{a}.attn_lif", f"{d}.attn.attn_neuron")
+        _check_conv(m.proj_conv, f"{a}.proj_conv", nn.Conv2d, 1, 1, 0)
+        plan.linear(f"{a}.proj_conv", f"{d}.attn.proj.linear", squeeze=True)
+        plan.norm(f"{a}.proj_bn", f"{d}.attn.proj.bn")  # no neuron: the block adds the norm's output
+        attn.append({"heads": m.num_heads, "attn_v_th": float(m.attn_lif.v_threshold),
+                     "qkv_bias": m.q_conv.bias is not None})
+        p, mp = f"blocks.{j}.mlp", plan.module(f"blocks.{j}.mlp")
+        if mp.residual:
+            raise ConversionError(f"{p}: hidden width = width gives spikingjelly's inner MLP residual, not built here")
+        for i in (1, 2):
+            _check_conv(plan.module(f"{p}.fc{i}"), f"{p}.fc{i}", nn.Conv2d, 1, 1, 0)
+            plan.neuron(f"{p}.lif{i}", f"{d}.mlp.fc{i}_neuron")
+            plan.linear(f"{p}.fc{i}", f"{d}.mlp.fc{i}.linear", squeeze=True)
+            plan.norm(f"{p}.bn{i}", f"{d}.mlp.fc{i}.bn")
+        fc_biases = {mp.fc1.bias is not None, mp.fc2.bias is not None}
+        if len(fc_biases) != 1:
+            raise ConversionError(f"{p}: one MLP projection has a bias and the other not; ours has both or neither")
+        mlp.append((mp.fc1.out_channels, fc_biases.pop()))
+    if not attn:
+        raise ConversionError("blocks: a Spike-driven Transformer without blocks has no equivalent")
+    settings = {k: _same([a[k] for a in attn], f"attention {k}") for k in attn[0]}
+    hidden, mlp_bias = _same(mlp, "MLP (hidden width, bias)")
+    plan.neuron("head_lif", "head_neuron")
+    plan.points.append(("head_lif", "head_neuron"))
+    plan.linear("head", "head")
+    variant = variants[tuple(pools)]
+    name = f"sdt_{len(src.blocks)}_{dim}" + ("_cifar" if variant == "cifar" else "")
+    overrides = dict(
+        img_size=img_size or 224, in_chans=stem.stages[0][0].in_channels, num_classes=src.head.out_features,
+        T=int(src.T), heads=settings["heads"], mlp_ratio=_mlp_ratio(hidden, dim, "blocks.0.mlp"),
+        qkv_bias=settings["qkv_bias"], mlp_bias=mlp_bias, sps_form="sdt", sps_bias=biases.pop(), head_neuron=True,
+        attn_kwargs={"attn_v_th": settings["attn_v_th"]},
+    )
+    return name, overrides
+
+
+# ---------------------------------------------------------------------------------------------------------
 
 
 def _copy(plan: _Plan, model: nn.Module) -> None:
@@ -469,10 +557,10 @@ def convert_spikingjelly(module: nn.Module, img_size: int | None = None) -> Conv
     """Build the spikformers equivalent of a spikingjelly model-zoo network and copy its weights and statistics.
 
     Args:
-        module: a ``Spikformer`` or ``QKFormer`` of ``spikingjelly.activation_based.model`` (any factory or
-            constructor arguments; trained or not).
+        module: a ``Spikformer``, ``QKFormer`` or ``SpikeDrivenTransformer`` of
+            ``spikingjelly.activation_based.model`` (any factory or constructor arguments; trained or not).
         img_size: the input size our model checks. Default: the Spikformer's ``patch_embed.image_size``; 224 for
-            QKFormer, whose spikingjelly network records none (both networks run at any size divisible by their
+            QKFormer and SDT, whose spikingjelly networks record none (they run at any size divisible by their
             downsampling, and so does ours once built for it).
 
     Returns a :class:`Conversion`: ``.model`` is built by :func:`spikformers.create_model` (so ``default_cfg``
@@ -481,6 +569,7 @@ def convert_spikingjelly(module: nn.Module, img_size: int | None = None) -> Conv
     """
     try:
         from spikingjelly.activation_based.model.qkformer import QKFormer
+        from spikingjelly.activation_based.model.spike_driven_transformer import SpikeDrivenTransformer
         from spikingjelly.activation_based.model.spikformer import Spikformer
     except ImportError as e:
         raise ImportError(f"from_spikingjelly needs spikingjelly 2.0 (pip install spikingjelly==2.0.0): {e}") from None
@@ -489,6 +578,8 @@ def convert_spikingjelly(module: nn.Module, img_size: int | None = None) -> Conv
         name, overrides = _spikformer(plan, img_size)
     elif type(module) is QKFormer:
         name, overrides = _qkformer(plan, img_size)
+    elif type(module) is SpikeDrivenTransformer:
+        name, overrides = _sdt(plan, img_size)
     else:
         raise ConversionError(f"{type(module).__module__}.{type(module).__name__} is not supported; "
                               f"supported: {SUPPORTED}")
@@ -506,7 +597,8 @@ def convert_spikingjelly(module: nn.Module, img_size: int | None = None) -> Conv
 
 
 def from_spikingjelly(module: nn.Module, img_size: int | None = None) -> nn.Module:
-    """The spikformers model equal to a spikingjelly model-zoo network (Spikformer, QKFormer), weights included.
+    """The spikformers model equal to a spikingjelly model-zoo network (Spikformer, QKFormer, Spike-driven
+    Transformer), weights and batch-norm statistics included.
 
     Spikformer's spikingjelly network returns logits per time step ``[T, B, K]``; ours returns their mean over T,
     ``[B, K]`` (the head is linear, so the two agree to rounding). See :func:`convert_spikingjelly` for the
@@ -544,7 +636,10 @@ class Parity:
 
 
 def _as_channels_first(x: torch.Tensor) -> torch.Tensor:
-    """``[T, B, C, H, W]`` (spikingjelly, our HST embeddings) or ``[T, B, N, C]`` (our tokens) -> ``[T, B, C, N]``."""
+    """``[T, B, C, H, W]`` (spikingjelly, our HST embeddings) or ``[T, B, N, C]`` (our tokens) -> ``[T, B, C, N]``;
+    pooled ``[T, B, C]`` as it is."""
+    if x.dim() == 3:
+        return x
     return x.flatten(3) if x.dim() == 5 else x.transpose(2, 3)
 
 
