@@ -42,7 +42,9 @@ class Case:
 
     def source(self) -> str:
         """The factory call, as the table shows it."""
-        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+        shown = [f"{k}={v!r}" if k != "surrogate_alpha" else f"surrogate_function=surrogate.Sigmoid(alpha={v})"
+                 for k, v in self.kwargs.items()]
+        args = ", ".join(shown)
         return f"{self.module}.{self.factory}({args})"
 
     def build(self) -> nn.Module:

@@ -80,8 +80,7 @@ def test_train_gradients_and_statistics_equal(name: str) -> None:
 
     conversion, x = converted(name)
     p = check_parity(conversion, x, train=True)
-    conversion.source.eval()
-    conversion.model.eval()
+    assert not (conversion.source.training or conversion.model.training)  # left in the mode they were in
     assert p.logits <= TOL and p.spikes_identical, (p.logits, p.points)
     assert p.grads <= TOL, (p.grads, p.worst)
     assert p.buffers <= TOL, (p.buffers, p.worst)
@@ -298,3 +297,12 @@ def test_neuron_settings_by_name() -> None:
         create_model("spikformer_1_32_cifar", neurons={"blocks.9.*": {"tau": 3.0}})
     with pytest.raises(ValueError, match="expected a mapping of LIF settings"):
         create_model("spikformer_1_32_cifar", neurons={"blocks.0.*": {"threshold": 0.5}})
+
+
+@needs_sj
+def test_parity_script_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
+    rows = BENCH.main(["--case", "qkformer_small"])
+    printed = capsys.readouterr().out
+    assert len(rows) == 1 and rows[0]["spikes_identical"] and rows[0]["grads"] <= TOL
+    assert "| `qkformer.QKFormer(T=3, in_channels=2" in printed and "| `qkformer_4_64` |" in printed
+    assert "| yes (7) |" in printed

@@ -649,7 +649,9 @@ def check_parity(conversion: Conversion, x: torch.Tensor, train: bool = False, s
     In evaluation mode: logits and the outputs of every point of ``conversion.points``. With ``train=True``:
     both in training mode, one forward and one backward of the same random projection of the logits; then
     also every mapped parameter's gradient and every batch-norm statistic. The source's neuron states are
-    reset before and after (spikingjelly's ``functional.reset_net``); gradients are cleared first.
+    reset before and after (spikingjelly's ``functional.reset_net``); gradients are cleared first; both networks
+    are returned to the mode they were in. A training-mode check updates both networks' batch-norm statistics, as
+    any training step does: run it on copies where that matters.
     """
     from spikingjelly.activation_based import functional
 
@@ -661,6 +663,7 @@ def check_parity(conversion: Conversion, x: torch.Tensor, train: bool = False, s
             def hook(mod: nn.Module, args: Any, out: torch.Tensor, key: str = f"{side}:{s}") -> None:
                 outs[key] = _as_channels_first(out.detach())
             hooks.append(net.get_submodule(name).register_forward_hook(hook))
+    modes = src.training, model.training
     src.train(train)
     model.train(train)
     functional.reset_net(src)
@@ -679,6 +682,8 @@ def check_parity(conversion: Conversion, x: torch.Tensor, train: bool = False, s
         for h in hooks:
             h.remove()
         functional.reset_net(src)
+        src.train(modes[0])
+        model.train(modes[1])
     diffs = {"logits": (ours - theirs).abs().max().item()}
     points, rates = {}, {}
     for s, _ in conversion.points:
