@@ -194,6 +194,10 @@ def test_what_has_no_equivalent_is_refused_by_name() -> None:
     with pytest.raises(ConversionError, match="qka_type='channel'"):
         from_spikingjelly(qkformer.QKFormer(embed_dims=32, num_heads=(1, 1, 1), depths=(1, 1, 1),
                                             qka_type="channel"))
+    pooled_2x2 = spikformer.Spikformer(**small)
+    pooled_2x2.patch_embed.stages[2].conv_bn.block[2] = torch.nn.MaxPool2d(2, 2)
+    with pytest.raises(ConversionError, match=r"stages\.2\.conv_bn\.block: expected nothing or MaxPool2d\(3"):
+        from_spikingjelly(pooled_2x2)
     with pytest.raises(ConversionError, match="16 x 8.*square"):
         from_spikingjelly(spikformer.Spikformer(**{**small, "img_size_w": 8}))
     assert from_spikingjelly(spikformer.Spikformer(**{**small, "img_size_w": 8}), img_size=16).img_size == 16

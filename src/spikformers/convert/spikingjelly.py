@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.utils import _pair
 
 from ..neurons import LIF, Neuron
 from ..registry import create_model
@@ -70,8 +71,10 @@ class Conversion:
 
     ``source``: the spikingjelly module; ``model``: ours; ``keys``: the key map; ``ignored``: source keys left out
     and why; ``neurons``: (source, target) neuron module names, a fused Q/K/V neuron mapping to several targets;
-    ``points``: (source, target) module names whose outputs are the same tensors (patch embeddings, blocks), in
-    forward order; ``per_step_output``: the source returns ``[T, B, K]`` logits, ours their mean over T.
+    ``points``: (source, target) module names whose outputs are the same spike tensors, in forward order (patch
+    embeddings and blocks; for SDT, whose residual stream is real-valued, the LIFs at the embedding, at each
+    block's input and before the head); ``per_step_output``: the source returns ``[T, B, K]`` logits, ours their
+    mean over T.
     """
 
     source: nn.Module
@@ -94,6 +97,7 @@ class _Plan:
     points: list[tuple[str, str]] = field(default_factory=list)
 
     def module(self, path: str) -> nn.Module:
+        """The source submodule at ``path``."""
         return self.src.get_submodule(path)
 
     def linear(self, src: str, dst: str, part: tuple[int, int] = (0, 1), squeeze: bool = False) -> None:
@@ -109,6 +113,7 @@ class _Plan:
             self.keys.append(KeyMap(f"{src}.{name}", f"{dst}.{name}", part))
 
     def neuron(self, src: str, *dsts: str) -> None:
+        """A source neuron and the target neuron(s) it stands for."""
         _lif_settings(self.module(src), src)  # raises for a neuron we cannot reproduce
         self.neurons += [(src, d) for d in dsts]
 
@@ -145,11 +150,10 @@ def _check_pool(layers: list[nn.Module], path: str) -> bool:
     if not layers:
         return False
     m = layers[0]
-    ok = (
-        len(layers) == 1 and isinstance(m, nn.MaxPool2d)
-        and (m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode) in ((3, 2, 1, 1, False),)
-    )
-    if not ok:
+    if len(layers) != 1 or not isinstance(m, nn.MaxPool2d):
+        raise ConversionError(f"{path}: expected nothing or MaxPool2d(3, stride=2, padding=1), found {layers}")
+    got = tuple(_pair(v) for v in (m.kernel_size, m.stride, m.padding, m.dilation)) + (m.ceil_mode,)
+    if got != ((3, 3), (2, 2), (1, 1), (1, 1), False):
         raise ConversionError(f"{path}: expected nothing or MaxPool2d(3, stride=2, padding=1), found {layers}")
     return True
 
