@@ -5,7 +5,18 @@
     >>> spikformers.list_models("spikformer_*")
 """
 
+from torch import nn
+
 from .registry import count_parameters, create_model, list_models, model_config
 
+
+def from_spikingjelly(module: nn.Module, img_size: int | None = None) -> nn.Module:
+    """The spikformers model equal to a spikingjelly model-zoo network; see
+    :func:`spikformers.convert.from_spikingjelly` (imported on first use, so ``import spikformers`` stays fast)."""
+    from .convert import from_spikingjelly as convert
+
+    return convert(module, img_size)
+
+
 __version__ = "0.1.0"
-__all__ = ["create_model", "list_models", "model_config", "count_parameters", "__version__"]
+__all__ = ["create_model", "list_models", "model_config", "count_parameters", "from_spikingjelly", "__version__"]

@@ -137,19 +137,28 @@ def max_pool(x: torch.Tensor) -> torch.Tensor:
 
 
 class ConvBNSpike(nn.Module):
-    """``Conv3x3 -> BN -> neuron`` on ``[T, B, C, H, W]``, optionally max-pooling the spikes afterwards."""
+    """``Conv3x3 -> BN -> neuron`` on ``[T, B, C, H, W]``, optionally max-pooling the spikes afterwards.
+
+    ``pool_membrane``: pool the batch norm's output before the neuron instead (``Conv -> BN -> MaxPool ->
+    neuron``, spikingjelly's Spikformer stem); the official Spikformer pools the spikes (the default).
+    ``bias``: a bias on the conv (none by default).
+    """
 
     def __init__(
-        self, in_chans: int, out_chans: int, pool: bool = False, neuron: str | type[Neuron] = "lif"
+        self, in_chans: int, out_chans: int, pool: bool = False, neuron: str | type[Neuron] = "lif",
+        pool_membrane: bool = False, bias: bool = False,
     ) -> None:
         super().__init__()
-        self.conv = ConvBN(in_chans, out_chans, 3)
+        self.conv = ConvBN(in_chans, out_chans, 3, bias=bias)
         self.neuron = create_neuron(neuron)
         self.pool = pool
+        self.pool_membrane = pool_membrane
         self.recompute_bn_neuron = False  # spikformers.memory.recompute_bn_neurons: norm + neuron redone in backward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T = x.shape[0]
+        if self.pool and self.pool_membrane:  # max over the norm's output, then the neuron
+            return self.neuron(max_pool(self.conv(x)))
         if hooked(self.conv):  # whoever hooks the conv + norm module sees it called
             x = self.neuron(mark_scratch(self.conv(x)))
         else:
@@ -165,13 +174,16 @@ class ConvBNSpike(nn.Module):
 
 
 class MLP(nn.Module):
-    """Spiking MLP ``[T, B, N, C] -> [T, B, N, C]``: two CBL units, hidden width ``ratio * C`` (biases on)."""
+    """Spiking MLP ``[T, B, N, C] -> [T, B, N, C]``: two CBL units, hidden width ``ratio * C``.
 
-    def __init__(self, dim: int, ratio: float = 4.0, neuron: str | type[Neuron] = "lif") -> None:
+    ``bias``: biases on both projections (on in the official codes; spikingjelly's Spikformer has none).
+    """
+
+    def __init__(self, dim: int, ratio: float = 4.0, neuron: str | type[Neuron] = "lif", bias: bool = True) -> None:
         super().__init__()
         hidden = int(dim * ratio)
-        self.fc1 = LinearBNSpike(dim, hidden, bias=True, neuron=neuron)
-        self.fc2 = LinearBNSpike(hidden, dim, bias=True, neuron=neuron)
+        self.fc1 = LinearBNSpike(dim, hidden, bias=bias, neuron=neuron)
+        self.fc2 = LinearBNSpike(hidden, dim, bias=bias, neuron=neuron)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.fc1(x))

@@ -181,4 +181,4 @@ def chunked_forward(model: nn.Module, x: torch.Tensor, chunk: int = 4) -> torch.
         for t0 in range(0, x.shape[0], chunk):
             store.next_chunk()
             pooled.append(model.forward_features(x[t0:t0 + chunk]).mean(2))  # [chunk, B, D]
-    return model.head(torch.cat(pooled).mean(0))
+    return model.forward_head(torch.cat(pooled).unsqueeze(2))  # one token per step: its mean is itself

@@ -72,7 +72,8 @@ def model_config(name: str, **overrides: Any) -> dict[str, Any]:
 def create_model(name: str, pretrained: bool = False, **overrides: Any) -> nn.Module:
     """Build a model by name, e.g. ``create_model("spikformer_4_384_cifar", num_classes=100, T=2)``.
 
-    Overrides are any builder argument (``num_classes``, ``img_size``, ``in_chans``, ``T``, ``attn``, ...).
+    Overrides are any builder argument (``num_classes``, ``img_size``, ``in_chans``, ``T``, ``attn``, ...), and
+    ``neurons``: LIF settings per module name pattern, set after building (see :func:`set_lif_params`).
     ``model.default_cfg`` records the name and the full configuration so checkpoints can rebuild it.
     """
     if pretrained:
@@ -80,11 +81,46 @@ def create_model(name: str, pretrained: bool = False, **overrides: Any) -> nn.Mo
     fam = parse_name(name)[0]
     cfg = model_config(name, **overrides)
     try:
-        model = fam.builder(**cfg)
+        model = fam.builder(**{k: v for k, v in cfg.items() if k != "neurons"})
     except TypeError as e:
         raise TypeError(f"create_model({name!r}): {e}") from None
+    if cfg.get("neurons"):
+        set_lif_params(model, cfg["neurons"])
     model.default_cfg = {"architecture": name, "overrides": dict(overrides), "config": cfg}
     return model
+
+
+LIF_SETTINGS = {"tau": float, "v_th": float, "v_reset": float, "alpha": float, "detach_reset": bool}
+
+
+def set_lif_params(model: nn.Module, neurons: dict[str, dict[str, Any]]) -> None:
+    """Set LIF parameters by module name: ``{"stage1.*.mlp.*": {"detach_reset": False}, ...}``.
+
+    Keys are shell-style patterns matched against ``model.named_modules()`` names of LIF neurons; values set any
+    of ``tau``, ``v_th``, ``v_reset``, ``alpha``, ``detach_reset`` (what a converted network's neurons need, e.g.
+    :func:`spikformers.from_spikingjelly`). A pattern that matches no LIF, or an unknown setting, is an error.
+    """
+    import fnmatch
+
+    from .neurons import LIF
+
+    lifs = {name: m for name, m in model.named_modules() if isinstance(m, LIF)}
+    for pattern, settings in neurons.items():
+        names = [n for n in lifs if fnmatch.fnmatchcase(n, pattern)]
+        if not names:
+            example = next(iter(lifs), "none")
+            raise ValueError(
+                f"neurons: {pattern!r} matches no LIF neuron of the model (LIF names look like {example!r})"
+            )
+        if not isinstance(settings, dict) or set(settings) - set(LIF_SETTINGS):
+            raise ValueError(
+                f"neurons[{pattern!r}]: expected a mapping of LIF settings {sorted(LIF_SETTINGS)}, got {settings!r}"
+            )
+        if settings.get("tau", 1.0) < 1.0:
+            raise ValueError(f"neurons[{pattern!r}]: LIF tau must be >= 1, got {settings['tau']}")
+        for n in names:
+            for key, value in settings.items():
+                setattr(lifs[n], key, LIF_SETTINGS[key](value))
 
 
 def list_models(pattern: str = "*") -> list[str]:

@@ -35,12 +35,14 @@ class FFLiDiff(nn.Module):
             over the head's channels (QKFormer token attention, SpiLiFormer's DVS / N-Caltech101 code).
         qkv_bias: bias on the Q/K projections (False in the official code).
         attn_v_th: threshold of the token-mask neuron.
+        proj_bias: bias on the output projection (True in the official code; spikingjelly's QKFormer has none).
 
     Parameters: ``3 C^2 + 7 C`` (no bias on Q/K).
     """
 
     def __init__(
-        self, dim: int, heads: int = 8, q_split: bool = True, qkv_bias: bool = False, attn_v_th: float = 0.5
+        self, dim: int, heads: int = 8, q_split: bool = True, qkv_bias: bool = False, attn_v_th: float = 0.5,
+        proj_bias: bool = True,
     ) -> None:
         super().__init__()
         if dim % heads:
@@ -51,7 +53,7 @@ class FFLiDiff(nn.Module):
         self.q = LinearBNSpike(dim, dim, bias=qkv_bias)
         self.k = LinearBNSpike(dim, dim, bias=qkv_bias)
         self.attn_neuron = LIF(v_th=attn_v_th)
-        self.proj = LinearBNSpike(dim, dim, bias=True)
+        self.proj = LinearBNSpike(dim, dim, bias=proj_bias)
 
     def token_scores(self, q: torch.Tensor) -> torch.Tensor:
         """Per-head token scores from Q spikes: ``[T, B, N, C] -> [T, B, N, heads]``."""

@@ -25,6 +25,7 @@ class SSA(nn.Module):
         qkv_bias: bias on the Q/K/V projections (True in the CIFAR code, False in ImageNet/DVS).
         scale: multiplier of the attention product; attn_v_th: threshold of the neuron after the product.
         order: product order, see :func:`attention_product`.
+        proj_bias: bias on the output projection (True in the official code; spikingjelly's SSA has none).
     """
 
     def __init__(
@@ -35,6 +36,7 @@ class SSA(nn.Module):
         scale: float = 0.125,
         attn_v_th: float = 0.5,
         order: str = "auto",
+        proj_bias: bool = True,
     ) -> None:
         super().__init__()
         if dim % heads:
@@ -44,7 +46,7 @@ class SSA(nn.Module):
         self.k = LinearBNSpike(dim, dim, bias=qkv_bias)
         self.v = LinearBNSpike(dim, dim, bias=qkv_bias)
         self.attn_neuron = LIF(v_th=attn_v_th)
-        self.proj = LinearBNSpike(dim, dim, bias=True)
+        self.proj = LinearBNSpike(dim, dim, bias=proj_bias)
 
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Q, K, V spikes split into heads, each ``[T, B, heads, N, d]``."""

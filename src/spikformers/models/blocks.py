@@ -27,13 +27,13 @@ from ..neurons import LIF
 class MembraneMLP(nn.Module):
     """``[T, B, N, C] -> [T, B, N, C]``: LIF, Linear-BN to ``ratio * C``, LIF, Linear-BN back (no final LIF)."""
 
-    def __init__(self, dim: int, ratio: float = 4.0) -> None:
+    def __init__(self, dim: int, ratio: float = 4.0, bias: bool = True) -> None:
         super().__init__()
         hidden = int(dim * ratio)
         self.fc1_neuron = LIF()
-        self.fc1 = LinearBN(dim, hidden, bias=True)
+        self.fc1 = LinearBN(dim, hidden, bias=bias)
         self.fc2_neuron = LIF()
-        self.fc2 = LinearBN(hidden, dim, bias=True)
+        self.fc2 = LinearBN(hidden, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.fc2_neuron(self.fc1(self.fc1_neuron(x))))
@@ -50,6 +50,7 @@ class MembraneBlock(nn.Module):
         attn: str | type[nn.Module] = "sdsa",
         attn_defaults: dict[str, Any] | None = None,
         drop_path: float = 0.0,
+        mlp_bias: bool = True,
         **attn_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -62,7 +63,7 @@ class MembraneBlock(nn.Module):
                 f"{type(self.attn).__name__} has {type(proj).__name__}"
             )
         proj.neuron = nn.Identity()  # the residual adds membrane input, not spikes
-        self.mlp = MembraneMLP(dim, mlp_ratio)
+        self.mlp = MembraneMLP(dim, mlp_ratio, bias=mlp_bias)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

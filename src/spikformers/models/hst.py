@@ -38,13 +38,17 @@ EMBEDS: dict[str, dict[str, Any]] = {
 
 
 class ConvBNPoolSpike(nn.Module):
-    """``Conv -> BN -> [MaxPool] -> LIF`` on ``[T, B, C, H, W]`` (HST pools the membrane input, not spikes)."""
+    """``Conv -> BN -> [MaxPool] -> LIF`` on ``[T, B, C, H, W]`` (HST pools the membrane input, not spikes).
+
+    ``bias``: a bias on the conv (none in the official code; spikingjelly's QKFormer has one).
+    """
 
     def __init__(
-        self, in_chans: int, out_chans: int, kernel_size: int = 3, stride: int = 1, pool: bool = False
+        self, in_chans: int, out_chans: int, kernel_size: int = 3, stride: int = 1, pool: bool = False,
+        bias: bool = False,
     ) -> None:
         super().__init__()
-        self.conv = ConvBN(in_chans, out_chans, kernel_size, stride)
+        self.conv = ConvBN(in_chans, out_chans, kernel_size, stride, bias=bias)
         self.pool = pool
         self.neuron = LIF()
 
@@ -57,18 +61,19 @@ class PatchEmbed(nn.Module):
     """A chain of 3x3 ``ConvBNPoolSpike`` plus a 1x1 strided spiking shortcut, summed: ``[T,B,C,H,W] -> [T,B,E,h,w]``.
 
     ``widths = [C_in, c_1, ..., E]``; ``shortcut_from`` = index of the conv whose output feeds the shortcut
-    (-1: the input itself).
+    (-1: the input itself); ``bias``: biases on every conv.
     """
 
     def __init__(
-        self, widths: list[int], pools: tuple[bool, ...], shortcut_from: int, shortcut_stride: int
+        self, widths: list[int], pools: tuple[bool, ...], shortcut_from: int, shortcut_stride: int,
+        bias: bool = False,
     ) -> None:
         super().__init__()
         self.convs = nn.ModuleList(
-            ConvBNPoolSpike(widths[i], widths[i + 1], pool=p) for i, p in enumerate(pools)
+            ConvBNPoolSpike(widths[i], widths[i + 1], pool=p, bias=bias) for i, p in enumerate(pools)
         )
         self.shortcut_from = shortcut_from
-        self.shortcut = ConvBNPoolSpike(widths[shortcut_from + 1], widths[-1], 1, shortcut_stride)
+        self.shortcut = ConvBNPoolSpike(widths[shortcut_from + 1], widths[-1], 1, shortcut_stride, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = x
@@ -128,12 +133,14 @@ class HST(nn.Module):
     Args:
         img_size, in_chans, num_classes: input and output. T: time steps a static image is repeated over.
         dim: width D of the last stage; depth: total blocks, split by :func:`stage_depths` unless ``depths``.
-        heads: heads in every stage; mlp_ratio: MLP hidden = ratio * width.
+        heads: heads in every stage, or one count per stage; mlp_ratio: MLP hidden = ratio * width.
         embed: patch-embedding variant (``"imagenet"``, ``"cifar"``, ``"dvs"``, docs/models.md "Patch embeddings").
         attn_early / attn_last: attention of the early stages / the last stage, names or classes, with options
             ``attn_early_kwargs`` / ``attn_last_kwargs``. Defaults: QKFormer's token attention and SSA.
         drop_path_rate: stochastic depth of the last block; over all blocks of all stages in order, block i gets
             ``rate * i / (depth - 1)`` (timm's linear ramp), per sample on both residual branches, in training.
+        conv_bias: biases on the patch embeddings' convs (none in the official code; spikingjelly's QKFormer has
+            them).
 
     Shape: ``[B, C, H, W]`` or ``[T, B, C, H, W]`` -> logits ``[B, num_classes]``.
     """
@@ -145,7 +152,7 @@ class HST(nn.Module):
         num_classes: int = 10,
         dim: int = 384,
         depth: int = 4,
-        heads: int = 8,
+        heads: int | tuple[int, ...] = 8,
         mlp_ratio: float = 4.0,
         T: int = 4,
         embed: str = "cifar",
@@ -155,6 +162,7 @@ class HST(nn.Module):
         attn_early_kwargs: dict[str, Any] | None = None,
         attn_last_kwargs: dict[str, Any] | None = None,
         drop_path_rate: float = 0.0,
+        conv_bias: bool = False,
     ) -> None:
         super().__init__()
         if embed not in EMBEDS:
@@ -164,6 +172,9 @@ class HST(nn.Module):
         depths = tuple(depths) if depths is not None else stage_depths(embed, depth)
         if len(depths) != S or sum(depths) != depth:
             raise ValueError(f"depths {depths} must have {S} entries summing to depth {depth} for embed={embed!r}")
+        stage_heads = (heads,) * S if isinstance(heads, int) else tuple(heads)
+        if len(stage_heads) != S:
+            raise ValueError(f"heads {heads} must be one count or {S} counts (one per stage) for embed={embed!r}")
         unit = 2 ** (S - 1) * round(1 / min(spec["stem"]))  # the narrowest stem conv has dim / unit channels
         if dim % unit:
             raise ValueError(f"HST dim must be divisible by {unit} for embed={embed!r}, got {dim}")
@@ -176,14 +187,14 @@ class HST(nn.Module):
         for i, width in enumerate(self.widths):
             if i == 0:
                 chans = [in_chans] + [int(width * f) for f in spec["stem"]]
-                emb = PatchEmbed(chans, spec["stem_pools"], spec["stem_res"], spec["stem_stride"])
+                emb = PatchEmbed(chans, spec["stem_pools"], spec["stem_res"], spec["stem_stride"], bias=conv_bias)
             else:
-                emb = PatchEmbed([width // 2, width, width], spec["stage_pools"], -1, 2)
+                emb = PatchEmbed([width // 2, width, width], spec["stage_pools"], -1, 2, bias=conv_bias)
             last = i == S - 1
             attn, kwargs = (attn_last, attn_last_kwargs) if last else (attn_early, attn_early_kwargs)
             first = sum(depths[:i])
             blocks = nn.ModuleList(
-                HSTBlock(width, heads, mlp_ratio, attn, drop_path=rates[first + j], **(kwargs or {}))
+                HSTBlock(width, stage_heads[i], mlp_ratio, attn, drop_path=rates[first + j], **(kwargs or {}))
                 for j in range(depths[i])
             )
             setattr(self, f"patch_embed{i + 1}", emb)

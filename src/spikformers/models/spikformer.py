@@ -31,27 +31,44 @@ SPS_POOLS: dict[str, tuple[bool, bool, bool, bool]] = {
 class SPS(nn.Module):
     """Spiking patch splitting ``[T, B, C_in, H, W] -> [T, B, N, D]`` with relative position embedding.
 
-    Channel progression D/8, D/4, D/2, D; pools after the LIF as ``SPS_POOLS[variant]`` says; then
-    ``x = LIF(BN(Conv3x3(x))) + x``.
+    Channel progression D/8, D/4, D/2, D of Conv3x3-BN-LIF stages; pools as ``SPS_POOLS[variant]`` says, after
+    the LIF (``pool="spikes"``, the official code) or between BN and LIF (``pool="membrane"``, spikingjelly's
+    Spikformer). Then, ``form="spikformer"``: ``x = LIF(BN(Conv3x3(x))) + x`` (spikes plus spikes);
+    ``form="sdt"`` (Spike-driven Transformer): the last stage has no LIF (its pool follows the BN) and
+    ``x = BN(Conv3x3(LIF(x))) + x``, a real-valued output for membrane-shortcut blocks.
+    ``bias``: biases on the four stage convs (none in the official codes; spikingjelly's SDT has them).
     """
 
-    def __init__(self, in_chans: int, dim: int, variant: str = "cifar") -> None:
+    def __init__(self, in_chans: int, dim: int, variant: str = "cifar", pool: str = "spikes",
+                 form: str = "spikformer", bias: bool = False) -> None:
         super().__init__()
         if variant not in SPS_POOLS:
             raise ValueError(f"unknown SPS variant {variant!r}; expected one of {sorted(SPS_POOLS)}")
         if dim % 8:
             raise ValueError(f"Spikformer dim must be divisible by 8, got {dim}")
+        if pool not in ("spikes", "membrane"):
+            raise ValueError(f"SPS pool must be 'spikes' or 'membrane', got {pool!r}")
+        if form not in ("spikformer", "sdt"):
+            raise ValueError(f"SPS form must be 'spikformer' or 'sdt', got {form!r}")
         widths = [in_chans, dim // 8, dim // 4, dim // 2, dim]
+        self.form = form
         self.stages = nn.Sequential(
-            *(ConvBNSpike(widths[i], widths[i + 1], pool=p) for i, p in enumerate(SPS_POOLS[variant]))
+            *(ConvBNSpike(widths[i], widths[i + 1], pool=p, pool_membrane=pool == "membrane", bias=bias)
+              for i, p in enumerate(SPS_POOLS[variant]))
         )
+        if form == "sdt":  # the last stage keeps the norm's (pooled) output
+            self.stages[-1].neuron = nn.Identity()
+            self.stages[-1].pool_membrane = True
         self.rpe = ConvBN(dim, dim, 3)
         self.rpe_neuron = LIF()
         self.downsample = 2 ** sum(SPS_POOLS[variant])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stages(x)
-        x = self.rpe_neuron(self.rpe(x)) + x
+        if self.form == "sdt":
+            x = self.rpe(self.rpe_neuron(x)) + x
+        else:
+            x = self.rpe_neuron(self.rpe(x)) + x
         return x.flatten(3).transpose(2, 3).contiguous()  # [T, B, D, H, W] -> [T, B, N, D], token rows contiguous
 
 
@@ -59,7 +76,7 @@ class Block(nn.Module):
     """Spikformer encoder block ``[T, B, N, D] -> [T, B, N, D]``: ``x + Attn(x)``, then ``x + MLP(x)``.
 
     ``drop_path``: stochastic-depth probability for both residual branches (per sample, see
-    :class:`~spikformers.layers.DropPath`).
+    :class:`~spikformers.layers.DropPath`); ``mlp_bias``: biases on the MLP's projections.
     """
 
     def __init__(
@@ -70,11 +87,12 @@ class Block(nn.Module):
         attn: str | type[nn.Module] = "ssa",
         attn_defaults: dict[str, Any] | None = None,
         drop_path: float = 0.0,
+        mlp_bias: bool = True,
         **attn_kwargs: Any,
     ) -> None:
         super().__init__()
         self.attn = create_attention(attn, dim, heads, defaults=attn_defaults, **attn_kwargs)
-        self.mlp = MLP(dim, mlp_ratio)
+        self.mlp = MLP(dim, mlp_ratio, bias=mlp_bias)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,6 +117,11 @@ class Spikformer(nn.Module):
             (Spike-driven Transformer membrane shortcuts, :class:`~spikformers.models.blocks.MembraneBlock`).
         drop_path_rate: stochastic depth of the last block; block i gets ``rate * i / (depth - 1)`` (timm's
             linear ramp), applied per sample to both residual branches in training. No parameters.
+        sps_pool: where SPS max-pools, ``"spikes"`` (after the LIF, the official code) or ``"membrane"`` (between
+            BN and LIF, spikingjelly's Spikformer). mlp_bias: biases on the MLP projections (off in spikingjelly).
+        sps_form, sps_bias: SPS ``form`` (``"spikformer"``, or ``"sdt"``: Spike-driven Transformer's real-valued
+            embedding) and conv biases, see :class:`SPS`. head_neuron: a LIF on the token mean before the head
+            (Spike-driven Transformer), ``head(mean_T(LIF(mean_N(x))))``.
 
     Shape: ``[B, C, H, W]`` or ``[T, B, C, H, W]`` -> logits ``[B, num_classes]`` (mean over time).
     """
@@ -120,10 +143,15 @@ class Spikformer(nn.Module):
         attn_defaults: dict[str, Any] | None = None,
         block: str = "spikformer",
         drop_path_rate: float = 0.0,
+        sps_pool: str = "spikes",
+        mlp_bias: bool = True,
+        sps_form: str = "spikformer",
+        sps_bias: bool = False,
+        head_neuron: bool = False,
     ) -> None:
         super().__init__()
         self.T, self.img_size, self.in_chans, self.num_classes = T, img_size, in_chans, num_classes
-        self.embed = SPS(in_chans, dim, sps)
+        self.embed = SPS(in_chans, dim, sps, pool=sps_pool, form=sps_form, bias=sps_bias)
         if img_size % self.embed.downsample:
             raise ValueError(
                 f"img_size {img_size} is not divisible by the {sps} SPS downsampling factor {self.embed.downsample}"
@@ -132,9 +160,11 @@ class Spikformer(nn.Module):
             raise ValueError(f"unknown block {block!r}; expected one of {sorted(BLOCKS)}")
         kwargs = {"qkv_bias": qkv_bias, **(attn_kwargs or {})}
         self.blocks = nn.ModuleList(
-            BLOCKS[block](dim, heads, mlp_ratio, attn, attn_defaults, drop_path=dp, **kwargs)
+            BLOCKS[block](dim, heads, mlp_ratio, attn, attn_defaults, drop_path=dp, mlp_bias=mlp_bias, **kwargs)
             for dp in drop_path_rates(drop_path_rate, depth)
         )
+        if head_neuron:
+            self.head_neuron = LIF()
         self.head = nn.Linear(dim, num_classes)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -154,5 +184,12 @@ class Spikformer(nn.Module):
             x = blk(x)
         return x
 
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens ``[T, B, N, D]`` -> logits ``[B, K]``: mean over tokens, [head LIF,] mean over time, Linear."""
+        x = x.mean(2)
+        if hasattr(self, "head_neuron"):
+            x = self.head_neuron(x)
+        return self.head(x.mean(0))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x).mean(2).mean(0))
+        return self.forward_head(self.forward_features(x))
