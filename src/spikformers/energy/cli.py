@@ -30,7 +30,7 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
     p.add_argument("--e-mac", type=float, default=E_MAC_PJ, help=f"energy of a MAC in pJ (default {E_MAC_PJ})")
     p.add_argument("--e-ac", type=float, default=E_AC_PJ, help=f"energy of an AC in pJ (default {E_AC_PJ})")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, auto (CUDA if present)")
 
 
 def _energy_args(p: argparse.ArgumentParser) -> None:
@@ -154,12 +154,23 @@ def calibrate_bn(model: nn.Module, batches: list[torch.Tensor]) -> None:
             m.momentum = momentum
 
 
+def _check_counts(args: argparse.Namespace) -> None:
+    """Refuse batch counts and sizes below 1 (they would report the energy of no image)."""
+    for flag, value in (("--batches", args.batches), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+
+
 @command("energy", "per-layer FLOPs, firing rates, SOPs and energy (mJ per image) of a run or a model", _energy_args)
 def _energy(args: argparse.Namespace) -> int:
+    _check_counts(args)
     common = dict(batches=args.batches, batch_size=args.batch_size, e_mac=args.e_mac, e_ac=args.e_ac,
                   device=args.device, all_ones=args.all_ones)
     reports: list[EnergyReport] = []
     if args.checkpoint:
+        from ..cli import existing_checkpoint
+
+        existing_checkpoint(args.checkpoint)
         report, _ = checkpoint_report(args.checkpoint, args.which, args.data, args.data_dir, **common)
         reports.append(report)
     else:
@@ -210,6 +221,7 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
 def _compare(args: argparse.Namespace) -> int:
     from ..registry import count_parameters
 
+    _check_counts(args)
     rows = []
     for run in args.runs:
         run_dir = Path(run)
