@@ -12,8 +12,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test,events]"
 	@touch $(STAMP)
 
+# run twice, the previous demo run is kept as runs/demo.old-<time> (--overwrite moves it aside, never deletes)
 demo: $(STAMP)
-	$(VENV)/bin/spikformers train --out runs/demo
+	$(VENV)/bin/spikformers train --out runs/demo --overwrite
 	$(VENV)/bin/spikformers energy --checkpoint runs/demo --data digits
 
 test: $(STAMP)

@@ -36,6 +36,11 @@ def _models(args: argparse.Namespace) -> int:
     from .registry import count_parameters, create_model, list_models, model_config, parse_name
 
     names = list_models(args.pattern)
+    if not names:
+        from .registry import _FAMILIES
+
+        raise ValueError(f"no published model matches {args.pattern!r}; families are {sorted(_FAMILIES)} "
+                         "(`spikformers models` lists them all)")
     print(f"{'model':32s} {'params (M)':>11s} {'T':>3s} {'input':>10s} {'classes':>7s}  attention")
     for name in names:
         cfg = model_config(name)
@@ -56,16 +61,21 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="dataset root folder")
     p.add_argument("--img-size", type=int, help="input image size")
     p.add_argument("--download", action="store_true", help="let torchvision download the dataset if missing")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--epochs", type=int, help="training epochs, before any cool-down (optim.epochs)")
+    p.add_argument("--batch-size", type=int, help="training batch size per process (data.batch_size)")
+    p.add_argument("--lr", type=float, help="peak learning rate of AdamW (optim.lr)")
     p.add_argument("--T", type=int, help="time steps")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="random seed of weights, data order and augmentation")
     p.add_argument("--workers", type=int, help="data loader worker processes")
-    p.add_argument("--out", help="run folder (default runs/<time>)")
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--out", help="run folder (default runs/<time>); one that holds a run is refused unless "
+                                 "--resume or --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in --out even if it holds a run: the old run is moved to "
+                        "OUT.old-<YYYYmmdd-HHMMSS>, never deleted")
+    p.add_argument("--device", help="auto (CUDA if present, else cpu), cpu, cuda, cuda:N")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--amp", choices=["none", "bf16", "fp16"], help="mixed precision (fp16 on CUDA only)")
+    p.add_argument("--amp", choices=["none", "bf16", "fp16"],
+                   help="mixed precision; fp16 runs on CUDA only, and as float32 (none) on a CPU")
     p.add_argument("--resume", metavar="RUN",
                    help="continue the run folder RUN where it stopped (its config.yaml unless --config is given)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -96,6 +106,14 @@ def config_from_args(args: argparse.Namespace) -> Any:
         from .train.config import ConfigError
 
         run = Path(args.resume)
+        if args.out is not None and Path(args.out) != run:
+            raise ConfigError(f"--out {args.out} and --resume {run} name different folders; a resumed run goes on "
+                              "writing into its own folder (leave out --out)")
+        if getattr(args, "overwrite", False):
+            raise ConfigError(f"--overwrite and --resume {run} contradict each other: --resume continues that run, "
+                              "--overwrite starts a new one (moving the old one aside)")
+        if not run.is_dir():
+            raise ConfigError(f"--resume {run}: no such run folder")
         if not (run / "state.safetensors").is_file():
             raise ConfigError(f"--resume {run}: no state.safetensors there (not a run folder, or no epoch finished)")
         path = path or run / "config.yaml"
@@ -105,10 +123,23 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 @command("train", "train a model (default: a small Spikformer on the bundled digits)", _train_args)
 def _train(args: argparse.Namespace) -> int:
+    import os
+
+    from .train.checkpoint import atomic_write
     from .train.engine import train
+    from .train.run_folder import RunProgress, interruption_report
 
     cfg = config_from_args(args)
-    result = train(cfg)
+    progress = RunProgress()
+    try:
+        result = train(cfg, overwrite=args.overwrite, progress=progress)
+    except KeyboardInterrupt:  # Ctrl-C: say where it stopped and how to go on; the last saved state is whole
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 speaks
+            distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+            print(file=sys.stderr)  # off the progress bar's line
+            for line in interruption_report(progress, distributed):
+                print(f"spikformers train: {line}", file=sys.stderr)
+        return 130
     if result.rank != 0:  # under torchrun only rank 0 reports and writes
         return 0
     summary = {"architecture": None, "test_acc": result.last_acc, "best_acc": result.best_acc,
@@ -116,7 +147,8 @@ def _train(args: argparse.Namespace) -> int:
                "dataset": cfg.data.name, "processes": result.world_size}
     model_doc = json.loads((result.out_dir / "model.json").read_text())
     summary["architecture"] = model_doc["architecture"]
-    (result.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    text = json.dumps(summary, indent=2)
+    atomic_write(result.out_dir / "summary.json", lambda tmp: tmp.write_text(text))
     print(f"run folder {result.out_dir}  ({result.seconds:.0f} s, best {result.best_acc:.2f}%)")
     print(f"held-out accuracy: {result.last_acc:.2f}% ({cfg.data.name} test split, last epoch)")
     return 0
@@ -128,8 +160,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--which", default="last", choices=["last", "best"], help="which weights of a run folder")
     p.add_argument("--dataset", help="dataset (default: the run's)")
     p.add_argument("--data-dir", help="dataset root (default: the run's)")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=None, help="evaluation batch size (default: the run's)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present, else cpu; default), cpu, cuda, cuda:N")
     p.add_argument("--chunk", type=int, default=None, metavar="STEPS",
                    help="run the T steps this many at a time: the same accuracy, the memory of a STEPS-step "
                         "forward (Spikformer / HST backbones; see spikformers.memory.chunked_forward)")
@@ -141,7 +173,10 @@ def _eval(args: argparse.Namespace) -> int:
     from .train.config import TrainConfig, load_config
     from .train.engine import build_loaders, evaluate, resolve_device
 
-    run_dir, weights = resolve_checkpoint(args.checkpoint, args.which)
+    device = resolve_device(args.device)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    run_dir, weights = resolve_checkpoint(existing_checkpoint(args.checkpoint), args.which)
     cfg = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else TrainConfig()
     if args.dataset:
         cfg.data.name = args.dataset
@@ -149,7 +184,6 @@ def _eval(args: argparse.Namespace) -> int:
         cfg.data.root = args.data_dir
     if args.batch_size:
         cfg.data.batch_size = args.batch_size
-    device = resolve_device(args.device)
     model = load_model(weights.parent if weights.parent == run_dir else run_dir, which=weights.stem).to(device)
     if args.chunk is not None:
         from .memory import check_chunkable
@@ -168,11 +202,27 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def existing_checkpoint(path: str) -> str:
+    """``path`` if it names an existing run folder or file, else a :class:`CheckpointError` saying which."""
+    from pathlib import Path
+
+    from .train.checkpoint import CheckpointError
+
+    if not Path(path).exists():
+        what = "weights file" if path.endswith(".safetensors") else "run folder"
+        raise CheckpointError(f"--checkpoint {path}: no such {what}")
+    return path
+
+
 # ---------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
+    from . import __version__
+
     _load_plugins()
     parser = argparse.ArgumentParser(prog="spikformers", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"spikformers {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, add_arguments, run) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -202,9 +252,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ConfigError, CheckpointError, TrainingError, FileNotFoundError, ValueError, TypeError) as e:
-        print(f"spikformers {args.command}: error: {e}", file=sys.stderr)
+    except (ConfigError, CheckpointError, TrainingError, OSError, ValueError, TypeError) as e:
+        # one line per error; lines that start with spaces go on the one before (hints, listed keys)
+        for line in str(e).splitlines() or [type(e).__name__]:
+            print(line if line.startswith("  ") else f"spikformers {args.command}: error: {line}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\nspikformers {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,6 +6,8 @@ A name is ``{family}_{L}_{D}[_{variant}]``: ``spikformer_8_768`` (ImageNet), ``s
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +27,8 @@ class Family:
     defaults: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     attention: str = "ssa"  # what `spikformers models` shows when the config names no ``attn``
+    # (argument, problem) pairs of a full config that the builder's layout cannot take (divisibility), if any
+    layout_check: Callable[[dict[str, Any]], list[tuple[str, str]]] | None = None
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -80,6 +84,9 @@ def create_model(name: str, pretrained: bool = False, **overrides: Any) -> nn.Mo
         raise ValueError("spikformers ships no pretrained weights; load a checkpoint with `spikformers eval`")
     fam = parse_name(name)[0]
     cfg = model_config(name, **overrides)
+    problems = config_problems(fam, cfg)
+    if problems:
+        raise ValueError("\n".join(f"create_model({name!r}): {problem}" for _, problem in problems))
     try:
         model = fam.builder(**{k: v for k, v in cfg.items() if k != "neurons"})
     except TypeError as e:
@@ -121,6 +128,125 @@ def set_lif_params(model: nn.Module, neurons: dict[str, dict[str, Any]]) -> None
         for n in names:
             for key, value in settings.items():
                 setattr(lifs[n], key, LIF_SETTINGS[key](value))
+
+
+def model_problems(name: str, **overrides: Any) -> list[tuple[str, str]]:
+    """What is wrong with ``create_model(name, **overrides)``, found without building anything: a list of
+    ``(argument, problem)`` pairs, empty when the model can be built. Raises ValueError for an unknown name."""
+    fam = parse_name(name)[0]
+    return config_problems(fam, model_config(name, **overrides))
+
+
+_POSITIVE_INTS = ("T", "img_size", "in_chans", "num_classes", "depth", "dim")
+_ATTN_OPTIONS = ("attn_kwargs", "attn_defaults", "attn_early_kwargs", "attn_last_kwargs")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def config_problems(fam: Family, cfg: dict[str, Any]) -> list[tuple[str, str]]:
+    """Range and layout checks of a full builder config (see :func:`model_problems`)."""
+    problems = [(key, f"{key} must be an integer >= 1, got {cfg[key]!r}")
+                for key in _POSITIVE_INTS if key in cfg and not (_is_int(cfg[key]) and cfg[key] >= 1)]
+    heads = cfg.get("heads", 1)
+    per_stage = isinstance(heads, (tuple, list)) and len(heads) > 0
+    if not all(_is_int(h) and h >= 1 for h in (heads if per_stage else [heads])):
+        problems.append(("heads", f"heads must be an integer >= 1 (or one per stage), got {heads!r}"))
+    ratio = cfg.get("mlp_ratio", 1.0)
+    if not (_is_real(ratio) and ratio > 0):
+        problems.append(("mlp_ratio", f"mlp_ratio must be a number > 0, got {ratio!r}"))
+    rate = cfg.get("drop_path_rate", 0.0)
+    if not (_is_real(rate) and 0 <= rate < 1):
+        problems.append(("drop_path_rate", f"drop_path_rate must be in [0, 1), got {rate!r}"))
+    if "beta" in cfg and not (_is_real(cfg["beta"]) and 0 <= cfg["beta"] <= 1):
+        problems.append(("beta", f"beta must be in [0, 1], got {cfg['beta']!r}"))
+    for key in _ATTN_OPTIONS:
+        opts = cfg.get(key) or {}
+        if isinstance(opts, dict) and "attn_v_th" in opts and not (_is_real(opts["attn_v_th"])
+                                                                  and opts["attn_v_th"] > 0):
+            problems.append((key, f"{key}['attn_v_th'] (a firing threshold) must be > 0, got {opts['attn_v_th']!r}"))
+    if not problems and fam.layout_check is not None:  # layout arithmetic needs valid integers
+        problems += fam.layout_check(cfg)
+    return problems
+
+
+def _near(value: int, factor: int) -> str:
+    """The multiples of ``factor`` nearest to ``value``, e.g. ``"28 or 32"``."""
+    lo = value - value % factor
+    return f"{lo} or {lo + factor}" if lo >= factor else f"{factor}"
+
+
+def _divisors(n: int) -> str:
+    found = [d for d in range(1, n + 1) if n % d == 0]
+    return ", ".join(map(str, found[:12])) + (", ..." if len(found) > 12 else "")
+
+
+def _divisible(key: str, value: int, factor: int, why: str) -> list[tuple[str, str]]:
+    if value % factor == 0:
+        return []
+    return [(key, f"{key} {value} is not divisible by {factor}, {why}; use a multiple of {factor}, "
+                  f"e.g. {_near(value, factor)}")]
+
+
+def _heads_divide(heads: int | tuple[int, ...], widths: list[int], what: str) -> list[tuple[str, str]]:
+    if isinstance(heads, (tuple, list)):  # one count per stage: each divides its own stage's width
+        return [("heads", f"heads[{i}]={h} does not divide stage width {w}; it must be one of {_divisors(w)}")
+                for i, (h, w) in enumerate(zip(heads, widths)) if w % h]
+    common = math.gcd(*widths)
+    if common % heads == 0:
+        return []
+    return [("heads", f"heads={heads} does not divide {what}; heads must divide {common}: one of {_divisors(common)}")]
+
+
+def _spikformer_layout(cfg: dict[str, Any]) -> list[tuple[str, str]]:
+    """Spikformer: SPS widths dim/8 ... dim, heads dividing dim, the image a multiple of the SPS pooling."""
+    from .models.spikformer import SPS_POOLS
+
+    sps = cfg.get("sps", "cifar")
+    if sps not in SPS_POOLS:
+        return [("sps", f"sps must be one of {sorted(SPS_POOLS)}, got {sps!r}")]
+    dim, factor = cfg["dim"], 2 ** sum(SPS_POOLS[sps])
+    problems = _divisible("dim", dim, 8, "as the patch splitting's widths are dim/8, dim/4, dim/2, dim")
+    problems += _heads_divide(cfg["heads"], [dim], f"dim {dim}")
+    problems += _divisible("img_size", cfg["img_size"], factor, f"the downsampling of the {sps} patch splitting")
+    return problems
+
+
+def _hst_layout(cfg: dict[str, Any]) -> list[tuple[str, str]]:
+    """HST / SpiLiFormer: stem widths, heads dividing every stage width in use, the image a multiple of the
+    stem's and the stage embeddings' pooling."""
+    from .models.hst import EMBEDS, stage_depths
+
+    embed = cfg.get("embed", "cifar")
+    if embed not in EMBEDS:
+        return [("embed", f"embed must be one of {sorted(EMBEDS)}, got {embed!r}")]
+    spec = EMBEDS[embed]
+    S, dim, depth = spec["stages"], cfg["dim"], cfg["depth"]
+    unit = 2 ** (S - 1) * round(1 / min(spec["stem"]))
+    problems = _divisible("dim", dim, unit, f"as the {embed} stages and stem are {unit}ths of dim")
+    depths = cfg.get("depths")
+    depths = tuple(depths) if depths is not None else stage_depths(embed, depth)
+    if len(depths) != S or sum(depths) != depth or any(not _is_int(d) or d < 0 for d in depths):
+        problems.append(("depths", f"depths {depths} must be {S} counts >= 0 summing to depth {depth}"))
+    elif not problems:
+        widths = [dim // 2 ** (S - 1 - i) for i in range(S)]
+        heads = cfg["heads"]
+        if isinstance(heads, (tuple, list)) and len(heads) != S:
+            problems.append(("heads", f"heads {tuple(heads)} must be one count or {S} counts (one per stage)"))
+        elif isinstance(heads, (tuple, list)):
+            problems += _heads_divide(tuple(h for h, d in zip(heads, depths) if d > 0),
+                                      [w for w, d in zip(widths, depths) if d > 0], "")
+        else:
+            used = [w for w, d in zip(widths, depths) if d > 0]
+            problems += _heads_divide(heads, used, f"the stage widths {used} (dim {dim})")
+    factor = 2 ** (sum(spec["stem_pools"]) + S - 1)
+    problems += _divisible("img_size", cfg["img_size"], factor, f"the downsampling of the {embed} HST layout")
+    return problems
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -241,7 +367,7 @@ def _build_spikformer(**cfg: Any) -> nn.Module:
 register_family(
     Family(
         "spikformer", _build_spikformer, SPIKFORMER_VARIANTS, SPIKFORMER_PUBLISHED,
-        description="Spikformer with SSA (Zhou et al., ICLR 2023)",
+        description="Spikformer with SSA (Zhou et al., ICLR 2023)", layout_check=_spikformer_layout,
     )
 )
 
@@ -261,6 +387,7 @@ register_family(
         "a2os2a", _build_spikformer, SPIKFORMER_VARIANTS, _with_pairs({"cifar": [(2, 256)]}),
         defaults={"attn": "a2os2a", "block": "spikformer"},
         description="Spikformer backbone with A2OS2A (Guo et al., CVPR 2025); block='membrane' for SDT shortcuts",
+        layout_check=_spikformer_layout,
     )
 )
 register_family(
@@ -268,6 +395,7 @@ register_family(
         "est", _build_spikformer, SPIKFORMER_VARIANTS, _with_pairs({}),
         defaults={"attn": "psa"},
         description="Spikformer backbone with EST's partial-information attention PSA (arXiv 2210.01208)",
+        layout_check=_spikformer_layout,
     )
 )
 
@@ -282,6 +410,7 @@ register_family(
         _with_pairs({"cifar": [(2, 512)]}),
         defaults={"attn": "sdsa", "block": "membrane"},
         description="Spike-driven Transformer: SDSA with membrane shortcuts (Yao et al., NeurIPS 2023)",
+        layout_check=_spikformer_layout,
     )
 )
 # end of A2OS2A / EST / SDT presets
@@ -342,7 +471,7 @@ register_family(
     Family(
         "spiliformer", _build_spiliformer, SPILIFORMER_VARIANTS, HST_PUBLISHED,
         description="SpiLiFormer: HST with FF-/FB-LiDiff lateral inhibition and feedback (Zheng et al., ICCV 2025)",
-        attention="ff_lidiff+fb_lidiff",
+        attention="ff_lidiff+fb_lidiff", layout_check=_hst_layout,
     )
 )
 register_family(
@@ -350,7 +479,7 @@ register_family(
         "qkformer", _build_hst, {k: _qkformer_variant(f) for k, f in SPILIFORMER_VARIANTS.items()},
         {"imagenet": [(10, 768)], "cifar": [(4, 384)]},
         description="QKFormer's hierarchical spiking transformer (token attention, SSA last stage), one pass",
-        attention="qk_token+ssa",
+        attention="qk_token+ssa", layout_check=_hst_layout,
     )
 )
 # end of SpiLiFormer presets

@@ -43,6 +43,9 @@ def dataset_info(name: str, root: str | Path | None = None, **opts: Any) -> Data
     if name == "imagefolder":
         if root is None:
             raise ValueError("dataset 'imagefolder' needs a root folder (--data-dir)")
+        if not (Path(root) / "train").is_dir():
+            raise FileNotFoundError(f"dataset 'imagefolder': no folder {Path(root) / 'train'}; expected an ImageFolder "
+                                    f"tree {root}/train/<class>/<image> and {root}/val/<class>/<image>")
         classes = [p for p in (Path(root) / "train").iterdir() if p.is_dir()]
         return DatasetInfo(len(classes), 3, int(opts.get("img_size") or 224))
     from .events import EVENT_DATASETS

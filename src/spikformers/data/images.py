@@ -132,12 +132,33 @@ def cifar(name: str, root: str | Path, split: str, download: bool = False, img_s
     folder = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
     try:
         return cls(str(root), train=train, transform=tf, download=download)
+    except OSError as e:  # --download without network (URLError), refused connections, a full disk ...
+        if not download:
+            raise
+        raise FileNotFoundError(download_failed_message(name, cls.url, e, root)) from None
     except RuntimeError as e:
         raise FileNotFoundError(
             f"{name}: no dataset under {Path(root) / folder}. Expected torchvision's layout "
             f"({folder}/ with the python pickles); pass --download to fetch it once, "
             f"or unpack the archive from https://www.cs.toronto.edu/~kriz/cifar.html there. ({e})"
         ) from None
+
+
+# what torchvision reads under ROOT, for placing the files by hand when --download cannot reach the network
+CIFAR_FILES = {
+    "cifar10": ("cifar-10-batches-py", "data_batch_1..5, test_batch, batches.meta", "cifar-10-python.tar.gz"),
+    "cifar100": ("cifar-100-python", "train, test, meta", "cifar-100-python.tar.gz"),
+}
+
+
+def download_failed_message(name: str, url: str, error: BaseException, root: str | Path) -> str:
+    """Why ``--download`` failed (the URL and the error), and where to put the files by hand instead."""
+    folder, files, archive = CIFAR_FILES[name]
+    reason = getattr(error, "reason", None) or error
+    root = Path(root)
+    return (f"{name}: could not download {url} ({reason}).\n"
+            f"  Place the files by hand, then run again: either unpack them as {root / folder}/{{{files}}},\n"
+            f"  or put the archive at {root / archive} and keep --download (it is then unpacked, not fetched).")
 
 
 def _cifar_transform(train: bool, auto_augment: str | None, re_prob: float) -> Any:

@@ -44,7 +44,7 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     add_sample_args(p)
     p.add_argument("--e-mac", type=float, default=E_MAC_PJ, help=f"energy of a MAC in pJ (default {E_MAC_PJ})")
     p.add_argument("--e-ac", type=float, default=E_AC_PJ, help=f"energy of an AC in pJ (default {E_AC_PJ})")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, auto (CUDA if present)")
 
 
 def _energy_args(p: argparse.ArgumentParser) -> None:
@@ -199,6 +199,9 @@ def _energy(args: argparse.Namespace) -> int:
                   device=args.device, all_ones=args.all_ones)
     reports: list[EnergyReport] = []
     if args.checkpoint:
+        from ..cli import existing_checkpoint
+
+        existing_checkpoint(args.checkpoint)
         report, _ = checkpoint_report(args.checkpoint, args.which, args.data, args.data_dir, **common)
         reports.append(report)
     else:

@@ -75,6 +75,10 @@ class LIF(Neuron):
         super().__init__()
         if tau <= 1.0 and tau != 1.0:
             raise ValueError(f"LIF tau must be >= 1, got {tau}")
+        if not v_th > v_reset:  # else it fires at every step (NaN fails too)
+            raise ValueError(f"LIF v_th must be > v_reset ({v_reset}), got {v_th}")
+        if not alpha > 0:
+            raise ValueError(f"LIF alpha (surrogate steepness) must be > 0, got {alpha}")
         self.tau, self.v_th, self.v_reset, self.alpha = float(tau), float(v_th), float(v_reset), float(alpha)
         self.detach_reset = detach_reset
         self.backend = backend
@@ -133,6 +137,10 @@ class TernaryNeuron(Neuron):
             raise ValueError(f"TernaryNeuron form must be 'guo' or 'lif', got {form!r}")
         if backend not in BACKENDS:
             raise ValueError(f"TernaryNeuron backend must be one of {BACKENDS}, got {backend!r}")
+        if not v_th > 0:
+            raise ValueError(f"TernaryNeuron v_th must be > 0, got {v_th}")
+        if form == "lif" and tau < 1.0:
+            raise ValueError(f"TernaryNeuron tau must be >= 1, got {tau}")
         self.form, self.decay, self.v_th, self.tau, self.alpha = form, decay, v_th, tau, alpha
         self.backend = backend
         self.saved = _check_saved(saved)

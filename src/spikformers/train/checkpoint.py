@@ -20,11 +20,14 @@ class CheckpointError(ValueError):
 
 
 def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` and then rename the result onto ``path`` in one step."""
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, flush it to disk, then rename it onto ``path``
+    in one step: an interruption (Ctrl-C, a kill, a crash) leaves the previous file or the new one, never a part."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         write(tmp)
+        with open(tmp, "rb") as f:  # the data must be on disk before the name points at it
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():

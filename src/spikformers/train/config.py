@@ -6,6 +6,7 @@ Unknown keys and wrong types are rejected before anything is built, with the key
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -159,52 +160,82 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
     return value
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+def _build(cls: type, data: dict[str, Any], prefix: str = "", errors: list[str] | None = None) -> Any:
+    """Build ``cls`` from ``data``; every unknown key, wrong type and out-of-range value is one line of the
+    :class:`ConfigError` raised at the end (nested sections append to the caller's ``errors``)."""
+    top = errors is None
+    errors = [] if errors is None else errors
     if not isinstance(data, dict):
-        raise ConfigError(f"config section {prefix.rstrip('.') or '<root>'!r}: expected a mapping, got {data!r}")
+        errors.append(f"config section {prefix.rstrip('.') or '<root>'!r}: expected a mapping, got {data!r}")
+        data = {}
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(
-            f"unknown config key {prefix + unknown[0]!r}; {prefix.rstrip('.') or 'the top level'} takes {sorted(names)}"
-        )
+    for key in sorted(set(data) - names, key=str):
+        errors.append(f"unknown config key {prefix + str(key)!r}; {prefix.rstrip('.') or 'the top level'} takes "
+                      f"{sorted(names)}")
     kwargs = {}
     for name, value in data.items():
+        if name not in names:
+            continue
         tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _check_type(prefix + name, value, tp)
-    obj = cls(**kwargs)
-    if cls is TrainConfig:
-        _check_values(obj)
+        try:
+            kwargs[name] = (_build(tp, value, f"{prefix}{name}.", errors) if dataclasses.is_dataclass(tp)
+                            else _check_type(prefix + name, value, tp))
+        except ConfigError as e:
+            errors.append(str(e))
+    obj = cls(**kwargs)  # from the valid keys only (the rest keep their defaults), so range checks still run
+    if top:
+        if cls is TrainConfig:
+            errors += _value_errors(obj)
+        if errors:
+            raise ConfigError("\n".join(errors))
     return obj
 
 
-def _check_values(cfg: TrainConfig) -> None:
-    """Range checks that types cannot express, each naming its key."""
-    checks = [
-        ("data.batch_size", cfg.data.batch_size >= 1, "at least 1"),
-        ("optim.epochs", cfg.optim.epochs >= 1, "at least 1"),
-        ("optim.lr", cfg.optim.lr > 0, "positive"),
-        ("optim.warmup_epochs", 0 <= cfg.optim.warmup_epochs, "0 or more"),
-        ("optim.cooldown_epochs", 0 <= cfg.optim.cooldown_epochs, "0 or more"),
-        ("optim.label_smoothing", 0 <= cfg.optim.label_smoothing < 1, "in [0, 1)"),
-        ("optim.drop_path", 0 <= cfg.optim.drop_path < 1, "in [0, 1)"),
-        ("mixup.prob", 0 <= cfg.mixup.prob <= 1, "in [0, 1]"),
-        ("train.ema_decay", 0 < cfg.train.ema_decay < 1, "in (0, 1)"),
-        ("train.beta", cfg.train.beta is None or 0 <= cfg.train.beta <= 1, "in [0, 1]"),
-        ("train.beta_end", cfg.train.beta_end is None or 0 <= cfg.train.beta_end <= 1, "in [0, 1]"),
-        ("train.save_every", cfg.train.save_every >= 1, "at least 1"),
+def _value_errors(cfg: TrainConfig) -> list[str]:
+    """Range checks that types cannot express: one line per bad key, naming it, the rule and the value."""
+    d, o, m, t = cfg.data, cfg.optim, cfg.mixup, cfg.train
+    checks: list[tuple[str, Any, bool, str]] = [
+        ("model.T", cfg.model.T, cfg.model.T is None or cfg.model.T >= 1, "at least 1 (time steps)"),
+        ("data.img_size", d.img_size, d.img_size is None or d.img_size >= 1, "at least 1 (pixels)"),
+        ("data.batch_size", d.batch_size, d.batch_size >= 1, "at least 1"),
+        ("data.eval_batch_size", d.eval_batch_size, d.eval_batch_size is None or d.eval_batch_size >= 1,
+         "at least 1"),
+        ("data.workers", d.workers, d.workers >= 0, "0 or more"),
+        ("data.limit_train", d.limit_train, d.limit_train is None or d.limit_train >= 1,
+         "at least 1 (a number of training samples; leave it unset for all)"),
+        ("data.limit_test", d.limit_test, d.limit_test is None or d.limit_test >= 1,
+         "at least 1 (a number of test samples; leave it unset for all)"),
+        ("optim.epochs", o.epochs, o.epochs >= 1, "at least 1"),
+        ("optim.lr", o.lr, o.lr > 0, "positive"),
+        ("optim.min_lr", o.min_lr, o.min_lr >= 0, "0 or more"),
+        ("optim.warmup_lr", o.warmup_lr, o.warmup_lr >= 0, "0 or more"),
+        ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0, "0 or more"),
+        ("optim.warmup_epochs", o.warmup_epochs, o.warmup_epochs >= 0, "0 or more"),
+        ("optim.cooldown_epochs", o.cooldown_epochs, o.cooldown_epochs >= 0, "0 or more"),
+        ("optim.label_smoothing", o.label_smoothing, 0 <= o.label_smoothing < 1, "in [0, 1)"),
+        ("optim.clip_grad", o.clip_grad, o.clip_grad is None or o.clip_grad > 0, "positive (or null for none)"),
+        ("optim.drop_path", o.drop_path, 0 <= o.drop_path < 1, "in [0, 1)"),
+        ("mixup.mixup_alpha", m.mixup_alpha, m.mixup_alpha >= 0, "0 or more"),
+        ("mixup.cutmix_alpha", m.cutmix_alpha, m.cutmix_alpha >= 0, "0 or more"),
+        ("mixup.prob", m.prob, 0 <= m.prob <= 1, "in [0, 1]"),
+        ("mixup.switch_prob", m.switch_prob, 0 <= m.switch_prob <= 1, "in [0, 1]"),
+        ("mixup.off_epoch", m.off_epoch, m.off_epoch is None or m.off_epoch >= 0, "0 or more (or null)"),
+        ("train.ema_decay", t.ema_decay, 0 < t.ema_decay < 1, "in (0, 1)"),
+        ("train.beta", t.beta, t.beta is None or 0 <= t.beta <= 1, "in [0, 1]"),
+        ("train.beta_end", t.beta_end, t.beta_end is None or 0 <= t.beta_end <= 1, "in [0, 1]"),
+        ("train.save_every", t.save_every, t.save_every >= 1, "at least 1 (epochs)"),
     ]
-    for key, ok, what in checks:
-        if not ok:
-            raise ConfigError(f"config key {key!r}: must be {what}")
-    if cfg.train.beta_end is not None and cfg.train.beta is None:
-        raise ConfigError("config key 'train.beta_end' needs 'train.beta' (the ramp's start)")
-    if cfg.train.ema_eval and not cfg.train.ema:
-        raise ConfigError("config key 'train.ema_eval' needs 'train.ema: true'")
+    errors = [f"config key {key!r}: must be {what}, got {value!r}" for key, value, ok, what in checks if not ok]
+    for key, value in (("optim.lr", o.lr), ("optim.min_lr", o.min_lr), ("optim.warmup_lr", o.warmup_lr),
+                       ("optim.weight_decay", o.weight_decay)):
+        if not math.isfinite(value):  # NaN passes no comparison above, inf passes some
+            errors.append(f"config key {key!r}: must be a finite number, got {value!r}")
+    if t.beta_end is not None and t.beta is None:
+        errors.append("config key 'train.beta_end' needs 'train.beta' (the ramp's start)")
+    if t.ema_eval and not t.ema:
+        errors.append("config key 'train.ema_eval' needs 'train.ema: true'")
+    return errors
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
@@ -214,15 +245,9 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Load a YAML recipe (or the defaults) and apply ``section.key=value`` overrides (values parsed as YAML)."""
-    import yaml
-
     data: dict[str, Any] = {}
     if path is not None:
-        text = Path(path).read_text()
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        data = _read_yaml(Path(path))
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
         data.pop("_meta", None)  # free-form provenance notes in recipes
@@ -231,7 +256,28 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         return config_from_dict(data)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+        raise ConfigError("\n".join(f"{path}: {line}" for line in str(e).splitlines()) if path else str(e)) from None
+
+
+def _read_yaml(path: Path) -> Any:
+    """The parsed YAML of a config file, or a one-line :class:`ConfigError` saying why it cannot be read."""
+    import yaml
+
+    if not path.exists():
+        raise ConfigError(f"config file {path} not found")
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; expected a YAML file such as configs/<recipe>.yaml")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} cannot be read: {e}") from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {what}") from None
 
 
 def set_key(data: dict[str, Any], item: str) -> None:
@@ -241,7 +287,10 @@ def set_key(data: dict[str, Any], item: str) -> None:
     if "=" not in item:
         raise ConfigError(f"override {item!r} is not of the form section.key=value")
     key, raw = item.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else None
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({getattr(e, 'problem', e)})") from None
     node = data
     parts = key.strip().split(".")
     for p in parts[:-1]:

@@ -45,7 +45,8 @@ def launched_by_torchrun() -> bool:
 def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
     """Join the process group torchrun describes (if any) and pick this process's device.
 
-    ``device`` is ``"auto"``, ``"cpu"`` or ``"cuda"``: under torchrun each process takes ``cuda:LOCAL_RANK``.
+    ``device`` is ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``: under torchrun each process takes
+    ``cuda:LOCAL_RANK``.
     """
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -55,7 +56,7 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInf
         dev = torch.device("cuda", local) if world > 1 or device in ("auto", "cuda") else torch.device(device)
         torch.cuda.set_device(dev)
     else:
-        dev = torch.device("cpu")
+        dev = torch.device("mps" if device == "mps" else "cpu")
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if use_cuda else "gloo"
         kwargs: dict[str, Any] = dict(backend=backend, timeout=timedelta(seconds=timeout_s))

@@ -12,6 +12,7 @@ import csv
 import math
 import os
 import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from .checkpoint import (
     split_state_dict,
 )
 from .config import ConfigError, TrainConfig, dump_config
+from .run_folder import RunFolder, RunFolderError, RunProgress, default_run_dir
 
 METRIC_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "images_per_s", "seconds",
                  "ema_test_acc", "beta"]
@@ -72,10 +74,53 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> CUDA if available, else CPU; anything else as given."""
-    if device == "auto":
+    """The device a ``--device`` / ``device:`` string names: ``auto`` (CUDA when present, else the CPU), ``cpu``,
+    ``cuda``, ``cuda:N``, ``mps`` (where torch has it).
+
+    Anything else, or a GPU that is not there, raises a one-line ValueError listing what is accepted or saying
+    what torch found.
+    """
+    name = str(device).strip().lower()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    if name == "cpu" or (name == "mps" and mps):
+        return torch.device(name)
+    match = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if match is None:
+        accepted = "auto, cpu, cuda, cuda:N" + (", mps" if mps else "")
+        raise ValueError(f"unknown device {device!r}; expected one of: {accepted}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: no CUDA GPU is usable here ({cuda_summary()}); use --device cpu or auto")
+    count = torch.cuda.device_count()
+    if match[1] is not None and int(match[1]) >= count:
+        raise ValueError(f"device {device!r}: {count} CUDA device(s) found, cuda:0 to cuda:{count - 1}")
+    return torch.device(name)
+
+
+def cuda_summary() -> str:
+    """What torch knows of CUDA here, in one phrase: its version, what it was built with, how many GPUs it sees."""
+    if torch.version.cuda:
+        built = f"built with CUDA {torch.version.cuda}"
+    elif getattr(torch.version, "hip", None):
+        built = f"built with ROCm {torch.version.hip}"
+    else:
+        built = "built without CUDA"
+    return f"torch {torch.__version__}, {built}, {torch.cuda.device_count()} CUDA device(s) found"
+
+
+def effective_amp(amp: str, device: torch.device) -> str:
+    """The precision ``train.amp`` runs at on ``device``: fp16 (with its GradScaler) on CUDA only; elsewhere a
+    recipe's fp16 runs in float32 (``"none"``), so that recipes run as written on a CPU. bf16 and none as asked."""
+    return "none" if amp == "fp16" and device.type != "cuda" else amp
+
+
+def amp_note(amp: str, device: torch.device) -> str | None:
+    """The one line a run prints when :func:`effective_amp` changes what the config asks for, else None."""
+    if effective_amp(amp, device) == amp:
+        return None
+    return (f"note: train.amp fp16 needs CUDA; on {device.type} this run computes in float32 (amp none). "
+            "For mixed precision here: --amp bf16")
 
 
 def to_time_first(x: torch.Tensor) -> torch.Tensor:
@@ -85,6 +130,11 @@ def to_time_first(x: torch.Tensor) -> torch.Tensor:
 
 def build_model(cfg: TrainConfig) -> nn.Module:
     """The model a config names, sized for its dataset (classes, channels, image size)."""
+    return create_model(cfg.model.name, **model_overrides(cfg))
+
+
+def model_overrides(cfg: TrainConfig) -> dict[str, Any]:
+    """The :func:`create_model` overrides a config asks for: sized for its dataset, plus the config's own."""
     info = dataset_info(cfg.data.name, cfg.data.root, img_size=cfg.data.img_size, **cfg.data.kwargs)
     overrides: dict[str, Any] = dict(num_classes=info.num_classes, in_chans=info.in_chans, img_size=info.img_size)
     if cfg.model.T is not None:
@@ -96,7 +146,25 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     overrides.update(cfg.model.kwargs)
     if cfg.optim.drop_path > 0:  # stochastic depth, ramped linearly over the blocks up to this rate
         overrides["drop_path_rate"] = cfg.optim.drop_path
-    return create_model(cfg.model.name, **overrides)
+    return overrides
+
+
+# which config key sets each create_model argument (the rest come from the model name)
+_MODEL_ARG_KEYS = {"T": "model.T", "img_size": "data.img_size", "attn": "model.attn",
+                   "drop_path_rate": "optim.drop_path"}
+
+
+def check_model_config(cfg: TrainConfig) -> None:
+    """Check the model's arguments (time steps, image size against the patch layout, widths, heads) without
+    building anything; every problem is one line of a :class:`ConfigError` naming its config key."""
+    from ..registry import model_problems
+
+    problems = model_problems(cfg.model.name, **model_overrides(cfg))
+    if problems:
+        keys = [f"model.kwargs.{arg}" if arg in cfg.model.kwargs else _MODEL_ARG_KEYS.get(arg, "model.name")
+                for arg, _ in problems]
+        raise ConfigError("\n".join(f"config key {key!r} ({cfg.model.name}): {problem}"
+                                    for key, (_, problem) in zip(keys, problems)))
 
 
 def build_loaders(cfg: TrainConfig, T: int | None = None, rank: int = 0, world_size: int = 1,
@@ -137,8 +205,8 @@ def build_loaders(cfg: TrainConfig, T: int | None = None, rank: int = 0, world_s
 
 
 def autocast_for(device: torch.device, amp: str) -> Any:
-    """The autocast context of ``train.amp`` on ``device`` (disabled for ``"none"``)."""
-    dtype = AMP_DTYPES[amp]
+    """The autocast context of ``train.amp`` on ``device`` (disabled for ``"none"``, and for fp16 off CUDA)."""
+    dtype = AMP_DTYPES[effective_amp(amp, device)]
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
@@ -226,8 +294,6 @@ def wrap_model(model: nn.Module, cfg: TrainConfig, info: dist_utils.DistInfo) ->
 
 def check_loop_config(cfg: TrainConfig, device: torch.device, world_size: int) -> None:
     """Reject settings the device cannot run, before anything trains."""
-    if cfg.train.amp == "fp16" and device.type != "cuda":
-        raise ConfigError("config key 'train.amp': fp16 needs a CUDA device (GradScaler); use bf16 on CPU")
     if cfg.train.sync_bn and world_size > 1 and device.type != "cuda":
         raise ConfigError("config key 'train.sync_bn': torch's SyncBatchNorm runs on CUDA only; set it false on CPU")
     if cfg.mixup.mixup_alpha > 0 or cfg.mixup.cutmix_alpha > 0:
@@ -324,18 +390,36 @@ def _fmt(v: float | None, spec: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ the loop
-def train(cfg: TrainConfig) -> RunResult:
-    """Train and evaluate per ``cfg`` (one process, or each process of a torchrun job); write the run folder."""
+def train(cfg: TrainConfig, overwrite: bool = False, progress: RunProgress | None = None) -> RunResult:
+    """Train and evaluate per ``cfg`` (one process, or each process of a torchrun job); write the run folder.
+
+    A folder that already holds a run is refused unless ``cfg.resume`` continues it or ``overwrite`` moves the
+    old run aside (``run_folder.py``). Every setting is checked before anything is built; a start that fails or
+    is interrupted before writing weights leaves no run folder behind. ``progress`` (if given) is kept up to
+    date with the folder, epoch and step, for reporting an interruption.
+    """
     from .. import spike_ops
     from ..neurons.kernels.bn_lif import set_fused_bn_neuron
 
+    progress = progress if progress is not None else RunProgress()
+    resolve_device(cfg.device)  # unknown device strings and missing GPUs stop here, before anything
     info = dist_utils.init_distributed(cfg.device)
     # the run sets its own layer switches (apply_speed_options); they are put back afterwards
     previous = spike_ops.set_compact_spikes(True), spike_ops.set_sparse_spikes(True), set_fused_bn_neuron(True)
     try:
+        progress.folder = _plan_run_folder(cfg, overwrite, info)
+        check_model_config(cfg)
         check_loop_config(cfg, info.device, info.world_size)
-        result = _train(cfg, info)
+        note = amp_note(cfg.train.amp, info.device)
+        if note and info.is_main:
+            print(note)
+        result = _train(cfg, info, progress)
     except BaseException:
+        if info.is_main and progress.folder is not None:
+            try:
+                progress.removed = progress.folder.undo()  # a start that wrote no weights leaves nothing behind
+            except OSError:  # leave the folder as it is rather than hide the error that stopped the run
+                pass
         if info.enabled and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
         raise
@@ -345,6 +429,23 @@ def train(cfg: TrainConfig) -> RunResult:
         set_fused_bn_neuron(previous[2])
     dist_utils.cleanup()
     return result
+
+
+def _plan_run_folder(cfg: TrainConfig, overwrite: bool, info: dist_utils.DistInfo) -> RunFolder:
+    """The run's folder, decided (and refused if it holds another run) on rank 0 for every process."""
+    folder, refusal = None, None
+    if info.is_main:
+        path = Path(cfg.out or cfg.resume or default_run_dir())
+        folder = RunFolder(path, resume=cfg.resume is not None and Path(cfg.resume) == path, overwrite=overwrite)
+        try:
+            folder.check()
+        except RunFolderError as e:
+            refusal = str(e)
+    path_str, resume, refusal = dist_utils.broadcast_object(
+        (str(folder.path), folder.resume, refusal) if folder is not None else None)
+    if refusal:
+        raise RunFolderError(refusal)
+    return folder if folder is not None else RunFolder(Path(path_str), resume=resume, overwrite=overwrite)
 
 
 def apply_speed_options(model: nn.Module, cfg: TrainConfig) -> None:
@@ -368,7 +469,7 @@ def apply_speed_options(model: nn.Module, cfg: TrainConfig) -> None:
     set_fused_bn_neuron(t.fused_bn_neuron)
 
 
-def _train(cfg: TrainConfig, info: dist_utils.DistInfo) -> RunResult:
+def _train(cfg: TrainConfig, info: dist_utils.DistInfo, progress: RunProgress) -> RunResult:
     from tqdm.auto import tqdm
 
     device, main = info.device, info.is_main
@@ -390,15 +491,18 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo) -> RunResult:
     mixup_fn = build_mixup(cfg, num_classes)
     train_loader, test_loader = build_loaders(cfg, getattr(model, "T", None), info.rank, info.world_size,
                                               drop_last=mixup_fn is not None)
-    out = Path(cfg.out or (cfg.resume or f"runs/{time.strftime('%Y%m%d-%H%M%S')}"))
-    out = Path(dist_utils.broadcast_object(str(out)))
+    folder = progress.folder
+    assert folder is not None, "train() plans the run folder"
+    out = folder.path
     if main:
-        out.mkdir(parents=True, exist_ok=True)
+        folder.create()  # only now that the model and the data are built
+        if folder.moved_to is not None:
+            print(f"--overwrite: the run that was in {out} is now in {folder.moved_to}")
         dump_config(cfg, out / "config.yaml")
         save_model_config(model, out)
 
     opt = build_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=effective_amp(cfg.train.amp, device) == "fp16")
     ema = None
     if cfg.train.ema:
         from timm.utils import ModelEmaV3
@@ -428,6 +532,7 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo) -> RunResult:
     test_acc = best_acc if start_epoch >= total_epochs else 0.0
     t_start = time.perf_counter() - elapsed
     global_step = start_epoch * steps_per_epoch
+    progress.total_epochs, progress.steps_per_epoch = total_epochs, steps_per_epoch
     for epoch in range(start_epoch, total_epochs):
         ddp_model.train()
         if hasattr(train_loader.sampler, "set_epoch"):
@@ -443,6 +548,7 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo) -> RunResult:
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{total_epochs}", disable=not (cfg.progress and main),
                    leave=False)
         for step, (x, y) in enumerate(bar):
+            progress.epoch, progress.step = epoch + 1, step
             lr = lr_at(epoch + step / steps_per_epoch, cfg)
             for group in opt.param_groups:
                 group["lr"] = lr

@@ -110,6 +110,11 @@ class DVSAugment:
 
 # --------------------------------------------------------------------------- download helpers
 
+class DownloadError(RuntimeError, FileNotFoundError):
+    """A dataset could not be downloaded (no network, a corrupt archive, no download offered); the message names
+    the URL and where to place the files by hand. Also a FileNotFoundError: the dataset is not there."""
+
+
 @dataclass(frozen=True)
 class Resource:
     """An archive to download into the dataset root; ``inner`` names archives inside it to extract too."""
@@ -157,9 +162,13 @@ def download_and_extract(resources: tuple[Resource, ...], root: Path) -> None:
     for res in resources:
         archive = root / res.filename
         if not archive.is_file() or (res.md5 and _md5(archive) != res.md5):
-            _fetch(res.url, archive)
+            try:
+                _fetch(res.url, archive)
+            except OSError as e:  # no network (URLError), refused connection, full disk ...
+                raise DownloadError(f"could not download {res.url} ({getattr(e, 'reason', None) or e}); "
+                                    f"place {res.filename} in {root} by hand to have it unpacked") from None
             if res.md5 and _md5(archive) != res.md5:
-                raise RuntimeError(f"{archive}: md5 {_md5(archive)} does not match the expected {res.md5}; "
+                raise DownloadError(f"{archive}: md5 {_md5(archive)} does not match the expected {res.md5}; "
                                    f"the download from {res.url} is corrupt, delete it and retry")
         _extract(archive, root)
         for name in res.inner:
@@ -247,8 +256,13 @@ class EventFrameDataset(Dataset):
     def download(self) -> None:
         """Download and extract the dataset archives into ``root`` (skipped for archives already present)."""
         if not self.resources:
-            raise RuntimeError(f"{type(self).__name__} cannot be downloaded automatically.\n{self.layout_help}")
-        download_and_extract(self.resources, self.root)
+            raise DownloadError(f"{type(self).__name__} cannot be downloaded automatically.\n"
+                                f"{self.layout_help.format(root=self.root)}")
+        try:
+            download_and_extract(self.resources, self.root)
+        except DownloadError as e:
+            layout = "\n".join("  " + line for line in self.layout_help.format(root=self.root).splitlines())
+            raise DownloadError(f"{type(self).__name__}: {e}\n{layout}") from None
 
     def _check_layout(self) -> None:
         missing = [d for d in self._expected_dirs() if not d.is_dir()]
