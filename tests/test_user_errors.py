@@ -144,7 +144,7 @@ def test_user_errors_end_in_one_clean_line(tmp_path: Path, capsys: pytest.Captur
          f"dataset 'imagefolder': no folder {tmp_path / 'nowhere' / 'train'}"),
         (["train", "--resume", str(tmp_path / "nowhere")], f"--resume {tmp_path / 'nowhere'}: no such run folder"),
         (["models", "nosuch*"], "no published model matches 'nosuch*'"),
-        (["energy", "--model", "spikformer_1_64_cifar", "--batches", "0"], "--batches must be >= 1, got 0"),
+        (["energy", "--model", "spikformer_1_64_cifar", "--images", "0"], "--images must be a positive number"),
         (["eval", "--checkpoint", str(tmp_path), "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
     ]
     for argv, message in cases:
