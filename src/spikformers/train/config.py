@@ -240,7 +240,11 @@ def set_key(data: dict[str, Any], item: str) -> None:
     if "=" not in item:
         raise ConfigError(f"override {item!r} is not of the form section.key=value")
     key, raw = item.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else None
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or " ".join(str(e).split())
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({problem})") from None
     node = data
     parts = key.strip().split(".")
     for p in parts[:-1]:
