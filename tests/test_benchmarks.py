@@ -15,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -49,9 +50,10 @@ def model_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, str
 
 
 def test_bench_lif_small_shape_counts_saved_bytes_per_element(lif_run) -> None:
-    report, out, printed = lif_run
-    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
-    (res,) = report["results"]
+    _, out, printed = lif_run
+    written = json.loads(out.read_text())  # the figures below are read back from the file the script wrote
+    assert written["device"] == "cpu" and written["threads"] == torch.get_num_threads()
+    (res,) = written["results"]
     assert res["shape"] == [4, 2, 8, 16]
     n = 4 * 2 * 8 * 16
     per_element = {k: v / n for k, v in res["saved_bytes"].items()}
@@ -66,6 +68,9 @@ def test_bench_lif_small_shape_counts_saved_bytes_per_element(lif_run) -> None:
         assert math.isfinite(ratio) and ratio > 0, k
     assert len(res["paired_speedups"]) == 1 and res["paired_speedups"][0] > 0
     assert "LIF fwd+bwd at [4, 2, 8, 16]" in printed and "paired within each repetition" in printed
+    # the printed table's saved/loop column says the same: 2 bytes of q16 against the loop's 8
+    row = next(line.split() for line in printed.splitlines() if line.startswith("fused_q16 "))
+    assert row[-2] == "0.250"
 
 
 def test_bench_model_small_model_reports_identical_chunked_logits(model_run) -> None:

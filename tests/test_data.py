@@ -60,17 +60,26 @@ def test_cifar_from_torchvision_layout(tmp_path: Path, monkeypatch: pytest.Monke
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
     rng = np.random.default_rng(0)
-    for name, _ in torchvision.datasets.CIFAR10.train_list + torchvision.datasets.CIFAR10.test_list:
-        batch = {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": [0, 1, 2, 3]}
-        (folder / name).write_bytes(pickle.dumps(batch))
+    batches = {}
+    for i, (name, _) in enumerate(torchvision.datasets.CIFAR10.train_list + torchvision.datasets.CIFAR10.test_list):
+        batches[name] = {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": [i, 9 - i, 3, 5]}
+        (folder / name).write_bytes(pickle.dumps(batches[name]))
     (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [str(i) for i in range(10)]}))
     # our bytes are not the published archive's, so its md5 checks are switched off for this test only
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
     train = create_dataset("cifar10", tmp_path, "train")
     test = create_dataset("cifar10", tmp_path, "test")
     assert len(train) == 20 and len(test) == 4
-    x, y = train[0]
-    assert x.shape == (3, 32, 32) and y == 0
+    # labels in file order; the test split unaugmented: pixels / 255, then (p - mean) / std per channel
+    assert [train[i][1] for i in range(20)] == [lab for n, _ in torchvision.datasets.CIFAR10.train_list
+                                                 for lab in batches[n]["labels"]]
+    mean, std = np.array([0.4914, 0.4822, 0.4465]), np.array([0.2470, 0.2435, 0.2616])
+    for i in range(4):
+        x, y = test[i]
+        pixels = batches["test_batch"]["data"][i].reshape(3, 32, 32) / 255.0  # CIFAR rows: R plane, G, B
+        expected = (pixels - mean[:, None, None]) / std[:, None, None]
+        assert y == batches["test_batch"]["labels"][i]
+        np.testing.assert_allclose(x.numpy(), expected, atol=1e-5)
 
 
 def test_train_on_event_folder_end_to_end(tmp_path: Path) -> None:
@@ -82,4 +91,29 @@ def test_train_on_event_folder_end_to_end(tmp_path: Path) -> None:
     rc = main(["train", "--dataset", "nmnist", "--data-dir", str(root), "--model", "spikformer_1_32_dvs",
                "--img-size", "32", "--T", "2", "--epochs", "1", "--batch-size", "8", "--no-progress",
                "--out", str(tmp_path / "run"), "--set", "data.kwargs={cache_dir: " + str(tmp_path / "cache") + "}"])
-    assert rc == 0 and (tmp_path / "run" / "last.safetensors").is_file()
+    assert rc == 0
+    # the test split by hand: decode each file's ATIS words, count events into T=2 slices of equal event number,
+    # resize 34 -> 32; the saved model on those frames scores what the run recorded
+    import torch
+    import torch.nn.functional as F
+
+    from oracles import atis_decode, frames_by_number
+    from spikformers.train.checkpoint import load_model
+
+    frames, labels = [], []
+    cached = {p.name: np.load(p) for p in (tmp_path / "cache").rglob("*.npy")}
+    assert len(cached) == 40  # 20 train + 20 test recordings, each converted once
+    for digit in range(10):
+        for f in sorted((root / "Test" / str(digit)).glob("*.bin")):
+            x, y, p, _ = atis_decode(f.read_bytes())
+            counts = frames_by_number(x, y, p, 2, 34, 34)
+            assert any(np.array_equal(counts, c) for c in cached.values())  # the cache holds these very counts
+            frames.append(F.interpolate(torch.from_numpy(counts).float(), size=(32, 32), mode="bilinear",
+                                        align_corners=False))
+            labels.append(digit)
+    model = load_model(tmp_path / "run", "last").eval()
+    with torch.no_grad():
+        pred = model(torch.stack(frames, 1)).argmax(1)
+    acc = 100.0 * (pred == torch.tensor(labels)).float().mean().item()
+    header, row = (tmp_path / "run" / "metrics.csv").read_text().strip().splitlines()
+    assert float(row.split(",")[header.split(",").index("test_acc")]) == round(acc, 2)

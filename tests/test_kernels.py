@@ -174,7 +174,8 @@ def test_triton_kernels_under_interpreter(monkeypatch, dtype):
             check_neuron(lambda x, a=args: lif_multistep(x, *a, backend="triton"),
                          lambda x, a=args: lif_reference(x, *a), x, g)
     x2, g2 = neuron_inputs((3, 1100), dtype, seed=3)
-    check_neuron(lambda x: lif_multistep(x, backend="triton", saved="q16"), lif_reference, x2, torch.zeros_like(g2))
+    # q16 keeps the surrogate in 16 bits: gradients within 1e-4 of the loop's (a nonzero output gradient)
+    check_neuron(lambda x: lif_multistep(x, backend="triton", saved="q16"), lif_reference, x2, g2, atol=1e-4)
     check_neuron(lambda x: lif_multistep(x, backend="triton", saved="recompute"), lif_reference, x2, g2)
     for form in ("guo", "lif"):
         check_neuron(lambda x, f=form: ternary_multistep(x, f, backend="triton"),

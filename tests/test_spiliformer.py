@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
+from oracles import batch_norm, lif_loop, linear, randomize_bn
 from spikformers import count_parameters, create_model, list_models, model_config
 from spikformers.attention import ATTENTIONS, FBLiDiff, FFLiDiff, create_attention
 from spikformers.models.hst import FeedbackGenerator, SpiLiFormer, stage_depths
@@ -230,7 +231,7 @@ def test_fb_lidiff_feedback_shares_value_weights(digits, trained) -> None:
     h.remove()
 
 
-def test_train_mode_weighted_logits_eval_mode_plain(digits) -> None:
+def test_train_mode_weighted_logits(digits) -> None:
     model = small_model(beta=0.7)
     x = digits[0][:16]
     model.train()
@@ -239,10 +240,20 @@ def test_train_mode_weighted_logits_eval_mode_plain(digits) -> None:
     assert out.weights == pytest.approx((0.3, 0.7)) and [p.shape for p in out.passes] == [(16, 10), (16, 10)]
     out.loss(F.cross_entropy, digits[1][:16]).backward()
     assert all(p.grad is not None for p in model.parameters())  # prompts and decoders train through pass 2
-    model.eval()
+
+
+def test_eval_mode_reports_pass_two(digits, trained) -> None:
+    """In evaluation the model returns plain logits: the head on the last stage's second (feedback) run."""
+    model = trained[0]
+    last: list[torch.Tensor] = []
+    hook = model.stage3[-1].register_forward_hook(lambda m, a, o: last.append(o))
     with torch.no_grad():
-        plain = model(x)
-        assert isinstance(plain, torch.Tensor) and torch.equal(plain, model.forward_passes(x)[1])
+        plain = model(digits[0][:32])
+    hook.remove()
+    assert isinstance(plain, torch.Tensor) and len(last) == 2
+    # the head by hand: mean over tokens, mean over T, then x W^T + b
+    head = [o.mean(2).mean(0) @ model.head.weight.T + model.head.bias for o in last]
+    assert torch.allclose(plain, head[1], atol=1e-5) and not torch.allclose(plain, head[0], atol=1e-3)
 
 
 def test_second_pass_differs_from_first(digits, trained) -> None:
@@ -292,11 +303,22 @@ def test_fold_proj_lif_quirk_equals_clean_for_batch_one() -> None:
     torch.manual_seed(0)
     clean = FBLiDiff(32, 4).eval()
     quirk = FBLiDiff(32, 4, fold_proj_lif=True).eval()
+    randomize_bn(clean)  # running statistics under which the projection's LIF fires
     quirk.load_state_dict(clean.state_dict())
     x = (torch.rand(4, 1, 10, 32) < 0.5).float()
     assert torch.equal(clean(x), quirk(x))
+    # batch 3: the quirk's projection LIF runs one sequence over the folded axis in (t, b) order, the clean one over t
     x2 = (torch.rand(4, 3, 10, 32) < 0.5).float()
-    assert clean(x2).shape == quirk(x2).shape
+    store: dict = {}
+    hook = capture(clean.proj, store, "y")
+    with torch.no_grad():
+        out_clean, out_quirk = clean(x2), quirk(x2)
+    hook.remove()
+    y = store["y"]  # BN(A W_o + b_o), [T, B, N, C]; both modules hold the same weights
+    T, B = y.shape[:2]
+    assert torch.equal(out_clean, lif_loop(y))
+    assert torch.equal(out_quirk, lif_loop(y.reshape(T * B, 1, *y.shape[2:])).view_as(y))
+    assert out_clean.sum() > 50 and not torch.equal(out_clean, out_quirk)
 
 
 @pytest.mark.parametrize("order", ["forward", "reverse"])
@@ -361,14 +383,61 @@ def test_wrong_image_size_is_a_clear_error() -> None:
         create_model("spiliformer_4_384_cifar", img_size=30)
 
 
+def ff_lidiff_by_hand(ff: FFLiDiff, x: torch.Tensor) -> torch.Tensor:
+    """FF-LiDiff (eval mode) as the paper states it, per head h of d channels: Q, K = LIF(BN(X W)); token score
+    q+ - q- with q+/q- the sums of Q over head h's d/2-channel group in the first / second half of C; mask
+    m = LIF_0.5(score); out = LIF(BN((m * K_h) W_o + b_o))."""
+    q = lif_loop(batch_norm(linear(x, ff.q.linear), ff.q.bn))
+    k = lif_loop(batch_norm(linear(x, ff.k.linear), ff.k.bn))
+    C, heads = x.shape[-1], ff.heads
+    d = C // heads
+    gated = torch.zeros_like(k)
+    for h in range(heads):
+        pos = q[..., h * d // 2 : (h + 1) * d // 2].sum(-1)
+        neg = q[..., C // 2 + h * d // 2 : C // 2 + (h + 1) * d // 2].sum(-1)
+        mask = lif_loop(pos - neg, v_th=0.5)
+        gated[..., h * d : (h + 1) * d] = k[..., h * d : (h + 1) * d] * mask[..., None]
+    return lif_loop(batch_norm(linear(gated, ff.proj.linear), ff.proj.bn))
+
+
+def fb_lidiff_by_hand(fb: FBLiDiff, x: torch.Tensor, feedback: torch.Tensor) -> torch.Tensor:
+    """FB-LiDiff (eval mode): Q, K = LIF(BN(X W)), V = LIF(BN(X W_v + F W_v)) with the same W_v;
+    A = LIF_0.5(Q_h K_h^T V_h * 0.125) per head; out = LIF(BN(A W_o + b_o))."""
+    q = lif_loop(batch_norm(linear(x, fb.q.linear), fb.q.bn))
+    k = lif_loop(batch_norm(linear(x, fb.k.linear), fb.k.bn))
+    v = lif_loop(batch_norm(linear(x, fb.v.linear) + linear(feedback, fb.v.linear), fb.v.bn))
+    d = x.shape[-1] // fb.heads
+    heads = [q[..., i * d : (i + 1) * d] @ k[..., i * d : (i + 1) * d].transpose(-2, -1) @ v[..., i * d : (i + 1) * d]
+             for i in range(fb.heads)]
+    a = lif_loop(torch.cat(heads, -1) * 0.125, v_th=0.5)
+    return lif_loop(batch_norm(linear(a, fb.proj.linear), fb.proj.bn))
+
+
 def test_lidiff_plugs_into_other_backbones(digits) -> None:
-    ff = create_attention("ff_lidiff", 32, 4)
-    fb = create_attention("fb_lidiff", 32, 4)
-    x = (torch.rand(2, 3, 7, 32) < 0.5).float()
-    assert ff(x).shape == fb(x).shape == x.shape
-    flat = create_model("spikformer_2_64_cifar", attn="ff_lidiff", img_size=8, in_chans=1, T=2).eval()
+    torch.manual_seed(0)
+    ff = create_attention("ff_lidiff", 32, 4).double().eval()
+    fb = create_attention("fb_lidiff", 32, 4).double().eval()
+    randomize_bn(ff), randomize_bn(fb, seed=1)
+    x = (torch.rand(4, 3, 7, 32) < 0.5).double()
+    feedback = (torch.rand(4, 3, 7, 32) < 0.3).double()
     with torch.no_grad():
-        assert flat(digits[0][:4]).shape == (4, 10)
+        out_ff, out_fb, out_fb0 = ff(x), fb(x, feedback=feedback), fb(x)
+    assert out_ff.sum() > 20 and torch.equal(out_ff, ff_lidiff_by_hand(ff, x))
+    assert out_fb.sum() > 20 and torch.equal(out_fb, fb_lidiff_by_hand(fb, x, feedback))
+    assert torch.equal(out_fb0, fb_lidiff_by_hand(fb, x, torch.zeros_like(x)))  # no feedback: SSA with binary V
+    # inside a flat Spikformer on real digits: every block's attention is FF-LiDiff and computes the equation
+    torch.manual_seed(0)
+    flat = create_model("spikformer_2_64_cifar", attn="ff_lidiff", img_size=8, in_chans=1, T=2)
+    calibrated(flat, digits[0][:64]).double()
+    assert all(isinstance(b.attn, FFLiDiff) for b in flat.blocks)
+    store: dict = {}
+    hooks = [capture(flat.blocks[1].attn, store, "x", inputs=True), capture(flat.blocks[1].attn, store, "out")]
+    with torch.no_grad():
+        logits = flat(digits[0][:16].double())
+    for h in hooks:
+        h.remove()
+    assert logits.shape == (16, 10) and store["out"].sum() > 20
+    assert torch.equal(store["out"], ff_lidiff_by_hand(flat.blocks[1].attn, store["x"]))
 
 
 # ---------------------------------------------------------------------------------------------------------

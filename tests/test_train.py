@@ -71,13 +71,35 @@ def test_eval_in_time_chunks_names_what_cannot_be_chunked(tmp_path: Path, capsys
     assert "--chunk 1: chunked_forward does not support SpiLiFormer" in err
 
 
-def test_checkpoint_round_trip(trained_run: Path) -> None:
-    a = load_model(trained_run, "last").eval()
-    b = load_model(trained_run, "last").eval()
-    x = torch.randn(4, 1, 16, 16)
-    assert torch.equal(a(x), b(x))
-    state_a, fresh = a.state_dict(), load_model(trained_run, "best").state_dict()
-    assert state_a.keys() == fresh.keys()
+def test_checkpoint_round_trip(trained_run: Path, tmp_path: Path) -> None:
+    from spikformers import create_model
+
+    # a model whose every parameter and buffer differs from a fresh build's, saved and rebuilt from the folder
+    torch.manual_seed(1)
+    model = create_model("spikformer_1_64_cifar", img_size=16, in_chans=1, T=2)
+    with torch.no_grad():
+        for i, t in enumerate(model.state_dict().values()):
+            t.copy_(torch.rand_like(t) + 0.5 if t.is_floating_point() else torch.full_like(t, 7 + i))
+    save_model_config(model, tmp_path)
+    save_weights(model, tmp_path / "last.safetensors")
+    loaded = load_model(tmp_path, "last")
+    fresh = create_model("spikformer_1_64_cifar", img_size=16, in_chans=1, T=2).state_dict()
+    assert loaded.default_cfg["architecture"] == "spikformer_1_64_cifar" and loaded.T == 2
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+        assert not torch.equal(fresh[key], value), key
+    x = torch.rand(4, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x), model.eval()(x))
+    # the trained run: best.safetensors holds the epoch with the highest test accuracy in metrics.csv, last the final
+    from safetensors import safe_open
+
+    rows = [r.split(",") for r in (trained_run / "metrics.csv").read_text().strip().splitlines()[1:]]
+    accs = [float(r[5]) for r in rows]
+    for which, epoch in (("best", accs.index(max(accs)) + 1), ("last", len(rows))):
+        with safe_open(str(trained_run / f"{which}.safetensors"), framework="pt") as f:
+            meta = f.metadata()
+        assert int(meta["epoch"]) == epoch and round(float(meta["test_acc"]), 2) == accs[epoch - 1], which
 
 
 def test_checkpoint_of_another_architecture_names_keys(trained_run: Path, tmp_path: Path) -> None:

@@ -290,7 +290,8 @@ def set_key(data: dict[str, Any], item: str) -> None:
     try:
         value = yaml.safe_load(raw) if raw != "" else None
     except yaml.YAMLError as e:
-        raise ConfigError(f"override {item!r}: the value is not valid YAML ({getattr(e, 'problem', e)})") from None
+        problem = getattr(e, "problem", None) or " ".join(str(e).split())
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({problem})") from None
     node = data
     parts = key.strip().split(".")
     for p in parts[:-1]:
