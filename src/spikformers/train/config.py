@@ -80,6 +80,7 @@ class LoopConfig:
     sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
     tensorboard: bool = True  # also log to <out>/tb when tensorboard is installed
     save_every: int = 1  # write the resume state every N epochs (always at the last)
+    save_every_steps: int | None = None  # also every N optimisation steps, inside epochs (None or 0: off)
     # speed and memory (docs/training.md, "Speed and memory")
     neuron_backend: str = "auto"  # auto | cpp | triton | eager | reference
     neuron_saved: str = "auto"  # what neurons keep for backward: auto | recompute | q24 | exact | q16
@@ -196,6 +197,8 @@ def _check_values(cfg: TrainConfig) -> None:
         ("train.beta", cfg.train.beta is None or 0 <= cfg.train.beta <= 1, "in [0, 1]"),
         ("train.beta_end", cfg.train.beta_end is None or 0 <= cfg.train.beta_end <= 1, "in [0, 1]"),
         ("train.save_every", cfg.train.save_every >= 1, "at least 1"),
+        ("train.save_every_steps", cfg.train.save_every_steps is None or cfg.train.save_every_steps >= 0,
+         "0 (off) or more"),
     ]
     for key, ok, what in checks:
         if not ok:

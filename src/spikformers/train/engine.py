@@ -101,7 +101,9 @@ def build_model(cfg: TrainConfig) -> nn.Module:
 def build_loaders(cfg: TrainConfig, T: int | None = None, rank: int = 0, world_size: int = 1,
                   drop_last: bool = False) -> tuple[DataLoader, DataLoader]:
     """Train and test loaders for the config's dataset; with ``world_size`` > 1 each process gets its shard."""
-    from torch.utils.data import DistributedSampler
+    from torch.utils.data import DistributedSampler, RandomSampler
+
+    from .resumable import PositionSeeded, ResumableSampler
 
     opts: dict[str, Any] = dict(cfg.data.kwargs)
     if cfg.data.img_size:
@@ -122,14 +124,17 @@ def build_loaders(cfg: TrainConfig, T: int | None = None, rank: int = 0, world_s
                                   persistent_workers=False)
     eval_bs = cfg.data.eval_batch_size or cfg.data.batch_size
     if world_size > 1:
-        sampler = DistributedSampler(train_set, world_size, rank, shuffle=True, seed=cfg.seed, drop_last=drop_last)
-        train = DataLoader(train_set, cfg.data.batch_size, sampler=sampler, drop_last=drop_last, generator=g,
-                           **common)
+        base: Any = DistributedSampler(train_set, world_size, rank, shuffle=True, seed=cfg.seed, drop_last=drop_last)
         shard = dist_utils.ShardSampler(len(test_set), rank, world_size)  # type: ignore[arg-type]
         test = DataLoader(test_set, eval_bs, sampler=shard, **common)
     else:
-        train = DataLoader(train_set, cfg.data.batch_size, shuffle=True, drop_last=drop_last, generator=g, **common)
+        base = RandomSampler(train_set, generator=g)  # what shuffle=True builds
         test = DataLoader(test_set, eval_bs, shuffle=False, **common)
+    # an epoch can start part-way (mid-epoch resume); with workers each batch is seeded by its position
+    positions = cfg.data.workers > 0
+    sampler = ResumableSampler(base, positions=positions)
+    train = DataLoader(PositionSeeded(train_set) if positions else train_set, cfg.data.batch_size, sampler=sampler,
+                       drop_last=drop_last, generator=g, **common)
     return train, test
 
 
@@ -404,16 +409,17 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo) -> RunResult:
     criterion = build_criterion(cfg, mixup_fn is not None)
 
     total_epochs = cfg.optim.epochs + cfg.optim.cooldown_epochs
-    start_epoch, best_acc, elapsed, last_good = 0, -1.0, 0.0, None
+    steps_per_epoch = len(train_loader)
+    resumed, last_good = ResumePoint(), None
     if cfg.resume:
-        start_epoch, best_acc, elapsed = _load_resume(Path(cfg.resume) / "state.safetensors", model, opt, scaler,
-                                                      ema, train_loader.generator, info)
+        resumed = _load_resume(Path(cfg.resume) / "state.safetensors", model, opt, scaler, ema,
+                               train_loader.generator, info, steps_per_epoch, cfg.data.batch_size)
         last_good = Path(cfg.resume) / "state.safetensors"
+    start_epoch, best_acc, elapsed = resumed.epoch, resumed.best_acc, resumed.seconds
     ddp_model = wrap_model(model, cfg, info)
     log = MetricsLog(out, main, cfg.train.tensorboard, keep_epochs=start_epoch if cfg.resume else None)
 
     params = count_parameters(model)
-    steps_per_epoch = len(train_loader)
     if main:
         print(f"model {model.default_cfg['architecture']} ({params / 1e6:.3f} M parameters, "
               f"T={getattr(model, 'T', '?')}) on {cfg.data.name}, {len(train_loader.dataset)} train / "
@@ -422,9 +428,12 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo) -> RunResult:
               + (f", resuming after epoch {start_epoch}" if cfg.resume else ""))
     if start_epoch >= total_epochs and main:
         print(f"run {out} already finished its {total_epochs} epochs")
+    elif resumed.step and main:
+        print(f"resuming epoch {start_epoch + 1} at step {resumed.step} of {steps_per_epoch}")
     test_acc = best_acc if start_epoch >= total_epochs else 0.0
     t_start = time.perf_counter() - elapsed
-    global_step = start_epoch * steps_per_epoch
+    global_step = resumed.global_step if resumed.global_step is not None else start_epoch * steps_per_epoch
+    save_steps = cfg.train.save_every_steps or 0
     for epoch in range(start_epoch, total_epochs):
         ddp_model.train()
         if hasattr(train_loader.sampler, "set_epoch"):
@@ -435,11 +444,18 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo) -> RunResult:
         if beta is not None:
             model.beta = beta  # type: ignore[assignment]
         beta = getattr(model, "beta", None)
-        t0, seen, correct, loss_sum = time.perf_counter(), 0, 0, 0.0
-        lr = lr_at(epoch, cfg)
+        # a state saved part-way through this epoch: skip its consumed batches, continue its running metrics
+        first = resumed.step if epoch == start_epoch else 0
+        seen, correct, loss_sum, secs_before = resumed.train if first else (0, 0, 0.0, 0.0)
+        train_loader.sampler.skip_next_epoch(first * cfg.data.batch_size)  # type: ignore[union-attr]
+        # the epoch's order (and the workers' base seed) follow from this state: saved with mid-epoch states
+        loader_start = train_loader.generator.get_state()  # type: ignore[union-attr]
+        save_state = (epoch + 1) % cfg.train.save_every == 0 or epoch + 1 == total_epochs
+        t0 = time.perf_counter() - secs_before
+        lr = lr_at(epoch + max(first - 1, 0) / steps_per_epoch, cfg)
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{total_epochs}", disable=not (cfg.progress and main),
-                   leave=False)
-        for step, (x, y) in enumerate(bar):
+                   leave=False, initial=first, total=steps_per_epoch)
+        for step, (x, y) in enumerate(bar, start=first):
             lr = lr_at(epoch + step / steps_per_epoch, cfg)
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -456,6 +472,17 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo) -> RunResult:
             if main and cfg.progress:
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}",
                                 img_s=f"{seen * info.world_size / (time.perf_counter() - t0):.0f}")
+            # every save_every_steps steps, unless the epoch's end is about to write the state anyway
+            if save_steps and global_step % save_steps == 0 and (step + 1 < steps_per_epoch or not save_state):
+                running = [seen, correct, loss_sum, time.perf_counter() - t0]
+                gathered = dist_utils.all_gather_objects(
+                    ({**rng_state(None), "loader": _b64(loader_start)}, running))
+                if main:
+                    position = {"step": step + 1, "steps_per_epoch": steps_per_epoch, "global_step": global_step,
+                                "batch_size": cfg.data.batch_size, "train": [g[1] for g in gathered]}
+                    _save_resume(out / "state.safetensors", model, opt, scaler, ema, epoch, best_acc,
+                                 time.perf_counter() - t_start, [g[0] for g in gathered], position)
+                    last_good = out / "state.safetensors"
         train_secs = time.perf_counter() - t0
         seen, correct, loss_sum = dist_utils.all_reduce_sums([seen, correct, loss_sum], device)
         dist_utils.broadcast_buffers(model)  # each process's BatchNorm statistics -> rank 0's, as DDP does
@@ -469,8 +496,6 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo) -> RunResult:
         meta = {"epoch": str(epoch + 1), "test_acc": f"{test_acc:.4f}"}
         improved = test_acc > best_acc
         best_acc = max(best_acc, test_acc)
-        last_epoch = epoch + 1 == total_epochs
-        save_state = (epoch + 1) % cfg.train.save_every == 0 or last_epoch
         rngs = dist_utils.all_gather_objects(rng_state(train_loader.generator)) if save_state else []
         if main:
             save_weights(reported, out / "last.safetensors", meta)
@@ -552,20 +577,44 @@ def _mixup_time_first(mixup_fn: Any, x: torch.Tensor, y: torch.Tensor) -> tuple[
     return mixed.reshape(B, T, *x.shape[2:]).transpose(0, 1), target
 
 
+@dataclass
+class ResumePoint:
+    """Where a training state leaves off (the defaults: a fresh run)."""
+
+    epoch: int = 0  # epochs finished
+    step: int = 0  # batches of the next epoch already trained (0: the state was saved at an epoch boundary)
+    global_step: int | None = None  # optimisation steps so far (None: epoch x steps per epoch)
+    best_acc: float = -1.0
+    seconds: float = 0.0
+    train: tuple[int, int, float, float] = (0, 0, 0.0, 0.0)  # this process's seen, correct, loss sum, seconds
+
+
 def _save_resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, scaler: Any, ema: Any, epoch: int,
-                 best_acc: float, seconds: float, rngs: list[dict[str, Any]]) -> None:
+                 best_acc: float, seconds: float, rngs: list[dict[str, Any]],
+                 position: dict[str, Any] | None = None) -> None:
+    """Write the training state; ``position`` (step, steps_per_epoch, global_step, batch_size, per-process
+    running train sums) marks a state saved part-way through epoch ``epoch + 1``, whose ``rngs`` then hold the
+    loader generator as it was at the start of that epoch."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     opt_tensors, opt_tree = split_state_dict("optim", opt.state_dict())
     tensors.update(opt_tensors)
     meta: dict[str, Any] = {"epoch": epoch, "best_acc": best_acc, "seconds": seconds, "optim": opt_tree,
-                            "scaler": scaler.state_dict() if scaler.is_enabled() else None, "rng": rngs}
+                            "scaler": scaler.state_dict() if scaler.is_enabled() else None, "rng": rngs,
+                            **(position or {})}
     if ema is not None:
         tensors.update({f"ema.{k}": v for k, v in ema.module.state_dict().items()})
     save_train_state(path, tensors, meta)
 
 
 def _load_resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, scaler: Any, ema: Any,
-                 loader_generator: torch.Generator | None, info: dist_utils.DistInfo) -> tuple[int, float, float]:
+                 loader_generator: torch.Generator | None, info: dist_utils.DistInfo,
+                 steps_per_epoch: int, batch_size: int) -> ResumePoint:
+    """Load a training state into the model, optimiser, scaler, EMA and RNGs; return where it leaves off.
+
+    A state saved part-way through an epoch continues at the same batch with the same layout (processes, batch
+    size, steps per epoch); with another layout it continues after the same fraction of the epoch, in another
+    order.
+    """
     from .checkpoint import check_state_dict
 
     tensors, meta = load_train_state(path)
@@ -582,9 +631,28 @@ def _load_resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, scale
         else:
             ema.module.load_state_dict(model.state_dict())
     rngs = meta.get("rng") or []
-    if info.rank < len(rngs) and len(rngs) == info.world_size:
+    same_processes = info.rank < len(rngs) and len(rngs) == info.world_size
+    if same_processes:
         set_rng_state(rngs[info.rank], loader_generator)
     elif info.is_main:
         print(f"note: {path} holds RNG states of {len(rngs)} processes, this job has {info.world_size}; "
               "the data order after resuming will differ from an uninterrupted run")
-    return int(meta["epoch"]), float(meta["best_acc"]), float(meta.get("seconds", 0.0))
+    point = ResumePoint(epoch=int(meta["epoch"]), best_acc=float(meta["best_acc"]),
+                        seconds=float(meta.get("seconds", 0.0)))
+    step = int(meta.get("step", 0))  # states saved at epoch boundaries (and older files) have none
+    if not step:
+        return point
+    saved_steps, sums = int(meta["steps_per_epoch"]), [tuple(t) for t in meta["train"]]
+    if same_processes and saved_steps == steps_per_epoch and meta.get("batch_size") == batch_size:
+        point.step, point.global_step, point.train = step, int(meta["global_step"]), sums[info.rank]  # type: ignore
+        return point
+    # another layout: the same fraction of the epoch is done; its running sums count once, on rank 0
+    point.step = min(steps_per_epoch, round(step * steps_per_epoch / saved_steps))
+    point.global_step = point.epoch * steps_per_epoch + point.step
+    if info.is_main:
+        seen, correct, loss_sum = (sum(t[i] for t in sums) for i in range(3))
+        point.train = (int(seen), int(correct), float(loss_sum), max(float(t[3]) for t in sums))
+        print(f"note: {path} was saved at step {step} of {saved_steps} of epoch {point.epoch + 1} with "
+              f"{len(sums)} process(es); this job has {info.world_size} process(es) and {steps_per_epoch} steps "
+              f"per epoch: it continues at step {point.step}, in a different data order")
+    return point
