@@ -223,7 +223,7 @@ def test_mid_epoch_state_on_another_layout_continues_after_the_same_fraction(
     position = {"step": 4, "steps_per_epoch": 6, "global_step": 16, "batch_size": 16,
                 "train": [[64, 30, 90.5, 2.0], [64, 34, 80.25, 2.5]]}
     path = tmp_path / "state.safetensors"
-    _save_resume(path, model, opt, scaler, None, 2, 55.0, 9.0, [rng_state(None)] * 2, position)
+    _save_resume(path, model, opt, scaler, None, 2, 55.0, 9.0, [rng_state(None)] * 2, position=position)
 
     same = _load_resume(path, model, opt, scaler, None, None, DistInfo(1, 2), 6, 16)
     assert (same.epoch, same.step, same.global_step, same.train) == (2, 4, 16, (64, 34, 80.25, 2.5))
@@ -231,3 +231,27 @@ def test_mid_epoch_state_on_another_layout_continues_after_the_same_fraction(
     assert (other.epoch, other.step, other.global_step) == (2, 8, 32)
     assert other.train == (128, 64, 170.75, 2.5) and other.best_acc == 55.0
     assert "continues at step 8, in a different data order" in capsys.readouterr().out
+
+
+def test_states_are_written_after_the_rows_they_cover(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every state is written when metrics.csv already holds the rows of the epochs it counts as finished, so a
+    kill between the two writes cannot lose a row (resume keeps the rows the state covers and re-trains the
+    rest); with save_every_steps=4 and 6 steps per epoch, a state every 4 steps except at an epoch's end."""
+    from spikformers.train import engine
+    from spikformers.train.config import load_config
+
+    written = []
+    save = engine._save_resume
+
+    def noting(path: Path, *args, position: dict | None = None) -> None:  # type: ignore[no-untyped-def]
+        rows = len((path.parent / "metrics.csv").read_text().splitlines()) - 1
+        written.append((args[4], (position or {}).get("step", 0), rows))  # epochs finished, step, rows
+        save(path, *args, position=position)
+
+    monkeypatch.setattr(engine, "_save_resume", noting)
+    cfg = load_config(None, ["model.name=spikformer_1_64_cifar", "model.T=1", "data.img_size=8", "optim.epochs=2",
+                             "data.batch_size=32", "data.limit_train=192", "data.limit_test=32", "progress=false",
+                             "train.tensorboard=false", "train.keep_freed_memory=false", "train.save_every_steps=4",
+                             f"out={tmp_path / 'run'}"])
+    engine.train(cfg)
+    assert written == [(0, 4, 0), (1, 0, 1), (1, 2, 1), (2, 0, 2)]

@@ -453,7 +453,12 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo) -> RunResult:
         save_state = (epoch + 1) % cfg.train.save_every == 0 or epoch + 1 == total_epochs
         t0 = time.perf_counter() - secs_before
         lr = lr_at(epoch + max(first - 1, 0) / steps_per_epoch, cfg)
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{total_epochs}", disable=not (cfg.progress and main),
+        # one loader iterator per epoch: tqdm.auto builds one of its own from a loader at once (a second set of
+        # workers, a second draw of the order). The generator still advances by the base seed that extra iterator
+        # drew, so a seed gives the data order it gave before.
+        torch.empty((), dtype=torch.int64).random_(generator=train_loader.generator)
+        batches = iter(train_loader)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{total_epochs}", disable=not (cfg.progress and main),
                    leave=False, initial=first, total=steps_per_epoch)
         for step, (x, y) in enumerate(bar, start=first):
             lr = lr_at(epoch + step / steps_per_epoch, cfg)
@@ -481,7 +486,7 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo) -> RunResult:
                     position = {"step": step + 1, "steps_per_epoch": steps_per_epoch, "global_step": global_step,
                                 "batch_size": cfg.data.batch_size, "train": [g[1] for g in gathered]}
                     _save_resume(out / "state.safetensors", model, opt, scaler, ema, epoch, best_acc,
-                                 time.perf_counter() - t_start, [g[0] for g in gathered], position)
+                                 time.perf_counter() - t_start, [g[0] for g in gathered], position=position)
                     last_good = out / "state.safetensors"
         train_secs = time.perf_counter() - t0
         seen, correct, loss_sum = dist_utils.all_reduce_sums([seen, correct, loss_sum], device)
@@ -503,15 +508,15 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo) -> RunResult:
                 save_weights(reported, out / "best.safetensors", meta)
             if ema is not None:
                 save_weights(ema.module, out / "ema.safetensors", meta)
-            if save_state:
-                _save_resume(out / "state.safetensors", model, opt, scaler, ema, epoch + 1, best_acc,
-                             time.perf_counter() - t_start, rngs)
-                last_good = out / "state.safetensors"
             log.write({"epoch": epoch + 1, "lr": float(f"{lr:.6g}"), "train_loss": round(loss_sum / seen, 4),
                        "train_acc": round(100 * correct / seen, 2), "test_loss": round(test_loss, 4),
                        "test_acc": round(test_acc, 2), "images_per_s": round(seen / train_secs, 1),
                        "seconds": round(time.perf_counter() - t_start, 1),
                        "ema_test_acc": None if ema_acc is None else round(ema_acc, 2), "beta": beta})
+            if save_state:  # after the epoch's metrics row: a kill in between re-trains the epoch, row and all
+                _save_resume(out / "state.safetensors", model, opt, scaler, ema, epoch + 1, best_acc,
+                             time.perf_counter() - t_start, rngs)
+                last_good = out / "state.safetensors"
             tqdm.write(f"epoch {epoch + 1:3d}  loss {loss_sum / seen:.4f}  train {100 * correct / seen:6.2f}%  "
                        f"test {test_acc:6.2f}%" + (f"  ema {ema_acc:6.2f}%" if ema_acc is not None else "")
                        + f"  ({seen / train_secs:.0f} img/s)")
