@@ -1,5 +1,6 @@
 """DistributedDataParallel on CPU with gloo: gradients of 2 processes equal those of 1 process on the combined
-batch, exact metric reduction over shards, and a 2-process ``torchrun`` training reaching the 1-process accuracy.
+batch, exact metric reduction over shards, a 2-process ``torchrun`` training reaching the 1-process accuracy, and a
+2-process job killed part-way through an epoch and resumed ending bit-identical to an uninterrupted one.
 
 BatchNorm in training mode normalises with per-process batch statistics, so 2 x 8 samples and 1 x 16 samples give
 different gradients by design; SyncBatchNorm would fix that but torch runs it on CUDA only. The gradient test
@@ -10,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -127,3 +130,83 @@ def test_torchrun_training_reaches_single_process_band(nproc: int, tmp_path: Pat
 
 
 _BAND: dict[int, float] = {}
+
+
+MID_EPOCH = ["--model", "spikformer_1_64_cifar", "--T", "1", "--img-size", "8", "--epochs", "4", "--batch-size", "16",
+             "--lr", "1e-2", "--seed", "3", "--no-progress", "--set", "optim.warmup_epochs=1",
+             "--set", "data.limit_train=192", "--set", "data.limit_test=96", "--set", "deterministic=true",
+             "--set", "train.tensorboard=false", "--set", "train.ema=true", "--set", "train.ema_decay=0.9",
+             # 96 samples per process, 6 steps per epoch: the states of steps 5, 10, 15, 20 are all mid-epoch
+             "--set", "train.save_every=100", "--set", "train.save_every_steps=5",
+             "--set", "data.workers=2"]  # augmentation in loader workers (tests/test_resume.py runs without)
+
+
+def _torchrun(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            "-m", "spikformers", "train", *args]
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (torchrun starts its workers in sessions of their own)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _state_meta(run: Path) -> dict:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(run / "state.safetensors"), "pt") as f:
+            return json.loads(f.metadata()["state"])
+    except Exception:  # not written yet
+        return {}
+
+
+def test_torchrun_killed_mid_epoch_and_resumed_equals_uninterrupted(tmp_path: Path) -> None:
+    """2 processes (gloo), 2 loader workers each: every process SIGKILLed after a state saved inside an epoch, the
+    job resumed with torchrun, ends bit-identical to an uninterrupted 2-process run: weights, EMA, optimiser, RNGs,
+    metrics."""
+    from spikformers.train.checkpoint import load_train_state
+
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    quiet = dict(env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    reference = subprocess.Popen(_torchrun(*MID_EPOCH, "--out", str(ref)), **quiet)  # type: ignore[call-overload]
+    job = subprocess.Popen(_torchrun(*MID_EPOCH, "--out", str(cut)), **quiet)  # type: ignore[call-overload]
+    deadline = time.time() + 240
+    while _state_meta(cut).get("epoch", 0) < 1 and job.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert job.poll() is None, "the job finished before it could be killed"
+    for pid in [*_children(job.pid), job.pid]:  # the workers, then torchrun
+        os.kill(pid, signal.SIGKILL)
+    job.wait()
+    at_kill = _state_meta(cut)
+    assert at_kill["steps_per_epoch"] == 6 and 0 < at_kill["step"] < 6 and 1 <= at_kill["epoch"] < 4
+    assert len(at_kill["rng"]) == len(at_kill["train"]) == 2  # every process's RNGs and running sums
+
+    done = subprocess.run(_torchrun("--resume", str(cut), "--no-progress"), env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resuming epoch {at_kill['epoch'] + 1} at step {at_kill['step']} of 6" in done.stdout
+    assert reference.wait(timeout=300) == 0
+    for name in ("last.safetensors", "ema.safetensors"):
+        a, b = load_file(str(ref / name)), load_file(str(cut / name))
+        different = [k for k in a if not torch.equal(a[k], b[k])]
+        assert a.keys() == b.keys() and not different, f"{name}: {different[:3]}"
+    (a, meta_a), (b, meta_b) = load_train_state(ref / "state.safetensors"), load_train_state(cut / "state.safetensors")
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert a.keys() == b.keys() and not different, f"state.safetensors: {different[:3]}"
+    assert meta_a["rng"] == meta_b["rng"] and len(meta_b["rng"]) == 2
+
+    def columns(run: Path) -> list[list[str]]:  # metrics.csv without images_per_s and seconds (wall time)
+        return [[v for i, v in enumerate(r.split(",")) if i not in (6, 7)]
+                for r in (run / "metrics.csv").read_text().splitlines()]
+
+    assert len(columns(cut)) == 5 and columns(ref) == columns(cut)

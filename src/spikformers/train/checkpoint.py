@@ -148,7 +148,8 @@ def load_train_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
 
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no training state {path}: the run wrote none yet (it saves at the end of an epoch)")
+        raise CheckpointError(f"no training state {path}: the run wrote none yet (it saves at the end of an epoch, "
+                              "and every train.save_every_steps steps if set)")
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}

@@ -82,6 +82,7 @@ class LoopConfig:
     sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
     tensorboard: bool = True  # also log to <out>/tb when tensorboard is installed
     save_every: int = 1  # write the resume state every N epochs (always at the last)
+    save_every_steps: int | None = None  # also every N optimisation steps, inside epochs (None or 0: off)
     # speed and memory (docs/training.md, "Speed and memory")
     neuron_backend: str = "auto"  # auto | cpp | triton | eager | reference
     neuron_saved: str = "auto"  # what neurons keep for backward: auto | recompute | q24 | exact | q16
@@ -225,6 +226,8 @@ def _value_errors(cfg: TrainConfig) -> list[str]:
         ("train.beta", t.beta, t.beta is None or 0 <= t.beta <= 1, "in [0, 1]"),
         ("train.beta_end", t.beta_end, t.beta_end is None or 0 <= t.beta_end <= 1, "in [0, 1]"),
         ("train.save_every", t.save_every, t.save_every >= 1, "at least 1 (epochs)"),
+        ("train.save_every_steps", t.save_every_steps, t.save_every_steps is None or t.save_every_steps >= 0,
+         "0 (off) or more"),
     ]
     errors = [f"config key {key!r}: must be {what}, got {value!r}" for key, value, ok, what in checks if not ok]
     for key, value in (("optim.lr", o.lr), ("optim.min_lr", o.min_lr), ("optim.warmup_lr", o.warmup_lr),

@@ -170,7 +170,9 @@ def check_model_config(cfg: TrainConfig) -> None:
 def build_loaders(cfg: TrainConfig, T: int | None = None, rank: int = 0, world_size: int = 1,
                   drop_last: bool = False) -> tuple[DataLoader, DataLoader]:
     """Train and test loaders for the config's dataset; with ``world_size`` > 1 each process gets its shard."""
-    from torch.utils.data import DistributedSampler
+    from torch.utils.data import DistributedSampler, RandomSampler
+
+    from .resumable import PositionSeeded, ResumableSampler
 
     opts: dict[str, Any] = dict(cfg.data.kwargs)
     if cfg.data.img_size:
@@ -193,14 +195,17 @@ def build_loaders(cfg: TrainConfig, T: int | None = None, rank: int = 0, world_s
                                   persistent_workers=False)
     eval_bs = cfg.data.eval_batch_size or cfg.data.batch_size
     if world_size > 1:
-        sampler = DistributedSampler(train_set, world_size, rank, shuffle=True, seed=cfg.seed, drop_last=drop_last)
-        train = DataLoader(train_set, cfg.data.batch_size, sampler=sampler, drop_last=drop_last, generator=g,
-                           **common)
+        base: Any = DistributedSampler(train_set, world_size, rank, shuffle=True, seed=cfg.seed, drop_last=drop_last)
         shard = dist_utils.ShardSampler(len(test_set), rank, world_size)  # type: ignore[arg-type]
         test = DataLoader(test_set, eval_bs, sampler=shard, **common)
     else:
-        train = DataLoader(train_set, cfg.data.batch_size, shuffle=True, drop_last=drop_last, generator=g, **common)
+        base = RandomSampler(train_set, generator=g)  # what shuffle=True builds
         test = DataLoader(test_set, eval_bs, shuffle=False, **common)
+    # an epoch can start part-way (mid-epoch resume); with workers each batch is seeded by its position
+    positions = cfg.data.workers > 0
+    sampler = ResumableSampler(base, positions=positions)
+    train = DataLoader(PositionSeeded(train_set) if positions else train_set, cfg.data.batch_size, sampler=sampler,
+                       drop_last=drop_last, generator=g, **common)
     return train, test
 
 
@@ -511,16 +516,17 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo, progress: RunProgress) -
     criterion = build_criterion(cfg, mixup_fn is not None)
 
     total_epochs = cfg.optim.epochs + cfg.optim.cooldown_epochs
-    start_epoch, best_acc, elapsed, last_good = 0, -1.0, 0.0, None
+    steps_per_epoch = len(train_loader)
+    resumed, last_good = ResumePoint(), None
     if cfg.resume:
-        start_epoch, best_acc, elapsed = _load_resume(Path(cfg.resume) / "state.safetensors", model, opt, scaler,
-                                                      ema, train_loader.generator, info)
+        resumed = _load_resume(Path(cfg.resume) / "state.safetensors", model, opt, scaler, ema,
+                               train_loader.generator, info, steps_per_epoch, cfg.data.batch_size)
         last_good = Path(cfg.resume) / "state.safetensors"
+    start_epoch, best_acc, elapsed = resumed.epoch, resumed.best_acc, resumed.seconds
     ddp_model = wrap_model(model, cfg, info)
     log = MetricsLog(out, main, cfg.train.tensorboard, keep_epochs=start_epoch if cfg.resume else None)
 
     params = count_parameters(model)
-    steps_per_epoch = len(train_loader)
     if main:
         print(f"model {model.default_cfg['architecture']} ({params / 1e6:.3f} M parameters, "
               f"T={getattr(model, 'T', '?')}) on {cfg.data.name}, {len(train_loader.dataset)} train / "
@@ -529,9 +535,12 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo, progress: RunProgress) -
               + (f", resuming after epoch {start_epoch}" if cfg.resume else ""))
     if start_epoch >= total_epochs and main:
         print(f"run {out} already finished its {total_epochs} epochs")
+    elif resumed.step and main:
+        print(f"resuming epoch {start_epoch + 1} at step {resumed.step} of {steps_per_epoch}")
     test_acc = best_acc if start_epoch >= total_epochs else 0.0
     t_start = time.perf_counter() - elapsed
-    global_step = start_epoch * steps_per_epoch
+    global_step = resumed.global_step if resumed.global_step is not None else start_epoch * steps_per_epoch
+    save_steps = cfg.train.save_every_steps or 0
     progress.total_epochs, progress.steps_per_epoch = total_epochs, steps_per_epoch
     for epoch in range(start_epoch, total_epochs):
         ddp_model.train()
@@ -543,11 +552,23 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo, progress: RunProgress) -
         if beta is not None:
             model.beta = beta  # type: ignore[assignment]
         beta = getattr(model, "beta", None)
-        t0, seen, correct, loss_sum = time.perf_counter(), 0, 0, 0.0
-        lr = lr_at(epoch, cfg)
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{total_epochs}", disable=not (cfg.progress and main),
-                   leave=False)
-        for step, (x, y) in enumerate(bar):
+        # a state saved part-way through this epoch: skip its consumed batches, continue its running metrics
+        first = resumed.step if epoch == start_epoch else 0
+        seen, correct, loss_sum, secs_before = resumed.train if first else (0, 0, 0.0, 0.0)
+        train_loader.sampler.skip_next_epoch(first * cfg.data.batch_size)  # type: ignore[union-attr]
+        # the epoch's order (and the workers' base seed) follow from this state: saved with mid-epoch states
+        loader_start = train_loader.generator.get_state()  # type: ignore[union-attr]
+        save_state = (epoch + 1) % cfg.train.save_every == 0 or epoch + 1 == total_epochs
+        t0 = time.perf_counter() - secs_before
+        lr = lr_at(epoch + max(first - 1, 0) / steps_per_epoch, cfg)
+        # one loader iterator per epoch: tqdm.auto builds one of its own from a loader at once (a second set of
+        # workers, a second draw of the order). The generator still advances by the base seed that extra iterator
+        # drew, so a seed gives the data order it gave before.
+        torch.empty((), dtype=torch.int64).random_(generator=train_loader.generator)
+        batches = iter(train_loader)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{total_epochs}", disable=not (cfg.progress and main),
+                   leave=False, initial=first, total=steps_per_epoch)
+        for step, (x, y) in enumerate(bar, start=first):
             progress.epoch, progress.step = epoch + 1, step
             lr = lr_at(epoch + step / steps_per_epoch, cfg)
             for group in opt.param_groups:
@@ -565,6 +586,17 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo, progress: RunProgress) -
             if main and cfg.progress:
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}",
                                 img_s=f"{seen * info.world_size / (time.perf_counter() - t0):.0f}")
+            # every save_every_steps steps, unless the epoch's end is about to write the state anyway
+            if save_steps and global_step % save_steps == 0 and (step + 1 < steps_per_epoch or not save_state):
+                running = [seen, correct, loss_sum, time.perf_counter() - t0]
+                gathered = dist_utils.all_gather_objects(
+                    ({**rng_state(None), "loader": _b64(loader_start)}, running))
+                if main:
+                    position = {"step": step + 1, "steps_per_epoch": steps_per_epoch, "global_step": global_step,
+                                "batch_size": cfg.data.batch_size, "train": [g[1] for g in gathered]}
+                    _save_resume(out / "state.safetensors", model, opt, scaler, ema, epoch, best_acc,
+                                 time.perf_counter() - t_start, [g[0] for g in gathered], position=position)
+                    last_good = out / "state.safetensors"
         train_secs = time.perf_counter() - t0
         seen, correct, loss_sum = dist_utils.all_reduce_sums([seen, correct, loss_sum], device)
         dist_utils.broadcast_buffers(model)  # each process's BatchNorm statistics -> rank 0's, as DDP does
@@ -579,8 +611,6 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo, progress: RunProgress) -
         meta = {"epoch": str(epoch + 1), "test_acc": f"{test_acc:.4f}"}
         improved = test_acc > best_acc
         best_acc = max(best_acc, test_acc)
-        last_epoch = epoch + 1 == total_epochs
-        save_state = (epoch + 1) % cfg.train.save_every == 0 or last_epoch
         rngs = dist_utils.all_gather_objects(rng_state(train_loader.generator)) if save_state else []
         if main:
             save_weights(reported, out / "last.safetensors", meta)
@@ -588,15 +618,15 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo, progress: RunProgress) -
                 save_weights(reported, out / "best.safetensors", meta)
             if ema is not None:
                 save_weights(ema.module, out / "ema.safetensors", meta)
-            if save_state:
-                _save_resume(out / "state.safetensors", model, opt, scaler, ema, epoch + 1, best_acc,
-                             time.perf_counter() - t_start, rngs)
-                last_good = out / "state.safetensors"
             log.write({"epoch": epoch + 1, "lr": float(f"{lr:.6g}"), "train_loss": round(loss_sum / seen, 4),
                        "train_acc": round(100 * correct / seen, 2), "test_loss": round(test_loss, 4),
                        "test_acc": round(test_acc, 2), "images_per_s": round(seen / train_secs, 1),
                        "seconds": round(time.perf_counter() - t_start, 1),
                        "ema_test_acc": None if ema_acc is None else round(ema_acc, 2), "beta": beta})
+            if save_state:  # after the epoch's metrics row: a kill in between re-trains the epoch, row and all
+                _save_resume(out / "state.safetensors", model, opt, scaler, ema, epoch + 1, best_acc,
+                             time.perf_counter() - t_start, rngs)
+                last_good = out / "state.safetensors"
             tqdm.write(f"epoch {epoch + 1:3d}  loss {loss_sum / seen:.4f}  train {100 * correct / seen:6.2f}%  "
                        f"test {test_acc:6.2f}%" + (f"  ema {ema_acc:6.2f}%" if ema_acc is not None else "")
                        + f"  ({seen / train_secs:.0f} img/s)")
@@ -662,20 +692,44 @@ def _mixup_time_first(mixup_fn: Any, x: torch.Tensor, y: torch.Tensor) -> tuple[
     return mixed.reshape(B, T, *x.shape[2:]).transpose(0, 1), target
 
 
+@dataclass
+class ResumePoint:
+    """Where a training state leaves off (the defaults: a fresh run)."""
+
+    epoch: int = 0  # epochs finished
+    step: int = 0  # batches of the next epoch already trained (0: the state was saved at an epoch boundary)
+    global_step: int | None = None  # optimisation steps so far (None: epoch x steps per epoch)
+    best_acc: float = -1.0
+    seconds: float = 0.0
+    train: tuple[int, int, float, float] = (0, 0, 0.0, 0.0)  # this process's seen, correct, loss sum, seconds
+
+
 def _save_resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, scaler: Any, ema: Any, epoch: int,
-                 best_acc: float, seconds: float, rngs: list[dict[str, Any]]) -> None:
+                 best_acc: float, seconds: float, rngs: list[dict[str, Any]],
+                 position: dict[str, Any] | None = None) -> None:
+    """Write the training state; ``position`` (step, steps_per_epoch, global_step, batch_size, per-process
+    running train sums) marks a state saved part-way through epoch ``epoch + 1``, whose ``rngs`` then hold the
+    loader generator as it was at the start of that epoch."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     opt_tensors, opt_tree = split_state_dict("optim", opt.state_dict())
     tensors.update(opt_tensors)
     meta: dict[str, Any] = {"epoch": epoch, "best_acc": best_acc, "seconds": seconds, "optim": opt_tree,
-                            "scaler": scaler.state_dict() if scaler.is_enabled() else None, "rng": rngs}
+                            "scaler": scaler.state_dict() if scaler.is_enabled() else None, "rng": rngs,
+                            **(position or {})}
     if ema is not None:
         tensors.update({f"ema.{k}": v for k, v in ema.module.state_dict().items()})
     save_train_state(path, tensors, meta)
 
 
 def _load_resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, scaler: Any, ema: Any,
-                 loader_generator: torch.Generator | None, info: dist_utils.DistInfo) -> tuple[int, float, float]:
+                 loader_generator: torch.Generator | None, info: dist_utils.DistInfo,
+                 steps_per_epoch: int, batch_size: int) -> ResumePoint:
+    """Load a training state into the model, optimiser, scaler, EMA and RNGs; return where it leaves off.
+
+    A state saved part-way through an epoch continues at the same batch with the same layout (processes, batch
+    size, steps per epoch); with another layout it continues after the same fraction of the epoch, in another
+    order.
+    """
     from .checkpoint import check_state_dict
 
     tensors, meta = load_train_state(path)
@@ -692,9 +746,28 @@ def _load_resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, scale
         else:
             ema.module.load_state_dict(model.state_dict())
     rngs = meta.get("rng") or []
-    if info.rank < len(rngs) and len(rngs) == info.world_size:
+    same_processes = info.rank < len(rngs) and len(rngs) == info.world_size
+    if same_processes:
         set_rng_state(rngs[info.rank], loader_generator)
     elif info.is_main:
         print(f"note: {path} holds RNG states of {len(rngs)} processes, this job has {info.world_size}; "
               "the data order after resuming will differ from an uninterrupted run")
-    return int(meta["epoch"]), float(meta["best_acc"]), float(meta.get("seconds", 0.0))
+    point = ResumePoint(epoch=int(meta["epoch"]), best_acc=float(meta["best_acc"]),
+                        seconds=float(meta.get("seconds", 0.0)))
+    step = int(meta.get("step", 0))  # states saved at epoch boundaries (and older files) have none
+    if not step:
+        return point
+    saved_steps, sums = int(meta["steps_per_epoch"]), [tuple(t) for t in meta["train"]]
+    if same_processes and saved_steps == steps_per_epoch and meta.get("batch_size") == batch_size:
+        point.step, point.global_step, point.train = step, int(meta["global_step"]), sums[info.rank]  # type: ignore
+        return point
+    # another layout: the same fraction of the epoch is done; its running sums count once, on rank 0
+    point.step = min(steps_per_epoch, round(step * steps_per_epoch / saved_steps))
+    point.global_step = point.epoch * steps_per_epoch + point.step
+    if info.is_main:
+        seen, correct, loss_sum = (sum(t[i] for t in sums) for i in range(3))
+        point.train = (int(seen), int(correct), float(loss_sum), max(float(t[3]) for t in sums))
+        print(f"note: {path} was saved at step {step} of {saved_steps} of epoch {point.epoch + 1} with "
+              f"{len(sums)} process(es); this job has {info.world_size} process(es) and {steps_per_epoch} steps "
+              f"per epoch: it continues at step {point.step}, in a different data order")
+    return point
