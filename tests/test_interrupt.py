@@ -90,3 +90,20 @@ def test_sigint_to_a_training_process(tmp_path: Path) -> None:
     assert "Traceback" not in err and "spikformers train: interrupted in epoch" in err
     assert f"resume with: spikformers train --resume {out}" in err
     assert load_train_state(out / "state.safetensors")[1]["epoch"] >= 1
+
+
+def test_interruption_names_a_mid_epoch_state(tmp_path: Path) -> None:
+    """A state written part-way through an epoch (train.save_every_steps) is reported by its step, not as the
+    end of an epoch it did not finish."""
+    import torch
+
+    from spikformers.train.checkpoint import save_train_state
+    from spikformers.train.run_folder import saved_position
+
+    state = tmp_path / "state.safetensors"
+    save_train_state(state, {"w": torch.zeros(1)}, {"epoch": 2, "step": 5, "steps_per_epoch": 12})
+    assert saved_position(state) == "in epoch 3, after step 5 of 12"
+    save_train_state(state, {"w": torch.zeros(1)}, {"epoch": 2})
+    assert saved_position(state) == "after epoch 2"
+    state.write_bytes(b"not a state")
+    assert saved_position(state) is None

@@ -145,15 +145,20 @@ class RunProgress:
     removed: bool = False
 
 
-def saved_epoch(state: Path) -> int | None:
-    """The epoch a resume state file was written after (read from its header only), or None if unreadable."""
+def saved_position(state: Path) -> str | None:
+    """Where a resume state file was written ("after epoch 3", "in epoch 4, after step 20 of 50"), read from its
+    header only; None if there is no usable state."""
     try:
         from safetensors import safe_open
 
         with safe_open(str(state), framework="pt") as f:
-            return int(json.loads((f.metadata() or {})["state"])["epoch"])
+            meta = json.loads((f.metadata() or {})["state"])
+        epoch, step = int(meta["epoch"]), int(meta.get("step") or 0)
     except Exception:  # no file, a partial one, or another format: there is no usable state
         return None
+    if step:  # a mid-epoch state (train.save_every_steps): epoch counts the finished ones
+        return f"in epoch {epoch + 1}, after step {step} of {meta.get('steps_per_epoch', '?')}"
+    return f"after epoch {epoch}"
 
 
 def interruption_report(progress: RunProgress, distributed: bool = False) -> list[str]:
@@ -172,12 +177,12 @@ def interruption_report(progress: RunProgress, distributed: bool = False) -> lis
         return lines + [f"no weights were written yet, so there is nothing to resume: what this start wrote in "
                         f"{run.path} was removed{back}"]
     state = run.path / STATE_FILE
-    epoch = saved_epoch(state)
-    if epoch is None:
+    position = saved_position(state)
+    if position is None:
         last = run.path / "last.safetensors"
         kept = f" ({last} holds the last finished epoch's weights)" if last.exists() else ""
         return lines + [f"no resume state was written yet (see train.save_every): {run.path} is kept{kept} but "
                         "cannot be resumed"]
     launcher = "the same torchrun command with" if distributed else "spikformers train"
-    return lines + [f"the last saved state is {state} (after epoch {epoch}); it is intact",
+    return lines + [f"the last saved state is {state} ({position}); it is intact",
                     f"resume with: {launcher} --resume {run.path}"]
