@@ -171,7 +171,12 @@ def test_names_and_overrides_that_contradict_the_weights_are_refused(tmp_path: P
     for args, message in (({}, "name the model: sdt_2_64_cifar or sdt_2_64"),
                           ({"pooling_stat": "0011", "spike_mode": "plif"}, "spike_mode='plif'"),
                           ({"pooling_stat": "0011", "dvs_mode": True}, "erosion pooling"),
-                          ({"pooling_stat": "0111"}, "pooling_stat='0111'")):
+                          ({"pooling_stat": "0111"}, "pooling_stat='0111'"),
+                          ({"pooling_stat": "0011", "mlp": 64}, "inner residual")):
+        hidden = args.pop("mlp", None)
+        if hidden:  # hidden width = width: the official MLP adds an inner residual then
+            sdt = {k: v[:, :hidden] if ".mlp.fc2_conv.weight" in k else v[:hidden] if ".mlp.fc1_" in k and v.dim()
+                   else v for k, v in sdt.items()}
         torch.save({"state_dict": sdt, "args": argparse.Namespace(**args)}, tmp_path / "sdt.pth")
         with pytest.raises(ConversionError, match=message):
             import_checkpoint(tmp_path / "sdt.pth")

@@ -175,6 +175,9 @@ def _from_official(ckpt: CheckpointFile, layout: L.Layout, name: str | None, giv
     keys, ignored = layout.key_map(list(ckpt.state))
     shapes = {km.target: tuple(km.apply(ckpt.state[km.source]).shape) for km in keys}
     arch = L.read_architecture(layout.family, shapes)
+    if layout.source == "sdt-official" and arch["mlp_ratio"] == 1.0:
+        raise ConversionError(f"{ckpt.path}: the official SDT MLP adds an inner residual when its hidden width "
+                              "equals the width (mlp_ratio 1); spikformers does not build it")
     variant = _variant(layout, ckpt.args)
     name, variant = _name(layout, name, variant, arch, ckpt.path)
     fixed = {k: (v, f"{layout.source} code") for k, v in layout.options.items()}
