@@ -36,6 +36,40 @@ UNUSED = {
     "sdt_v1.json": r"block\.\d+\.attn\.talking_heads\.weight",
 }
 
+# spot checks of the key maps, written from reading the official code: (source key, spikformers key)
+PAIRS = {
+    "spikformer_cifar10": [("patch_embed.proj_conv.weight", "embed.stages.0.conv.conv.weight"),
+                           ("patch_embed.proj_bn2.running_mean", "embed.stages.2.conv.bn.running_mean"),
+                           ("patch_embed.rpe_conv.weight", "embed.rpe.conv.weight"),
+                           ("block.1.attn.k_linear.bias", "blocks.1.attn.k.linear.bias"),
+                           ("block.0.attn.proj_bn.weight", "blocks.0.attn.proj.bn.weight"),
+                           ("block.0.mlp.fc2_linear.weight", "blocks.0.mlp.fc2.linear.weight")],
+    "spikformer_imagenet": [("patch_embed.proj_conv3.weight", "embed.stages.3.conv.conv.weight"),
+                            ("block.1.attn.v_conv.weight", "blocks.1.attn.v.linear.weight"),
+                            ("block.0.mlp.fc1_bn.running_var", "blocks.0.mlp.fc1.bn.running_var")],
+    "spikformer_cifar10dvs": [("patch_embed.rpe_bn.bias", "embed.rpe.bn.bias"),
+                              ("block.1.attn.q_conv.weight", "blocks.1.attn.q.linear.weight"),
+                              ("block.0.mlp.fc2_conv.bias", "blocks.0.mlp.fc2.linear.bias")],
+    "qkformer_imagenet": [("patch_embed1.proj_bn.weight", "patch_embed1.convs.0.conv.bn.weight"),
+                          ("patch_embed1.proj2_conv.weight", "patch_embed1.convs.2.conv.conv.weight"),
+                          ("patch_embed1.proj_res_bn.running_var", "patch_embed1.shortcut.conv.bn.running_var"),
+                          ("patch_embed2.proj3_conv.weight", "patch_embed2.convs.0.conv.conv.weight"),
+                          ("patch_embed3.proj4_bn.bias", "patch_embed3.convs.1.conv.bn.bias"),
+                          ("stage2.1.tssa.k_conv.weight", "stage2.1.attn.k.linear.weight"),
+                          ("stage1.0.tssa.proj_bn.running_mean", "stage1.0.attn.proj.bn.running_mean"),
+                          ("stage3.1.attn.v_bn.weight", "stage3.1.attn.v.bn.weight"),
+                          ("stage3.0.mlp.fc2_conv.bias", "stage3.0.mlp.fc2.linear.bias")],
+    "qkformer_cifar10": [("patch_embed1.proj1_conv.weight", "patch_embed1.convs.1.conv.conv.weight"),
+                         ("patch_embed2.proj_res_conv.weight", "patch_embed2.shortcut.conv.conv.weight"),
+                         ("stage3.1.ssa.q_conv.weight", "stage3.1.attn.q.linear.weight"),
+                         ("stage1.0.mlp.mlp2_bn.weight", "stage1.0.mlp.fc2.bn.weight")],
+    "sdt_v1": [("patch_embed.proj_conv1.weight", "embed.stages.1.conv.conv.weight"),
+               ("patch_embed.rpe_conv.weight", "embed.rpe.conv.weight"),
+               ("block.1.attn.k_conv.weight", "blocks.1.attn.k.linear.weight"),
+               ("block.0.attn.proj_conv.bias", "blocks.0.attn.proj.linear.bias"),
+               ("block.1.mlp.fc1_bn.running_mean", "blocks.1.mlp.fc1.bn.running_mean")],
+}
+
 
 def fake_state(doc: dict, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random tensors with the names and shapes of a key list (batch-norm statistics in their ranges)."""
@@ -78,6 +112,8 @@ def test_official_layout_maps_every_key_both_ways(path: Path, tmp_path: Path) ->
     assert not {k.source for k in imported.keys} & set(imported.ignored)
     unused = UNUSED.get(path.name)
     assert all(re.fullmatch(unused, k) for k in imported.ignored) if unused else not imported.ignored
+    pairs = {(k.source, k.target) for k in imported.keys}
+    assert all(pair in pairs for pair in PAIRS[path.stem]), set(PAIRS[path.stem]) - pairs
     ours = model.state_dict()
     for km in imported.keys:  # the values went where the map says, reshaped only as it says
         assert torch.equal(ours[km.target], km.apply(state[km.source]).to(ours[km.target].dtype)), km
