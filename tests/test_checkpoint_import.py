@@ -334,6 +334,9 @@ def test_spikingjelly_qkformer_and_sdt_state_dicts(tmp_path: Path, family: str) 
         functional.reset_net(sj)
         assert torch.equal(imported.model.eval()(x), sj(x))
     assert imported.name == ("qkformer_4_64" if family == "qkformer" else "sdt_2_64_cifar")
+    if family == "sdt":  # an option spikingjelly's network has no say in, applied to the converted model
+        assert imported.settings["drop_path_rate"] == (0.1, "given")
+        assert imported.model.blocks[1].drop_path.p == 0.1
     partial = {k: v for k, v in sj.state_dict().items() if k != "head.bias"}
     torch.save(partial, tmp_path / "partial.pth")
     with pytest.raises(CheckpointError, match=r"partial\.pth does not fit .*\n  missing keys \(1\): head\.bias"):
@@ -415,7 +418,7 @@ def _official_file(tmp_path: Path, stem: str = "spikformer_cifar10", in_chans: i
 def test_convert_writes_a_run_folder_the_other_commands_read(tmp_path: Path,
                                                             capsys: pytest.CaptureFixture) -> None:
     ckpt, run = _official_file(tmp_path, in_chans=1), tmp_path / "run"
-    assert main(["convert", str(ckpt), "--set", "model.kwargs.img_size=16", "--set", "data.limit_test=4",
+    assert main(["convert", str(ckpt), "--set", "model.kwargs.img_size=32", "--set", "data.limit_test=4",
                  "--out", str(run)]) == 0
     printed = capsys.readouterr().out
     assert "block.N.attn.q_linear -> blocks.N.attn.q.linear (4 tensors)" in printed
@@ -427,11 +430,11 @@ def test_convert_writes_a_run_folder_the_other_commands_read(tmp_path: Path,
     record = json.loads((run / "conversion.json").read_text())
     assert record["settings"]["num_classes"] == {"value": 10, "from": "weights"}
     assert len(record["keys"]) == 116 and len(record["ignored"]) == 8
-    reference = import_checkpoint(ckpt, img_size=16).model.eval()
-    x = torch.randn(2, 1, 16, 16)
+    reference = import_checkpoint(ckpt, img_size=32).model.eval()
+    x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
         assert torch.equal(load_model(run).eval()(x), reference(x))
-    # eval and energy read it as any run folder: digits (the default data) at the model's 16 px
+    # eval and energy read it as any run folder: digits (the default data), resized to the model's 32 px
     assert main(["eval", "--checkpoint", str(run)]) == 0
     assert "(digits test split, 4 images)" in capsys.readouterr().out
     assert main(["energy", "--checkpoint", str(run), "--images", "2"]) == 0
