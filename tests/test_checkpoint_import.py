@@ -274,7 +274,8 @@ def _payload(kind: str, marker: Path):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("kind,named", [("function", "posix.system" if os.name == "posix" else "nt.system"),
                                         ("class", "test_checkpoint_import.Marker")])
 def test_a_pickle_that_would_run_code_is_refused_without_running_it(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                                    kind: str, named: str, legacy: bool) -> None:
+                                                                    monkeypatch: pytest.MonkeyPatch, kind: str,
+                                                                    named: str, legacy: bool) -> None:
     marker = tmp_path / "MARKER"
     state = create_model("spikformer_1_32_cifar").state_dict()
     path = tmp_path / "evil.pth"
@@ -282,6 +283,11 @@ def test_a_pickle_that_would_run_code_is_refused_without_running_it(tmp_path: Pa
                _use_new_zipfile_serialization=not legacy)
     with pytest.raises(CheckpointError, match=rf"evil\.pth: refused, the file names \S*{re.escape(named)}"):
         import_checkpoint(path, "spikformer_1_32_cifar")
+    if not legacy:  # a zip checkpoint is refused from the names it lists, before torch.load unpickles anything
+        with monkeypatch.context() as m:
+            m.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load called on a refused file"))
+            with pytest.raises(CheckpointError, match="refused"):
+                import_checkpoint(path, "spikformer_1_32_cifar")
     assert main(["convert", str(path), "--model", "spikformer_1_32_cifar", "--out", str(tmp_path / "run")]) == 2
     assert "refused, the file names" in capsys.readouterr().err
     assert not marker.exists() and not (tmp_path / "run").exists()
