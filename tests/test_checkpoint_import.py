@@ -304,11 +304,11 @@ def test_spikingjelly_spikformer_cifar10_state_dict_gives_spikingjellys_logits(t
     from spikingjelly.activation_based.model import spikformer
 
     torch.manual_seed(0)
-    sj = spikformer.spikformer_cifar10(T=1).eval()
+    sj = spikformer.spikformer_cifar10(T=2).eval()  # two steps: where the stem pools matters only over time
     torch.save(sj.state_dict(), tmp_path / "spikformer_cifar10.pth")
     with pytest.raises(ConversionError, match="name the model: spikformer_4_384_cifar or spikformer_4_384"):
         import_checkpoint(tmp_path / "spikformer_cifar10.pth")
-    imported = import_checkpoint(tmp_path / "spikformer_cifar10.pth", "spikformer_4_384_cifar", T=1)
+    imported = import_checkpoint(tmp_path / "spikformer_cifar10.pth", "spikformer_4_384_cifar", T=2)
     assert imported.source == "spikingjelly"
     assert imported.settings["heads"] == (12, "spikingjelly's spikformer_cifar10")
     assert imported.settings["sps_pool"] == ("membrane", "spikingjelly network")
