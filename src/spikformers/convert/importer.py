@@ -130,11 +130,10 @@ def _from_spikformers_folder(path: Path, name: str | None, which: str, overrides
 
     folder = path if path.is_dir() else path.parent
     if (folder / "model.json").is_file():
-        saved = json.loads((folder / "model.json").read_text())
-        _check_same_name(name, saved.get("architecture"), folder / "model.json")
-        model = load_model(path, which=which, **overrides)
+        model = load_model(path, which=which, **overrides)  # checks model.json and every key and shape
+        _check_same_name(name, model.default_cfg["architecture"], folder / "model.json")
         code = "spikformers run folder"
-        settings = {k: (v, "model.json") for k, v in saved.get("overrides", {}).items()}
+        settings = {k: (v, "model.json") for k, v in model.default_cfg["overrides"].items() if k not in overrides}
     elif (folder / "config.json").is_file():
         from .hub import load_hub_folder, read_hub_config
 

@@ -149,7 +149,7 @@ SDT = Layout(
 
 # Our own names: a state dict of a spikformers model (a bare .safetensors, torch.save(model.state_dict())); the
 # family is the named model's
-SPIKFORMERS = Layout("spikformers", "spikformers", "", rules=(Rule(r"(?P<m>.*)", "{m}"),))
+SPIKFORMERS = Layout("spikformers", "spikformers", "")
 
 # spikingjelly 2.0 zoo state dicts: mapped through the network (fused Q/K/V), so no rules here
 SJ_SPIKFORMER = Layout("spikingjelly", "spikingjelly.activation_based.model.spikformer.Spikformer", "spikformer")
