@@ -96,7 +96,7 @@ def summarize(keys: list[KeyMap]) -> list[str]:
         notes = ["1x1 conv -> linear"] if any(k.squeeze for k in kms) else []
         if kms[0].part[1] > 1:
             notes.append(f"row block {kms[0].part[0] + 1} of {kms[0].part[1]}")
-        notes.append(f"{len(kms)} tensors")
+        notes.append(f"{len(kms)} tensor{'s' if len(kms) > 1 else ''}")
         lines.append(f"{src} -> {dst} ({'; '.join(notes)})")
     return lines
 
