@@ -5,6 +5,8 @@
     >>> spikformers.list_models("spikformer_*")
 """
 
+from pathlib import Path
+
 from torch import nn
 
 from .registry import count_parameters, create_model, list_models, model_config
@@ -18,5 +20,14 @@ def from_spikingjelly(module: nn.Module, img_size: int | None = None) -> nn.Modu
     return convert(module, img_size)
 
 
+def save_hub_folder(model: nn.Module, folder: str, pretrained_cfg: dict | None = None) -> Path:
+    """Write ``model`` as a Hugging Face Hub folder (``config.json`` + ``model.safetensors``) that
+    ``timm.create_model("hf-hub:ORG/NAME")`` reads once published; see :func:`spikformers.convert.save_hub_folder`."""
+    from .convert import save_hub_folder as save
+
+    return save(model, folder, pretrained_cfg)
+
+
 __version__ = "0.1.0"
-__all__ = ["create_model", "list_models", "model_config", "count_parameters", "from_spikingjelly", "__version__"]
+__all__ = ["create_model", "list_models", "model_config", "count_parameters", "from_spikingjelly", "save_hub_folder",
+           "__version__"]

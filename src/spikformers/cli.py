@@ -235,7 +235,8 @@ def _load_plugins() -> None:
     """Import the modules that add commands (energy, plots, comparisons) if they are present."""
     import importlib
 
-    for mod in ("spikformers.energy.cli", "spikformers.viz", "spikformers.data.check", "spikformers.doctor"):
+    for mod in ("spikformers.energy.cli", "spikformers.viz", "spikformers.data.check", "spikformers.doctor",
+                "spikformers.convert.cli"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:

@@ -28,41 +28,10 @@ from torch.nn.modules.utils import _pair
 
 from ..neurons import LIF, Neuron
 from ..registry import create_model
+from .keymap import ConversionError, KeyMap, fill_state_dict
 
 SUPPORTED = ("spikingjelly.activation_based.model: spikformer.Spikformer, qkformer.QKFormer, "
              "spike_driven_transformer.SpikeDrivenTransformer")
-
-
-class ConversionError(ValueError):
-    """A spikingjelly network, or a part of it, that has no exact spikformers equivalent."""
-
-
-@dataclass(frozen=True)
-class KeyMap:
-    """One target tensor filled from one source tensor: ``target = squeeze(rows part of source)``.
-
-    ``part = (i, n)``: the i-th of n equal row blocks (a fused Q/K/V projection and its batch norm); a 0-d tensor
-    (``num_batches_tracked``) is copied whole. ``squeeze``: a kernel of ones dropped, ``Conv1d`` ``[O, I, 1]`` or
-    ``Conv2d`` ``[O, I, 1, 1]`` -> ``Linear`` ``[O, I]``.
-    """
-
-    source: str
-    target: str
-    part: tuple[int, int] = (0, 1)
-    squeeze: bool = False
-
-    def apply(self, tensor: torch.Tensor) -> torch.Tensor:
-        """The source tensor (or its gradient) as the target holds it."""
-        i, n = self.part
-        if n > 1 and tensor.dim() > 0:
-            if tensor.shape[0] % n:
-                raise ConversionError(f"{self.source}: {tuple(tensor.shape)} does not split into {n} row blocks")
-            tensor = tensor.chunk(n, 0)[i]
-        if self.squeeze:
-            if tensor.dim() < 3 or any(s != 1 for s in tensor.shape[2:]):
-                raise ConversionError(f"{self.source}: expected a 1x1 kernel, got shape {tuple(tensor.shape)}")
-            tensor = tensor.flatten(1)
-        return tensor
 
 
 @dataclass
@@ -505,28 +474,7 @@ def _sdt(plan: _Plan, img_size: int | None) -> tuple[str, dict[str, Any]]:
 
 def _copy(plan: _Plan, model: nn.Module) -> None:
     """Fill every target tensor from the key map, strictly (see the module docstring)."""
-    src_sd, dst_sd = plan.src.state_dict(), model.state_dict()
-    filled: dict[str, torch.Tensor] = {}
-    used: set[str] = set()
-    for km in plan.keys:
-        if km.source not in src_sd:
-            raise ConversionError(f"key map names {km.source}, which the spikingjelly network does not have")
-        if km.target not in dst_sd:
-            raise ConversionError(f"{km.source} -> {km.target}: the spikformers model has no {km.target} "
-                                  "(a bias or norm one side has and the other not)")
-        if km.target in filled:
-            raise ConversionError(f"{km.target} is filled twice (second time from {km.source})")
-        value = km.apply(src_sd[km.source])
-        if value.shape != dst_sd[km.target].shape:
-            raise ConversionError(f"{km.source} {tuple(value.shape)} -> {km.target} {tuple(dst_sd[km.target].shape)}:"
-                                  " shapes differ")
-        filled[km.target] = value
-        used.add(km.source)
-    unused = sorted(set(src_sd) - used - set(plan.ignored))
-    unfilled = sorted(set(dst_sd) - set(filled))
-    if unused or unfilled:
-        raise ConversionError(f"incomplete key map: source keys unused {unused}; target keys unfilled {unfilled}")
-    model.load_state_dict({k: v.to(dst_sd[k].dtype) for k, v in filled.items()}, strict=True)
+    fill_state_dict(plan.keys, plan.ignored, plan.src.state_dict(), model, "the spikingjelly network")
 
 
 def _neuron_overrides(plan: _Plan, model: nn.Module) -> dict[str, dict[str, Any]]:
