@@ -165,8 +165,10 @@ def test_version_and_every_option_has_help(capsys: pytest.CaptureFixture) -> Non
     assert capsys.readouterr().out.strip() == f"spikformers {version}" == f"spikformers {spikformers.__version__}"
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    for command in ("train", "eval", "models"):
-        missing = [a.dest for a in sub.choices[command]._actions if not a.help]
+    assert {"train", "eval", "models", "energy", "plot", "compare", "check-data", "doctor", "convert"} <= set(
+        sub.choices)
+    for command, parser in sub.choices.items():  # every command, including those added since
+        missing = [a.dest for a in parser._actions if not a.help]
         assert missing == [], (command, missing)
 
 
