@@ -22,8 +22,8 @@ from collections.abc import Callable
 import torch
 from torch.autograd.graph import saved_tensors_hooks
 
+from spikformers.kernels import choose_save, lif_multistep, select_impl
 from spikformers.memory import keep_freed_memory
-from spikformers.neurons.kernels import choose_save, lif_multistep, select_impl
 
 
 def default_saved(x: torch.Tensor) -> str:

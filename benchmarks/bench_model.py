@@ -35,11 +35,11 @@ import torch
 from torch.autograd.graph import saved_tensors_hooks
 
 import spikformers
+from spikformers.kernels.bn_lif import set_fused_bn_neuron
+from spikformers.kernels.spike_ops import SPARSE_CONV_MAX_RATE, SPARSE_MAX_RATE, set_compact_spikes, set_sparse_spikes
 from spikformers.memory import chunked_forward, recompute_bn_neurons
 from spikformers.neurons import LIF, TernaryNeuron
-from spikformers.neurons.kernels.bn_lif import set_fused_bn_neuron
 from spikformers.registry import model_config
-from spikformers.spike_ops import SPARSE_CONV_MAX_RATE, SPARSE_MAX_RATE, set_compact_spikes, set_sparse_spikes
 
 MODEL = "spikformer_4_384_cifar"  # the model the targets name; --model picks another
 

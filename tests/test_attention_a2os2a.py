@@ -11,9 +11,9 @@ from helpers import digits, record, train_digits
 from spikformers import count_parameters, create_model
 from spikformers.attention import A2OS2A
 from spikformers.attention.base import merge_heads, split_heads
+from spikformers.kernels import lif_reference
 from spikformers.models.blocks import MembraneBlock
 from spikformers.neurons import LIF, ReLUNeuron, TernaryNeuron
-from spikformers.neurons.kernels import lif_reference
 
 
 def tiny(attn: str = "a2os2a", seed: int = 0, **kw: object) -> torch.nn.Module:

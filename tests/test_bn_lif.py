@@ -9,8 +9,8 @@ import torch
 from torch.autograd.graph import saved_tensors_hooks
 
 from spikformers import create_model
+from spikformers.kernels import bn_lif, cpu
 from spikformers.layers import ConvBNSpike, LinearBNSpike
-from spikformers.neurons.kernels import bn_lif, cpu
 
 pytestmark = pytest.mark.skipif(not cpu.available(), reason=f"C++ kernels unavailable: {cpu.error}")
 
@@ -223,7 +223,7 @@ def test_backward_twice_raises_inside_units_and_works_on_a_kept_input():
     with pytest.raises(RuntimeError, match="retain_graph"):
         out.sum().backward()
 
-    from spikformers.neurons.kernels.common import NeuronParams
+    from spikformers.kernels.common import NeuronParams
 
     bn = torch.nn.BatchNorm1d(40).double()
     y = torch.randn(4, 21, 40, 1, dtype=torch.float64, requires_grad=True)
@@ -237,7 +237,7 @@ def test_backward_twice_raises_inside_units_and_works_on_a_kept_input():
 
 
 def test_backward_passes_one_scratch_buffer_between_units():
-    from spikformers.neurons.kernels.common import NeuronParams
+    from spikformers.kernels.common import NeuronParams
 
     torch.manual_seed(0)
     widths = (40, 24, 56)  # a smaller unit takes the buffer, a larger one needs a new one

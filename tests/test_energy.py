@@ -280,7 +280,7 @@ def test_compare_command(tiny_runs, capsys) -> None:
 
 def test_event_driven_linears_do_not_change_the_count(digits_batch) -> None:
     """The counter watches F.linear; the event-driven CPU linears must step aside while it runs."""
-    from spikformers import spike_ops
+    from spikformers.kernels import spike_ops
 
     x = digits_batch[0][:2]
     model = _small(T=4)

@@ -16,9 +16,9 @@ from torch.autograd.graph import saved_tensors_hooks
 
 from helpers import neuron_inputs
 from spikformers.cli import main
-from spikformers.neurons.kernels import cpu, lif_multistep, lif_reference, selfcheck, ternary_multistep
-from spikformers.neurons.kernels.fused import triton_importable
-from spikformers.neurons.kernels.selfcheck import KernelCheckWarning
+from spikformers.kernels import cpu, lif_multistep, lif_reference, selfcheck, ternary_multistep
+from spikformers.kernels.common import triton_importable
+from spikformers.kernels.selfcheck import KernelCheckWarning
 
 needs_triton = pytest.mark.skipif(not triton_importable(), reason="triton is not importable")
 
@@ -37,7 +37,7 @@ def fresh(monkeypatch):
 def gpu(monkeypatch, fresh):
     """The Triton module, run by the interpreter, with its launches counted in ``gpu.calls``."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    from spikformers.neurons.kernels import gpu
+    from spikformers.kernels import gpu
 
     calls = {"forward": 0, "backward": 0}
     for name in calls:
@@ -293,7 +293,7 @@ def test_doctor_checks_triton_under_the_interpreter(monkeypatch, capsys, gpu):
 def test_doctor_compiles_triton_for_a_gpu_it_does_not_have(monkeypatch, capsys, fresh):
     if torch.cuda.is_available():
         pytest.skip("with a CUDA device the doctor builds the kernels there")
-    from spikformers.neurons.kernels import gpu
+    from spikformers.kernels import gpu
 
     variants = gpu.cuda_variants()
     monkeypatch.setattr(gpu, "cuda_variants", lambda: {k: variants[k] for k in ("forward/lif/q24",

@@ -11,13 +11,13 @@ import torch
 from torch.autograd.graph import saved_tensors_hooks
 from torch.nn import functional as F
 
-from spikformers import create_model, layers, spike_ops
+from spikformers import create_model, layers
 from spikformers.attention.psa import PSA
+from spikformers.kernels import cpu, spike_ops
 from spikformers.memory import backbone_blocks, checkpoint_blocks, chunked_forward, recompute_bn_neurons
 from spikformers.models.hst import HST
 from spikformers.models.spikformer import Spikformer
 from spikformers.neurons import LIF, TernaryNeuron
-from spikformers.neurons.kernels import cpu
 from spikformers.neurons.state import carry_membrane, current_store
 
 TOL = {"atol": 1e-6, "rtol": 1e-6}
@@ -313,7 +313,7 @@ def test_compact_model_same_numbers_less_memory():
 
 @pytest.mark.parametrize("build", [spikformer, hst], ids=["spikformer", "hst"])
 def test_recompute_bn_neurons_same_numbers_less_memory(build, monkeypatch):
-    from spikformers.neurons.kernels import bn_lif
+    from spikformers.kernels import bn_lif
 
     monkeypatch.setattr(bn_lif, "_ENABLED", False)  # the separate norm + neuron path, which the option is for
     x = torch.randn(2, 3, 16, 16)

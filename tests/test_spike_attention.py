@@ -7,10 +7,9 @@ import pytest
 import torch
 from torch.autograd.graph import saved_tensors_hooks
 
-from spikformers import spike_ops
 from spikformers.attention.base import attention_product, merge_heads, split_heads
 from spikformers.energy.counter import OpCounter
-from spikformers.neurons.kernels import cpu
+from spikformers.kernels import cpu, spike_ops
 
 pytestmark = pytest.mark.skipif(not cpu.available(), reason=f"C++ kernels unavailable: {cpu.error}")
 

@@ -232,10 +232,9 @@ def test_bad_loop_settings_are_rejected_before_training(overrides: list[str], me
 
 
 def test_speed_options_reach_the_model_and_are_restored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from spikformers import spike_ops
+    from spikformers.kernels import bn_lif, spike_ops
     from spikformers.memory import _CheckpointedForward, backbone_blocks
     from spikformers.neurons import LIF
-    from spikformers.neurons.kernels import bn_lif
     from spikformers.train import engine
 
     seen = {}

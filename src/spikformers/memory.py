@@ -8,7 +8,7 @@
   so peak activation memory scales with ``chunk`` instead of T and the logits equal the full-T forward's.
 - :func:`recompute_bn_neurons`: batch norm + neuron of every linear/conv unit recomputed in backward, so each unit
   keeps only the norm's input.
-- Compact spike inputs for backward and event-driven CPU products live in :mod:`spikformers.spike_ops`
+- Compact spike inputs for backward and event-driven CPU products live in :mod:`spikformers.kernels.spike_ops`
   (``set_compact_spikes``, ``set_sparse_spikes``).
 - :func:`keep_freed_memory` (CPU, glibc): large freed blocks stay in the process for reuse instead of being
   mapped afresh, and faulted in page by page, at every allocation (``train.keep_freed_memory``).
@@ -130,7 +130,7 @@ def recompute_bn_neurons(model: nn.Module, enabled: bool = True) -> int:
 
     Each unit then keeps only the batch norm's input for backward: the norm's output, which a neuron with
     ``saved="recompute"`` would otherwise hold, is rebuilt. Outputs, gradients and statistics are unchanged.
-    Units that fuse their norm with a LIF (:mod:`spikformers.neurons.kernels.bn_lif`, on by default on the CPU)
+    Units that fuse their norm with a LIF (:mod:`spikformers.kernels.bn_lif`, on by default on the CPU)
     keep only that input already; the flag matters for the others (CUDA, ternary neurons, fusion switched off).
     """
     from .layers import ConvBNSpike, LinearBNSpike

@@ -299,8 +299,8 @@ def check_loop_config(cfg: TrainConfig, device: torch.device, world_size: int) -
     if cfg.mixup.mixup_alpha > 0 or cfg.mixup.cutmix_alpha > 0:
         if cfg.data.batch_size % 2:
             raise ConfigError(f"config key 'data.batch_size': mixup needs an even batch, got {cfg.data.batch_size}")
-    from ..neurons.kernels import BACKENDS
-    from ..neurons.kernels.common import SAVED_CHOICES
+    from ..kernels import BACKENDS
+    from ..kernels.common import SAVED_CHOICES
 
     for key, value, choices in (("neuron_backend", cfg.train.neuron_backend, BACKENDS),
                                 ("neuron_saved", cfg.train.neuron_saved, SAVED_CHOICES)):
@@ -398,8 +398,8 @@ def train(cfg: TrainConfig, overwrite: bool = False, progress: RunProgress | Non
     is interrupted before writing weights leaves no run folder behind. ``progress`` (if given) is kept up to
     date with the folder, epoch and step, for reporting an interruption.
     """
-    from .. import spike_ops
-    from ..neurons.kernels.bn_lif import set_fused_bn_neuron
+    from ..kernels import spike_ops
+    from ..kernels.bn_lif import set_fused_bn_neuron
 
     progress = progress if progress is not None else RunProgress()
     resolve_device(cfg.device)  # unknown device strings and missing GPUs stop here, before anything
@@ -450,9 +450,9 @@ def _plan_run_folder(cfg: TrainConfig, overwrite: bool, info: dist_utils.DistInf
 
 def apply_speed_options(model: nn.Module, cfg: TrainConfig) -> None:
     """Apply the ``train.*`` speed and memory options (neuron kernels, checkpointing, compact / sparse layers)."""
-    from .. import spike_ops
+    from ..kernels import spike_ops
+    from ..kernels.bn_lif import set_fused_bn_neuron
     from ..neurons import configure_neurons
-    from ..neurons.kernels.bn_lif import set_fused_bn_neuron
 
     t = cfg.train
     configure_neurons(model, backend=t.neuron_backend, saved=t.neuron_saved)

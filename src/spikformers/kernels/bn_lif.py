@@ -105,7 +105,7 @@ class BNLIFFunction(torch.autograd.Function):
         if ctx.spent:
             raise RuntimeError(
                 "a fused batch-norm + LIF unit wrote its gradient over its saved input, so it cannot run backward "
-                "twice (retain_graph=True); call spikformers.neurons.kernels.set_fused_bn_neuron(False) for that"
+                "twice (retain_graph=True); call spikformers.kernels.set_fused_bn_neuron(False) for that"
             )
         y, weight, scale, shift, mean, invstd = ctx.saved_tensors
         batch_stats, dims, params, private, pool_w = ctx.meta

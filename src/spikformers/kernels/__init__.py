@@ -1,6 +1,18 @@
-"""Multi-step neuron kernels. ``lif_multistep`` / ``ternary_multistep`` pick the fastest path for the device.
+"""The kernel floor: every compiled and Triton kernel, the reference loops (the oracle) and the products on spikes.
 
-Paths (all give the same spikes and, to 1e-6, the same gradients as the loops in :mod:`.reference`):
+It imports nothing from the rest of the package; neurons, layers and attention call into it.
+
+Modules, from the bottom: :mod:`.common` (neuron parameters, kinds, saved-state formats), :mod:`.surrogate` (the
+surrogate gradients), :mod:`.reference` (the plain per-step loops: the oracle every fast path is tested against),
+:mod:`.cpu` with ``csrc/`` (the C++ library: neurons, batch norm + LIF, spike packing, event-driven products,
+built on first use), :mod:`.gpu` (the Triton neuron kernels, imported only when first needed), :mod:`.eager` (the
+neuron algorithm in torch ops, the fallback), :mod:`.node` (one autograd node per multi-step neuron call),
+:mod:`.selfcheck` (each Triton variant checked against the reference before first use), :mod:`.fused` (which
+implementation runs a neuron call, and the call), :mod:`.bn_lif` (a unit's batch norm fused with its LIF) and
+:mod:`.spike_ops` (linear, conv, pool and attention products on spikes: compact saving, event-driven on the CPU).
+
+``lif_multistep`` / ``ternary_multistep`` pick the fastest neuron path for the device (all give the same spikes
+and, to 1e-6, the same gradients as the loops in :mod:`.reference`):
 
 | backend     | where                          | what                                                          |
 |-------------|--------------------------------|---------------------------------------------------------------|
@@ -19,17 +31,15 @@ Every fused path is one autograd node that saves only what backward needs; see :
 backward (``"recompute"``), which is faster on a CPU than computing and storing the surrogate; the Triton and
 eager paths keep the surrogate in 23-bit fixed point plus the spike bit (3 bytes per element and step,
 ``"q24"``), which moves fewer bytes on a GPU. Any path takes any choice.
-
-:mod:`.bn_lif` fuses a unit's batch norm with its LIF on the C++ path (one node from the projection's output to
-spikes; ``set_fused_bn_neuron`` switches it).
 """
 
 from __future__ import annotations
 
 import torch
 
+from . import cpu
 from .bn_lif import set_fused_bn_neuron
-from .common import NeuronParams, choose_save
+from .common import NeuronParams, choose_save, triton_importable, triton_interpret
 from .fused import BACKENDS, lif_fused, mark_scratch, run_neuron, select_impl, set_overwrite_scratch
 from .reference import lif_reference, ternary_lif_reference, ternary_reference
 from .selfcheck import KernelCheckWarning, set_kernel_check
@@ -111,9 +121,6 @@ def ternary_multistep(
 
 def available_backends(device: str | torch.device = "cpu") -> list[str]:
     """The backends that can run on ``device`` here (``"reference"`` and ``"eager"`` always can)."""
-    from . import cpu
-    from .fused import triton_importable, triton_interpret
-
     dev = torch.device(device)
     found = ["reference", "eager"]
     if dev.type == "cpu" and cpu.available():

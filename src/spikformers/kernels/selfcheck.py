@@ -39,6 +39,7 @@ from torch.autograd.graph import saved_tensors_hooks
 
 from . import eager
 from .common import KIND_IDS, Q_MAX, NeuronParams, surrogate_scale
+from .node import NeuronFunction
 from .reference import lif_reference, ternary_lif_reference, ternary_reference
 
 ENV = "SPIKFORMERS_KERNEL_CHECK"
@@ -208,8 +209,6 @@ def check(impl: ModuleType, key: KernelKey) -> CheckResult:
     """Run the kernels of ``impl`` (:mod:`.gpu`, :mod:`.cpu` or :mod:`.eager`) for ``key`` on a small input and
     compare with the reference loop on the same device: forward only for ``save == "none"``, else forward and
     backward through the autograd node the library uses. Never raises for the kernel's own errors."""
-    from .fused import NeuronFunction
-
     x, v0, g, p = check_inputs(key)
     dtype, device, N = x.dtype, x.device, x.shape[1]
     tol = tolerance(dtype, key.kind, key.save, p.alpha)

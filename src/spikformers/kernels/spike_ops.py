@@ -20,7 +20,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .neurons.kernels import cpu as _cpu_kernels
+from . import cpu as _cpu_kernels
 
 _COMPACT = True
 _SPARSE = True
@@ -386,7 +386,7 @@ def spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
     not apply (then use :func:`spike_matmul`).
 
     It applies when event-driven layers are on (:func:`set_sparse_spikes`), ``q``, ``k`` and ``v`` are float32/64
-    head splits of contiguous ``[..., N, H * d]`` tensors (as :func:`~spikformers.attention.base.split_heads` makes
+    head splits of contiguous ``[..., N, H * d]`` tensors (as the attention mechanisms' head split makes
     them) holding only 0/1, ``d`` is a multiple of 8 up to 64, and no autocast or ``TorchFunctionMode`` (the energy
     counter) is active. The result is a head split of a contiguous ``[..., N, H * d]`` tensor, so merging the heads
     needs no copy; the heads are never copied either. Backward keeps the three inputs as bits. The forward equals
