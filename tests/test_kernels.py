@@ -336,27 +336,23 @@ def test_scratch_input_is_overwritten_only_when_marked(kind):
 
 def test_units_write_spikes_over_their_norm_output_with_identical_logits(monkeypatch):
     from spikformers import create_model
-    from spikformers.kernels import bn_lif, fused
-
-    monkeypatch.setattr(bn_lif, "_ENABLED", False)  # the separate norm + neuron path (fused units never have one)
+    from spikformers.kernels import fused, kernel_config
 
     model = create_model("spikformer_2_64_cifar").eval()
     x = torch.randn(2, 3, 32, 32)
     taken = []
     real = fused._take_scratch
     monkeypatch.setattr(fused, "_take_scratch", lambda t: taken.append(real(t)) or taken[-1])
-    with torch.no_grad():
-        with_scratch = model(x)
+    with kernel_config(fused_bn_neuron=False), torch.no_grad():  # the separate norm + neuron path: fused units
+        with_scratch = model(x)  # never have a scratch input
     assert any(taken)
     kept = {}
     bn = model.blocks[0].mlp.fc1.bn  # a hook that keeps a unit's norm output must see it intact when switched off
     handle = bn.register_forward_hook(lambda m, a, y: kept.setdefault("y", y))
-    previous = fused.set_overwrite_scratch(False)
     try:
-        with torch.no_grad():
+        with kernel_config(fused_bn_neuron=False, overwrite_scratch=False), torch.no_grad():
             without = model(x)
     finally:
-        fused.set_overwrite_scratch(previous)
         handle.remove()
     assert torch.equal(with_scratch, without)
     assert not torch.all((kept["y"] == 0) | (kept["y"] == 1))  # the norm's output, not spikes

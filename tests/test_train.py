@@ -232,7 +232,7 @@ def test_bad_loop_settings_are_rejected_before_training(overrides: list[str], me
 
 
 def test_speed_options_reach_the_model_and_are_restored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from spikformers.kernels import bn_lif, spike_ops
+    from spikformers.kernels import get_kernel_config
     from spikformers.memory import _CheckpointedForward, backbone_blocks
     from spikformers.neurons import LIF
     from spikformers.train import engine
@@ -243,8 +243,9 @@ def test_speed_options_reach_the_model_and_are_restored(tmp_path: Path, monkeypa
     def spy(model, cfg):  # type: ignore[no-untyped-def]
         real(model, cfg)
         lifs = [m for m in model.modules() if isinstance(m, LIF)]
-        seen.update(saved={m.saved for m in lifs}, backend={m.backend for m in lifs}, sparse=spike_ops._SPARSE,
-                    compact=spike_ops._COMPACT, units=bn_lif._ENABLED,
+        switches = get_kernel_config()
+        seen.update(saved={m.saved for m in lifs}, backend={m.backend for m in lifs}, sparse=switches.event_driven,
+                    compact=switches.compact_spikes, units=switches.fused_bn_neuron,
                     lean=all(m.recompute_bn_neuron for m in model.modules() if hasattr(m, "recompute_bn_neuron")),
                     ckpt=all(isinstance(b.__dict__.get("forward"), _CheckpointedForward)
                              and b.forward.enabled for b in backbone_blocks(model)))
@@ -256,7 +257,8 @@ def test_speed_options_reach_the_model_and_are_restored(tmp_path: Path, monkeypa
                              "train.event_driven=false", "train.compact_spikes=false", "train.grad_checkpointing=true",
                              "train.recompute_bn_neuron=true", "train.fused_bn_neuron=false",
                              f"out={tmp_path}"])
+    before = get_kernel_config()
     engine.train(cfg)
     assert seen == {"saved": {"q24"}, "backend": {"eager"}, "sparse": False, "compact": False, "units": False,
                     "ckpt": True, "lean": True}
-    assert spike_ops._SPARSE and spike_ops._COMPACT and bn_lif._ENABLED  # the process-wide switches are put back
+    assert get_kernel_config() == before and before.event_driven  # the process-wide switches are put back

@@ -9,7 +9,7 @@
 - :func:`recompute_bn_neurons`: batch norm + neuron of every linear/conv unit recomputed in backward, so each unit
   keeps only the norm's input.
 - Compact spike inputs for backward and event-driven CPU products live in :mod:`spikformers.kernels.spike_ops`
-  (``set_compact_spikes``, ``set_sparse_spikes``).
+  (switched by :func:`spikformers.kernels.kernel_config`).
 - :func:`keep_freed_memory` (CPU, glibc): large freed blocks stay in the process for reuse instead of being
   mapped afresh, and faulted in page by page, at every allocation (``train.keep_freed_memory``).
 """

@@ -10,6 +10,8 @@ neuron algorithm in torch ops, the fallback), :mod:`.node` (one autograd node pe
 :mod:`.selfcheck` (each Triton variant checked against the reference before first use), :mod:`.fused` (which
 implementation runs a neuron call, and the call), :mod:`.bn_lif` (a unit's batch norm fused with its LIF) and
 :mod:`.spike_ops` (linear, conv, pool and attention products on spikes: compact saving, event-driven on the CPU).
+:mod:`.config` is the switchboard: one typed :class:`KernelConfig` of every switch among these paths, set for a
+block of code with ``with kernel_config(event_driven=False, ...):``.
 
 ``lif_multistep`` / ``ternary_multistep`` pick the fastest neuron path for the device (all give the same spikes
 and, to 1e-6, the same gradients as the loops in :mod:`.reference`):
@@ -24,7 +26,7 @@ and, to 1e-6, the same gradients as the loops in :mod:`.reference`):
 
 Each Triton variant is run against the reference loop on its first call in a process (:mod:`.selfcheck`): one that
 differs, or fails to compile or launch, gives a :class:`KernelCheckWarning` and is replaced by the eager path.
-``SPIKFORMERS_KERNEL_CHECK=0`` or :func:`set_kernel_check` ``(False)`` skips the check.
+``SPIKFORMERS_KERNEL_CHECK=0`` or ``kernel_config(kernel_check=False)`` skips the check.
 
 Every fused path is one autograd node that saves only what backward needs; see :mod:`.common`. By default
 (``saved="auto"``) the C++ path keeps no new state: it holds on to its input and rebuilds the membrane in
@@ -38,27 +40,28 @@ from __future__ import annotations
 import torch
 
 from . import cpu
-from .bn_lif import set_fused_bn_neuron
 from .common import NeuronParams, choose_save, triton_importable, triton_interpret
-from .fused import BACKENDS, lif_fused, mark_scratch, run_neuron, select_impl, set_overwrite_scratch
+from .config import KernelConfig, get_kernel_config, kernel_config, set_kernel_config
+from .fused import BACKENDS, lif_fused, mark_scratch, run_neuron, select_impl
 from .reference import lif_reference, ternary_lif_reference, ternary_reference
-from .selfcheck import KernelCheckWarning, set_kernel_check
+from .selfcheck import KernelCheckWarning
 
 __all__ = [
     "BACKENDS",
     "KernelCheckWarning",
+    "KernelConfig",
     "NeuronParams",
     "available_backends",
     "choose_save",
+    "get_kernel_config",
+    "kernel_config",
     "lif_multistep",
     "mark_scratch",
     "lif_fused",
     "lif_reference",
     "run_neuron",
     "select_impl",
-    "set_overwrite_scratch",
-    "set_fused_bn_neuron",
-    "set_kernel_check",
+    "set_kernel_config",
     "ternary_multistep",
     "ternary_reference",
     "ternary_lif_reference",

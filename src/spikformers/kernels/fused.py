@@ -17,6 +17,7 @@ import torch
 
 from . import cpu, eager, selfcheck
 from .common import NeuronParams, choose_save, triton_importable, triton_interpret
+from .config import get_kernel_config
 from .node import NeuronFunction
 
 BACKENDS = ("auto", "fused", "cpp", "triton", "eager", "reference")
@@ -55,7 +56,6 @@ def select_impl(x: torch.Tensor, backend: str) -> ModuleType:
 
 
 _scratch = threading.local()
-_OVERWRITE = True
 
 
 def mark_scratch(x: torch.Tensor) -> torch.Tensor:
@@ -66,19 +66,12 @@ def mark_scratch(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def set_overwrite_scratch(enabled: bool) -> bool:
-    """Switch writing spikes over marked scratch inputs on or off (off: a forward hook that keeps a unit's batch
-    norm output sees that output, not the spikes written over it); returns the previous setting."""
-    global _OVERWRITE
-    previous, _OVERWRITE = _OVERWRITE, bool(enabled)
-    return previous
-
-
 def _take_scratch(x: torch.Tensor) -> bool:
-    """Whether ``x`` is the tensor :func:`mark_scratch` marked (and overwriting is on); clears the mark either way."""
+    """Whether ``x`` is the tensor :func:`mark_scratch` marked (and the ``overwrite_scratch`` switch of
+    :mod:`.config` is on); clears the mark either way."""
     ref = getattr(_scratch, "ref", None)
     _scratch.ref = None
-    return _OVERWRITE and ref is not None and ref() is x
+    return get_kernel_config().overwrite_scratch and ref is not None and ref() is x
 
 
 def run_neuron(
