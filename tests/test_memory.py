@@ -394,7 +394,7 @@ def test_chunked_forward_refuses_what_it_cannot_do():
 KEEP_FREED_PROBE = """
 import ctypes, sys
 import torch
-from spikformers.memory import keep_freed_memory
+from spikformers.train.runtime import keep_freed_memory
 class Info(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
                                                "fsmblks", "uordblks", "fordblks", "keepcost")]

@@ -183,11 +183,11 @@ def test_spiliformer_beta_ramp_reaches_the_model(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("keep", [True, False])
 def test_cpu_run_keeps_freed_memory_as_configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep: bool) -> None:
-    from spikformers import memory
+    from spikformers.train import runtime
     from spikformers.train.engine import train
 
     calls: list[int] = []
-    monkeypatch.setattr(memory, "keep_freed_memory", lambda *a: calls.append(1) or True)
+    monkeypatch.setattr(runtime, "keep_freed_memory", lambda *a: calls.append(1) or True)
     cfg = load_config(None, ["model.name=spikformer_1_64_cifar", "model.T=1", "data.img_size=8", "optim.epochs=1",
                              "optim.warmup_epochs=0", "data.limit_train=16", "data.limit_test=16", "progress=false",
                              f"train.keep_freed_memory={str(keep).lower()}", "train.tensorboard=false",

@@ -471,7 +471,7 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo, progress: RunProgress) -
 
     device, main = info.device, info.is_main
     if device.type == "cpu" and cfg.train.keep_freed_memory:
-        from ..memory import keep_freed_memory
+        from .runtime import keep_freed_memory
 
         keep_freed_memory()
     seed_everything(cfg.seed, cfg.deterministic)
