@@ -22,8 +22,8 @@ from collections.abc import Callable
 import torch
 from torch.autograd.graph import saved_tensors_hooks
 
-from spikformers.memory import keep_freed_memory
-from spikformers.neurons.kernels import choose_save, lif_multistep, select_impl
+from spikformers.kernels import choose_save, lif_multistep, select_impl
+from spikformers.train.runtime import keep_freed_memory
 
 
 def default_saved(x: torch.Tensor) -> str:
@@ -218,8 +218,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="the dimensions after T (default B=64 C=384 N=64, the issue's; smaller for a smoke run)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--keep-freed-memory", action="store_true",
-                    help="CPU: spikformers.memory.keep_freed_memory() first (malloc reuses blocks over 32 MB instead "
-                         "of mapping them afresh: what `spikformers train` does), for every variant alike")
+                    help="CPU: spikformers.train.runtime.keep_freed_memory() first (malloc reuses blocks over 32 MB "
+                         "instead of mapping them afresh: what `spikformers train` does), for every variant alike")
     ap.add_argument("--json", default=None, help="write the results to this file")
     args = ap.parse_args(argv)
     kept = keep_freed_memory() if args.keep_freed_memory else False

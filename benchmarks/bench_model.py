@@ -35,11 +35,11 @@ import torch
 from torch.autograd.graph import saved_tensors_hooks
 
 import spikformers
+from spikformers.kernels import kernel_config, set_kernel_config
+from spikformers.kernels.spike_ops import SPARSE_CONV_MAX_RATE, SPARSE_MAX_RATE
 from spikformers.memory import chunked_forward, recompute_bn_neurons
 from spikformers.neurons import LIF, TernaryNeuron
-from spikformers.neurons.kernels.bn_lif import set_fused_bn_neuron
 from spikformers.registry import model_config
-from spikformers.spike_ops import SPARSE_CONV_MAX_RATE, SPARSE_MAX_RATE, set_compact_spikes, set_sparse_spikes
 
 MODEL = "spikformer_4_384_cifar"  # the model the issue's targets name; --model picks another
 
@@ -51,17 +51,15 @@ LAYERS = {"fused": (True, True, True), "fused_split": (True, True, False), "fuse
           "neuron_floor": (True, False, False), "fused_lean": (True, True, False)}
 
 
-@contextlib.contextmanager
-def layers_as(variant: str):
-    """Set the layer options of ``variant`` (see :data:`LAYERS`) for the duration of the block."""
+def layer_switches(variant: str) -> dict[str, bool]:
+    """The kernel switches of ``variant`` (see :data:`LAYERS`), as ``kernel_config`` takes them."""
     compact, sparse, units = LAYERS[variant]
-    previous = set_compact_spikes(compact), set_sparse_spikes(sparse), set_fused_bn_neuron(units)
-    try:
-        yield
-    finally:
-        set_compact_spikes(previous[0])
-        set_sparse_spikes(previous[1])
-        set_fused_bn_neuron(previous[2])
+    return {"compact_spikes": compact, "event_driven": sparse, "fused_bn_neuron": units}
+
+
+def layers_as(variant: str) -> contextlib.AbstractContextManager:
+    """Set the layer options of ``variant`` (see :data:`LAYERS`) for the duration of the block."""
+    return kernel_config(**layer_switches(variant))
 
 
 class _FloorSpike(torch.autograd.Function):
@@ -206,9 +204,7 @@ def memory_report(models: dict, opts: dict, x, y, device: str, infer_T: int, chu
 
 
 def _rss_child(variant: str, backend: str, batch: int, name: str, queue) -> None:
-    set_compact_spikes(LAYERS[variant][0])
-    set_sparse_spikes(LAYERS[variant][1])
-    set_fused_bn_neuron(LAYERS[variant][2])
+    set_kernel_config(**layer_switches(variant))
     torch.manual_seed(0)
     model = build(backend, "cpu", name)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)

@@ -1,6 +1,6 @@
 """Build the Triton neuron kernels for a CUDA architecture without a GPU, and report what each variant uses.
 
-For every variant the library launches on CUDA (see ``spikformers.neurons.kernels.gpu.cuda_variants``): registers
+For every variant the library launches on CUDA (see ``spikformers.kernels.gpu.cuda_variants``): registers
 per thread, stack and local (spill) bytes from the cubin, the round-to-nearest float ops in its PTX, and the build
 time (near 0 where Triton's on-disk cache already holds the variant; set TRITON_CACHE_DIR to a new folder to time
 the full build). Registers bound occupancy: an H100 SM has 65536 registers and holds at most 2048 threads, so a
@@ -17,7 +17,7 @@ import json
 import re
 import time
 
-from spikformers.neurons.kernels import gpu
+from spikformers.kernels import gpu
 
 
 def build(arch: int) -> dict[str, dict]:

@@ -11,8 +11,8 @@ from torch.overrides import TorchFunctionMode
 from helpers import digits, record, train_digits
 from spikformers import count_parameters, create_model, list_models
 from spikformers.attention import SDSA
+from spikformers.kernels import lif_reference
 from spikformers.models.blocks import MembraneBlock
-from spikformers.neurons.kernels import lif_reference
 
 MATMULS = {"matmul", "bmm", "mm", "einsum", "__matmul__", "__rmatmul__", "baddbmm", "addmm", "tensordot", "mv"}
 

@@ -9,8 +9,8 @@ import torch
 from torch.autograd.graph import saved_tensors_hooks
 
 from spikformers import create_model
+from spikformers.kernels import bn_lif, cpu, kernel_config
 from spikformers.layers import ConvBNSpike, LinearBNSpike
-from spikformers.neurons.kernels import bn_lif, cpu
 
 pytestmark = pytest.mark.skipif(not cpu.available(), reason=f"C++ kernels unavailable: {cpu.error}")
 
@@ -32,14 +32,11 @@ def _input(kind: str, dtype: torch.dtype, T: int = 4) -> torch.Tensor:
 
 
 def _run(unit: torch.nn.Module, x: torch.Tensor, fused: bool) -> tuple[torch.Tensor, ...]:
-    previous = bn_lif.set_fused_bn_neuron(fused)
-    try:
+    with kernel_config(fused_bn_neuron=fused):
         x = x.clone().requires_grad_()
         out = unit(x)
         g = torch.randn(out.shape, generator=torch.Generator().manual_seed(2), dtype=out.dtype)
         (out * g).sum().backward()
-    finally:
-        bn_lif.set_fused_bn_neuron(previous)
     bn = unit.bn if hasattr(unit, "bn") else unit.conv.bn
     norm = [None if t is None else t.grad for t in (bn.weight, bn.bias)]
     stats = [None if t is None else t.clone() for t in (bn.running_mean, bn.running_var)]
@@ -95,11 +92,8 @@ def test_fused_unit_in_evaluation_and_without_grad(kind):
     plain = copy.deepcopy(unit)
     with torch.no_grad():
         fused_out = unit(x)
-        bn_lif.set_fused_bn_neuron(False)
-        try:
+        with kernel_config(fused_bn_neuron=False):
             plain_out = plain(x)
-        finally:
-            bn_lif.set_fused_bn_neuron(True)
     assert torch.equal(fused_out, plain_out)
     got, want = _run(unit, x, True), _run(plain, x, False)  # evaluation mode with autograd: running statistics
     for a, b in zip(got, want):
@@ -134,12 +128,8 @@ def test_fused_unit_keeps_only_the_projection_output():
             seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
             return t
 
-        previous = bn_lif.set_fused_bn_neuron(fused)
-        try:
-            with saved_tensors_hooks(pack, lambda t: t):
-                unit(x)
-        finally:
-            bn_lif.set_fused_bn_neuron(previous)
+        with kernel_config(fused_bn_neuron=fused), saved_tensors_hooks(pack, lambda t: t):
+            unit(x)
         sizes[fused] = sum(n for n in seen.values() if n >= x.shape[0] * 3 * 7 * 40 * 4)  # tensors of y's size
     y_bytes = 4 * 3 * 7 * 40 * 4
     assert sizes[True] == y_bytes  # y alone
@@ -203,12 +193,9 @@ def test_model_logits_and_gradients_match_with_and_without_fusion():
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     outs = []
     for m, fused in ((model, True), (plain, False)):
-        previous = bn_lif.set_fused_bn_neuron(fused)
-        try:
+        with kernel_config(fused_bn_neuron=fused):
             logits = m(x)
             logits.square().sum().backward()
-        finally:
-            bn_lif.set_fused_bn_neuron(previous)
         outs.append((logits.detach(), [p.grad for p in m.parameters()]))
     torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-10, rtol=1e-10)
     for a, b in zip(outs[0][1], outs[1][1]):
@@ -223,7 +210,7 @@ def test_backward_twice_raises_inside_units_and_works_on_a_kept_input():
     with pytest.raises(RuntimeError, match="retain_graph"):
         out.sum().backward()
 
-    from spikformers.neurons.kernels.common import NeuronParams
+    from spikformers.kernels.common import NeuronParams
 
     bn = torch.nn.BatchNorm1d(40).double()
     y = torch.randn(4, 21, 40, 1, dtype=torch.float64, requires_grad=True)
@@ -237,7 +224,7 @@ def test_backward_twice_raises_inside_units_and_works_on_a_kept_input():
 
 
 def test_backward_passes_one_scratch_buffer_between_units():
-    from spikformers.neurons.kernels.common import NeuronParams
+    from spikformers.kernels.common import NeuronParams
 
     torch.manual_seed(0)
     widths = (40, 24, 56)  # a smaller unit takes the buffer, a larger one needs a new one
@@ -265,12 +252,8 @@ def test_linear_unit_under_cpu_autocast_adds_its_bias_back():
     x = _input("linear", torch.float32)
     outs = []
     for fused in (True, False):
-        previous = bn_lif.set_fused_bn_neuron(fused)
-        try:
-            with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 projections: the kernels do not take them
-                outs.append(unit(x))
-        finally:
-            bn_lif.set_fused_bn_neuron(previous)
+        with kernel_config(fused_bn_neuron=fused), torch.autocast("cpu", dtype=torch.bfloat16):
+            outs.append(unit(x))  # bf16 projections: the kernels do not take them
     assert outs[0].dtype == outs[1].dtype
     assert (outs[0] != outs[1]).float().mean() < 0.02  # only bf16 rounding of the bias add differs
     unit.linear.bias.data += 100.0  # the bias really is added back: the norm's running mean follows it

@@ -14,9 +14,9 @@ import torch
 
 import spikformers
 from helpers import check_neuron, neuron_inputs
+from spikformers.kernels import lif_multistep, lif_reference, select_impl, ternary_multistep
 from spikformers.memory import chunked_forward
 from spikformers.neurons import configure_neurons
-from spikformers.neurons.kernels import lif_multistep, lif_reference, select_impl, ternary_multistep
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -65,7 +65,7 @@ def test_triton_half_inputs_on_cuda():
 def test_triton_membrane_carry_keeps_denormals_on_cuda():
     """Chunked inference carries the membrane bit for bit, including values below float32's smallest normal
     (1.2e-38), which torch's CUDA ops keep and a flush-to-zero build of the kernel would make 0."""
-    from spikformers.neurons.kernels import gpu
+    from spikformers.kernels import gpu
 
     if not gpu.cuda_options():
         pytest.skip("this Triton has no enable_reflect_ftz option: its libdevice flushes denormals to 0")

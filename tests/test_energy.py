@@ -279,16 +279,13 @@ def test_compare_command(tiny_runs, capsys) -> None:
 
 def test_event_driven_linears_do_not_change_the_count(digits_batch) -> None:
     """The counter watches F.linear; the event-driven CPU linears must step aside while it runs."""
-    from spikformers import spike_ops
+    from spikformers.kernels import kernel_config
 
     x = digits_batch[0][:2]
     model = _small(T=4)
-    previous = spike_ops.set_sparse_spikes(True)
-    try:
+    with kernel_config(event_driven=True):
         on = measure(model, x)
-        spike_ops.set_sparse_spikes(False)
+    with kernel_config(event_driven=False):
         off = measure(model, x)
-    finally:
-        spike_ops.set_sparse_spikes(previous)
     assert [a.sops for a in on.layers] == [b.sops for b in off.layers]
     assert [a.flops for a in on.layers] == [b.flops for b in off.layers] and on.total_sops > 0

@@ -16,9 +16,17 @@ from torch.autograd.graph import saved_tensors_hooks
 
 from helpers import neuron_inputs
 from spikformers.cli import main
-from spikformers.neurons.kernels import cpu, lif_multistep, lif_reference, selfcheck, ternary_multistep
-from spikformers.neurons.kernels.fused import triton_importable
-from spikformers.neurons.kernels.selfcheck import KernelCheckWarning
+from spikformers.kernels import (
+    cpu,
+    kernel_config,
+    lif_multistep,
+    lif_reference,
+    selfcheck,
+    set_kernel_config,
+    ternary_multistep,
+)
+from spikformers.kernels.common import triton_importable
+from spikformers.kernels.selfcheck import KernelCheckWarning
 
 needs_triton = pytest.mark.skipif(not triton_importable(), reason="triton is not importable")
 
@@ -27,9 +35,9 @@ needs_triton = pytest.mark.skipif(not triton_importable(), reason="triton is not
 def fresh(monkeypatch):
     """No check outcome from earlier tests, the check on, whatever the environment says."""
     monkeypatch.delenv(selfcheck.ENV, raising=False)
-    monkeypatch.setattr(selfcheck, "_enabled", None)
     selfcheck.clear_results()
-    yield
+    with kernel_config(kernel_check=None):
+        yield
     selfcheck.clear_results()
 
 
@@ -37,7 +45,7 @@ def fresh(monkeypatch):
 def gpu(monkeypatch, fresh):
     """The Triton module, run by the interpreter, with its launches counted in ``gpu.calls``."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    from spikformers.neurons.kernels import gpu
+    from spikformers.kernels import gpu
 
     calls = {"forward": 0, "backward": 0}
     for name in calls:
@@ -174,11 +182,11 @@ def test_the_check_can_be_switched_off(monkeypatch, gpu):
     with torch.no_grad():
         out = no_warning(lambda: lif_multistep(x, backend="triton"))
         assert not torch.equal(out, lif_reference(x))  # unchecked: the broken kernel's numbers go through
-        assert selfcheck.set_kernel_check(True) is None  # the API wins over the environment
+        assert set_kernel_config(kernel_check=True).kernel_check is None  # the switch wins over the environment
         with pytest.warns(KernelCheckWarning):
             assert torch.equal(lif_multistep(x, backend="triton"), lif_reference(x))
         selfcheck.clear_results()
-        selfcheck.set_kernel_check(False)
+        set_kernel_config(kernel_check=False)
         monkeypatch.delenv(selfcheck.ENV)
         assert not torch.equal(no_warning(lambda: lif_multistep(x, backend="triton")), lif_reference(x))
     assert not selfcheck.results()
@@ -293,7 +301,7 @@ def test_doctor_checks_triton_under_the_interpreter(monkeypatch, capsys, gpu):
 def test_doctor_compiles_triton_for_a_gpu_it_does_not_have(monkeypatch, capsys, fresh):
     if torch.cuda.is_available():
         pytest.skip("with a CUDA device the doctor builds the kernels there")
-    from spikformers.neurons.kernels import gpu
+    from spikformers.kernels import gpu
 
     variants = gpu.cuda_variants()
     monkeypatch.setattr(gpu, "cuda_variants", lambda: {k: variants[k] for k in ("forward/lif/q24",

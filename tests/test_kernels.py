@@ -10,8 +10,7 @@ import torch
 from torch.autograd.graph import saved_tensors_hooks
 
 from helpers import check_neuron, neuron_inputs
-from spikformers.neurons import LIF, TernaryNeuron
-from spikformers.neurons.kernels import (
+from spikformers.kernels import (
     available_backends,
     cpu,
     eager,
@@ -22,8 +21,8 @@ from spikformers.neurons.kernels import (
     ternary_multistep,
     ternary_reference,
 )
-from spikformers.neurons.kernels.common import NeuronParams
-from spikformers.neurons.kernels.fused import triton_importable
+from spikformers.kernels.common import NeuronParams, triton_importable
+from spikformers.neurons import LIF, TernaryNeuron
 
 CPU_BACKENDS = ["eager", pytest.param("cpp", marks=pytest.mark.skipif(
     not cpu.available(), reason=f"C++ kernels unavailable: {cpu.error}"))]
@@ -206,7 +205,7 @@ def test_triton_kernels_compile_for_h100():
     """Every variant the library launches on CUDA builds for sm_90 (PTX to cubin, no GPU needed), keeps the charge
     in round-to-nearest multiply and add (no FMA contraction, no flush-to-zero: torch's arithmetic) and spills
     nothing to local memory."""
-    from spikformers.neurons.kernels import gpu
+    from spikformers.kernels import gpu
 
     kernels = gpu.compile_for_cuda(90)
     assert set(kernels) == set(gpu.cuda_variants()) and len(kernels) == 21
@@ -309,7 +308,7 @@ def test_threaded_kernels_match_reference(monkeypatch, tmp_path, openmp):
 @pytest.mark.skipif(not cpu.available(), reason=f"C++ kernels unavailable: {cpu.error}")
 @pytest.mark.parametrize("kind", ["lif", "ternary_lif", "ternary_guo"])
 def test_scratch_input_is_overwritten_only_when_marked(kind):
-    from spikformers.neurons.kernels import mark_scratch
+    from spikformers.kernels import mark_scratch
 
     def run(x):
         if kind == "lif":
@@ -338,27 +337,23 @@ def test_scratch_input_is_overwritten_only_when_marked(kind):
 
 def test_units_write_spikes_over_their_norm_output_with_identical_logits(monkeypatch):
     from spikformers import create_model
-    from spikformers.neurons.kernels import bn_lif, fused
-
-    monkeypatch.setattr(bn_lif, "_ENABLED", False)  # the separate norm + neuron path (fused units never have one)
+    from spikformers.kernels import fused, kernel_config
 
     model = create_model("spikformer_2_64_cifar").eval()
     x = torch.randn(2, 3, 32, 32)
     taken = []
     real = fused._take_scratch
     monkeypatch.setattr(fused, "_take_scratch", lambda t: taken.append(real(t)) or taken[-1])
-    with torch.no_grad():
-        with_scratch = model(x)
+    with kernel_config(fused_bn_neuron=False), torch.no_grad():  # the separate norm + neuron path: fused units
+        with_scratch = model(x)  # never have a scratch input
     assert any(taken)
     kept = {}
     bn = model.blocks[0].mlp.fc1.bn  # a hook that keeps a unit's norm output must see it intact when switched off
     handle = bn.register_forward_hook(lambda m, a, y: kept.setdefault("y", y))
-    previous = fused.set_overwrite_scratch(False)
     try:
-        with torch.no_grad():
+        with kernel_config(fused_bn_neuron=False, overwrite_scratch=False), torch.no_grad():
             without = model(x)
     finally:
-        fused.set_overwrite_scratch(previous)
         handle.remove()
     assert torch.equal(with_scratch, without)
     assert not torch.all((kept["y"] == 0) | (kept["y"] == 1))  # the norm's output, not spikes

@@ -11,13 +11,13 @@ import torch
 from torch.autograd.graph import saved_tensors_hooks
 from torch.nn import functional as F
 
-from spikformers import create_model, layers, spike_ops
+from spikformers import create_model, layers
 from spikformers.attention.psa import PSA
+from spikformers.kernels import cpu, kernel_config, spike_ops
 from spikformers.memory import backbone_blocks, checkpoint_blocks, chunked_forward, recompute_bn_neurons
 from spikformers.models.hst import HST
 from spikformers.models.spikformer import Spikformer
 from spikformers.neurons import LIF, TernaryNeuron
-from spikformers.neurons.kernels import cpu
 from spikformers.neurons.state import carry_membrane, current_store
 
 TOL = {"atol": 1e-6, "rtol": 1e-6}
@@ -35,6 +35,13 @@ def saved_bytes(fn) -> int:
     with saved_tensors_hooks(pack, lambda t: t):
         fn()
     return sum(seen.values())
+
+
+@pytest.fixture
+def separate_units():
+    """Each unit's batch norm and neuron as separate modules (fused units keep only their input already)."""
+    with kernel_config(fused_bn_neuron=False):
+        yield
 
 
 def spikformer(seed: int = 0, **kw) -> Spikformer:
@@ -161,13 +168,10 @@ def test_event_driven_linear_matches_dense(monkeypatch, dtype, atol, K, N):
             calls.clear()
             torch.testing.assert_close(spike_ops.spike_linear(x, w, b), F.linear(x, w, b), atol=atol, rtol=0)
             assert calls == expected[:1]
-    previous = spike_ops.set_sparse_spikes(False)
-    try:
+    with kernel_config(event_driven=False):
         calls.clear()
         x = (torch.rand(3, 50, K, generator=gen) < 0.02).to(dtype).requires_grad_()
         assert torch.equal(spike_ops.spike_linear(x, w, b), F.linear(x, w, b)) and not calls
-    finally:
-        spike_ops.set_sparse_spikes(previous)
 
 
 def test_event_driven_input_gradient_product(monkeypatch):
@@ -231,13 +235,10 @@ def test_event_driven_conv_matches_dense(monkeypatch, dtype, atol, with_bias):
             with mode():
                 torch.testing.assert_close(spike_ops.spike_conv2d(x, w, b, stride, 1), want_y, atol=atol, rtol=0)
             assert calls == (["sparse_conv3x3"] if sparse else [])
-    previous = spike_ops.set_sparse_spikes(False)
-    try:
+    with kernel_config(event_driven=False):
         calls.clear()
         x = (torch.rand(B, Cin, H, W, generator=gen) < 0.02).to(dtype).requires_grad_()
         assert torch.equal(spike_ops.spike_conv2d(x, w, b, 1, 1), F.conv2d(x, w, b, 1, 1)) and not calls
-    finally:
-        spike_ops.set_sparse_spikes(previous)
 
 
 @pytest.mark.skipif(not cpu.available(), reason=f"C++ kernels unavailable: {cpu.error}")
@@ -292,18 +293,12 @@ def test_compact_ops_under_bf16_autocast_match_plain():
 def test_compact_model_same_numbers_less_memory():
     model = spikformer()
     x = torch.randn(2, 3, 16, 16)
-    sparse = spike_ops.set_sparse_spikes(False)  # bit-for-bit equality holds without the event-driven linears
-    try:
+    with kernel_config(event_driven=False):  # bit-for-bit equality holds without the event-driven linears
         out1, g1 = grads(model, x)
         big = saved_bytes(lambda: model(x))
-        previous = spike_ops.set_compact_spikes(False)
-        try:
+        with kernel_config(compact_spikes=False):
             out2, g2 = grads(model, x)
             plain = saved_bytes(lambda: model(x))
-        finally:
-            spike_ops.set_compact_spikes(previous)
-    finally:
-        spike_ops.set_sparse_spikes(sparse)
     assert torch.equal(out1, out2)
     assert g1.keys() == g2.keys()
     for k in g1:
@@ -312,10 +307,7 @@ def test_compact_model_same_numbers_less_memory():
 
 
 @pytest.mark.parametrize("build", [spikformer, hst], ids=["spikformer", "hst"])
-def test_recompute_bn_neurons_same_numbers_less_memory(build, monkeypatch):
-    from spikformers.neurons.kernels import bn_lif
-
-    monkeypatch.setattr(bn_lif, "_ENABLED", False)  # the separate norm + neuron path, which the option is for
+def test_recompute_bn_neurons_same_numbers_less_memory(build, separate_units):
     x = torch.randn(2, 3, 16, 16)
     plain, lean = build(), build()
     assert recompute_bn_neurons(lean) > 0
@@ -402,7 +394,7 @@ def test_chunked_forward_refuses_what_it_cannot_do():
 KEEP_FREED_PROBE = """
 import ctypes, sys
 import torch
-from spikformers.memory import keep_freed_memory
+from spikformers.train.runtime import keep_freed_memory
 class Info(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
                                                "fsmblks", "uordblks", "fordblks", "keepcost")]

@@ -7,10 +7,9 @@ import pytest
 import torch
 from torch.autograd.graph import saved_tensors_hooks
 
-from spikformers import spike_ops
 from spikformers.attention.base import attention_product, merge_heads, split_heads
 from spikformers.energy.counter import OpCounter
-from spikformers.neurons.kernels import cpu
+from spikformers.kernels import cpu, kernel_config, spike_ops
 
 pytestmark = pytest.mark.skipif(not cpu.available(), reason=f"C++ kernels unavailable: {cpu.error}")
 
@@ -82,8 +81,7 @@ def test_dense_path_where_it_does_not_apply(case):
     leaves, (q, k, v) = heads((2, 3, 10, C), H, 0.3, values=values)
     if case == "contiguous_heads":
         q, k, v = (t.contiguous() for t in (q, k, v))
-    previous = spike_ops.set_sparse_spikes(case != "sparse_off")
-    try:
+    with kernel_config(event_driven=case != "sparse_off"):
         if case == "counter":
             with OpCounter(torch.nn.Identity()):
                 assert spike_ops.spike_attention(q, k, v) is None
@@ -95,8 +93,6 @@ def test_dense_path_where_it_does_not_apply(case):
             out = attention_product(q, k, v, "kv_first")
             ref, _ = dense(leaves, H)
             assert type(out.grad_fn).__name__ != "_SpikeAttentionBackward" and torch.equal(out, ref)
-    finally:
-        spike_ops.set_sparse_spikes(previous)
 
 
 def test_spikformer_training_step_takes_it(monkeypatch):

@@ -205,11 +205,11 @@ def test_spiliformer_beta_ramp_reaches_the_model(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("keep", [True, False])
 def test_cpu_run_keeps_freed_memory_as_configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep: bool) -> None:
-    from spikformers import memory
+    from spikformers.train import runtime
     from spikformers.train.engine import train
 
     calls: list[int] = []
-    monkeypatch.setattr(memory, "keep_freed_memory", lambda *a: calls.append(1) or True)
+    monkeypatch.setattr(runtime, "keep_freed_memory", lambda *a: calls.append(1) or True)
     cfg = load_config(None, ["model.name=spikformer_1_64_cifar", "model.T=1", "data.img_size=8", "optim.epochs=1",
                              "optim.warmup_epochs=0", "data.limit_train=16", "data.limit_test=16", "progress=false",
                              f"train.keep_freed_memory={str(keep).lower()}", "train.tensorboard=false",
@@ -254,10 +254,9 @@ def test_bad_loop_settings_are_rejected_before_training(overrides: list[str], me
 
 
 def test_speed_options_reach_the_model_and_are_restored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from spikformers import spike_ops
+    from spikformers.kernels import get_kernel_config
     from spikformers.memory import _CheckpointedForward, backbone_blocks
     from spikformers.neurons import LIF
-    from spikformers.neurons.kernels import bn_lif
     from spikformers.train import engine
 
     seen = {}
@@ -266,8 +265,9 @@ def test_speed_options_reach_the_model_and_are_restored(tmp_path: Path, monkeypa
     def spy(model, cfg):  # type: ignore[no-untyped-def]
         real(model, cfg)
         lifs = [m for m in model.modules() if isinstance(m, LIF)]
-        seen.update(saved={m.saved for m in lifs}, backend={m.backend for m in lifs}, sparse=spike_ops._SPARSE,
-                    compact=spike_ops._COMPACT, units=bn_lif._ENABLED,
+        switches = get_kernel_config()
+        seen.update(saved={m.saved for m in lifs}, backend={m.backend for m in lifs}, sparse=switches.event_driven,
+                    compact=switches.compact_spikes, units=switches.fused_bn_neuron,
                     lean=all(m.recompute_bn_neuron for m in model.modules() if hasattr(m, "recompute_bn_neuron")),
                     ckpt=all(isinstance(b.__dict__.get("forward"), _CheckpointedForward)
                              and b.forward.enabled for b in backbone_blocks(model)))
@@ -279,7 +279,8 @@ def test_speed_options_reach_the_model_and_are_restored(tmp_path: Path, monkeypa
                              "train.event_driven=false", "train.compact_spikes=false", "train.grad_checkpointing=true",
                              "train.recompute_bn_neuron=true", "train.fused_bn_neuron=false",
                              f"out={tmp_path}"])
+    before = get_kernel_config()
     engine.train(cfg)
     assert seen == {"saved": {"q24"}, "backend": {"eager"}, "sparse": False, "compact": False, "units": False,
                     "ckpt": True, "lean": True}
-    assert spike_ops._SPARSE and spike_ops._COMPACT and bn_lif._ENABLED  # the process-wide switches are put back
+    assert get_kernel_config() == before and before.event_driven  # the process-wide switches are put back

@@ -3,7 +3,7 @@ computes what the reference loops compute.
 
 It prints Python, torch (with its CUDA and cuDNN build), the CUDA devices, Triton, the C++ compiler and OpenMP
 that the CPU kernels are built with, the CPU and its vector extensions; builds (or loads) the C++ kernels; then
-runs the self-check of :mod:`spikformers.neurons.kernels.selfcheck` for every kernel variant on every device it
+runs the self-check of :mod:`spikformers.kernels.selfcheck` for every kernel variant on every device it
 can: the C++ and eager kernels on the CPU, the Triton and eager kernels on each CUDA device (on a machine without
 one, the Triton kernels under Triton's interpreter when ``TRITON_INTERPRET=1``, and compiled for ``--cuda-arch``
 with Triton's own ptxas to show that they build). The last line is the verdict; the exit status is 0 when
@@ -25,8 +25,8 @@ from types import ModuleType
 import torch
 
 from .cli import command
-from .neurons.kernels import cpu, eager, selfcheck
-from .neurons.kernels.fused import triton_importable, triton_interpret
+from .kernels import cpu, eager, selfcheck
+from .kernels.common import triton_importable, triton_interpret
 
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
              "amx_tile", "asimd", "sve")
@@ -116,7 +116,7 @@ def _compile_line(arch: int) -> tuple[str, list[str]]:
     try:
         from triton import knobs
 
-        from .neurons.kernels import gpu
+        from .kernels import gpu
 
         missing = [t for t in (knobs.nvidia.ptxas.path,) if not os.path.exists(t)]
         if missing:
@@ -173,13 +173,13 @@ def doctor(cuda_arch: int = 90, compile_kernels: bool = True, verbose: bool = Fa
         groups += [("cpp", cpu, "cpu", "float32"), ("cpp", cpu, "cpu", "float64")]
     groups += [("eager", eager, "cpu", "float32"), ("eager", eager, "cpu", "float64")]
     if triton_ok and devices:
-        from .neurons.kernels import gpu
+        from .kernels import gpu
 
         for dev in devices:
             groups += [("triton", gpu, dev, "float32"), ("eager", eager, dev, "float32")]
         _line("triton kernels", f"built and checked by the self-checks below on {', '.join(devices)}")
     elif triton_ok and triton_interpret():
-        from .neurons.kernels import gpu
+        from .kernels import gpu
 
         groups.append(("triton", gpu, "cpu", "float32"))
         _line("triton kernels", "no CUDA device: checked under Triton's interpreter (TRITON_INTERPRET=1)")

@@ -1,7 +1,7 @@
 """The few layers every backbone shares: projections with batch norm over folded time, and spiking convs.
 
 Convs, linears and batch norms do not care about time, so they run on ``[T*B, ...]``; neurons get ``[T, B, ...]``.
-Their products go through :mod:`spikformers.spike_ops`, which keeps spike inputs compactly for backward and, on
+Their products go through :mod:`spikformers.kernels.spike_ops`, which keeps spike inputs compactly for backward and, on
 the CPU, computes sparse spike inputs event-driven.
 """
 
@@ -12,22 +12,22 @@ from typing import Any
 import torch
 from torch import nn
 
+from .kernels import mark_scratch
+from .kernels.bn_lif import bn_lif, fused_params, hooked, takes
+from .kernels.common import NeuronParams
+from .kernels.spike_ops import spike_conv2d, spike_linear, spike_max_pool
 from .memory import recompute_in_backward
 from .neurons import Neuron, create_neuron
-from .neurons.kernels import mark_scratch
-from .neurons.kernels.bn_lif import bn_lif, fused_params, hooked, takes
-from .neurons.kernels.common import NeuronParams
-from .spike_ops import spike_conv2d, spike_linear, spike_max_pool
 
 
 def bn_neuron(y: torch.Tensor, bn: nn.Module, neuron: Neuron, T: int, per_channel: int, pool: bool = False,
               params: NeuronParams | None = None, pre_bias: torch.Tensor | None = None) -> torch.Tensor | None:
-    """``neuron(bn(y))`` as one fused batch-norm + LIF call (:mod:`spikformers.neurons.kernels.bn_lif`) when it
+    """``neuron(bn(y))`` as one fused batch-norm + LIF call (:mod:`spikformers.kernels.bn_lif`) when it
     applies, else None. ``y``: the projection's fresh output, ``T`` steps first, channels followed by
     ``per_channel`` positions (1 for tokens, H*W for conv planes). ``pool``: conv planes whose spikes are
     max-pooled (:func:`max_pool`) in the same call. ``params``: :func:`fused_params` of the modules, if taken
     already; ``pre_bias``: the projection's bias, left out of ``y`` (see
-    :func:`~spikformers.neurons.kernels.bn_lif.bn_lif`)."""
+    :func:`~spikformers.kernels.bn_lif.bn_lif`)."""
     params = fused_params(bn, neuron) if params is None else params
     if params is None or not takes(y):
         return None

@@ -8,16 +8,24 @@
   so peak activation memory scales with ``chunk`` instead of T and the logits equal the full-T forward's.
 - :func:`recompute_bn_neurons`: batch norm + neuron of every linear/conv unit recomputed in backward, so each unit
   keeps only the norm's input.
-- Compact spike inputs for backward and event-driven CPU products live in :mod:`spikformers.spike_ops`
-  (``set_compact_spikes``, ``set_sparse_spikes``).
-- :func:`keep_freed_memory` (CPU, glibc): large freed blocks stay in the process for reuse instead of being
-  mapped afresh, and faulted in page by page, at every allocation (``train.keep_freed_memory``).
+- Compact spike inputs for backward and event-driven CPU products live in :mod:`spikformers.kernels.spike_ops`
+  (switched by :func:`spikformers.kernels.kernel_config`).
+
+They work on any model through a small protocol, never by its class (this module imports no layer, attention
+mechanism or backbone):
+
+- a backbone that can checkpoint its blocks defines ``blocks_for_checkpointing()`` (:class:`CheckpointBlocks`);
+- a backbone that can run T in chunks defines ``check_input``, ``forward_features``, ``forward_head`` and
+  ``time_chunk_refusal()`` returning None (:class:`TimeChunkable`); any module inside it may also define
+  ``time_chunk_refusal()``, to say why the model cannot (PSA's random masks, say);
+- a unit whose norm + neuron can be recomputed in backward has a boolean attribute ``recompute_bn_neuron``.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -25,51 +33,56 @@ from torch.utils.checkpoint import checkpoint
 
 from .neurons.state import carry_membrane
 
-__all__ = ["backbone_blocks", "checkpoint_blocks", "check_chunkable", "chunked_forward", "keep_freed_memory",
-           "recompute_bn_neurons", "CHUNK_UNSUPPORTED"]
+__all__ = ["CheckpointBlocks", "TimeChunkable", "backbone_blocks", "checkpoint_blocks", "check_chunkable",
+           "chunked_forward", "recompute_bn_neurons", "CHUNK_UNSUPPORTED"]
 
 CHUNK_UNSUPPORTED = (
-    "SpiLiFormer's two-pass forward (its feedback is computed from the first pass over all T), "
-    "PSA with mode='random' and ratio > 0 (evaluation masks are drawn for the whole input shape), "
-    "training mode (batch-norm statistics would pool over one chunk), and backbones other than Spikformer / HST"
+    "models whose modules refuse through time_chunk_refusal() (SpiLiFormer's two-pass forward: its feedback is "
+    "computed from the first pass over all T; PSA with mode='random' and ratio > 0: evaluation masks are drawn for "
+    "the whole input shape), training mode (batch-norm statistics would pool over one chunk), and models that do "
+    "not define the time-chunk protocol (Spikformer and HST backbones do)"
 )
 
 
-def keep_freed_memory(max_bytes: int = 1 << 30) -> bool:
-    """Let glibc's malloc keep freed blocks of up to ``max_bytes`` for reuse; True where applied, False elsewhere.
+class CheckpointBlocks(Protocol):
+    """A backbone whose blocks :func:`checkpoint_blocks` can recompute in backward."""
 
-    glibc maps every allocation above its mmap threshold (which it raises to 32 MB at most) afresh and unmaps it
-    on free, so each large tensor of every step costs the kernel a page fault and a zeroed page per 4 KB on first
-    touch: at T = 16 that was most of the fused LIF's time (``benchmarks/README.md``). Raising the mmap and trim
-    thresholds keeps such blocks in the heap. Process-wide and for the life of the process; numbers do not change
-    (torch aligns its buffers the same either way); the process's resident memory stays near its peak instead
-    of shrinking between steps. A no-op (False) without glibc.
+    def blocks_for_checkpointing(self) -> Sequence[nn.Module]:
+        """The blocks, each a module whose forward is recomputed as a whole, in the order they run."""
+        ...
+
+
+class TimeChunkable(Protocol):
+    """A backbone :func:`chunked_forward` can run T steps at a time, its neurons carrying their membranes.
+
+    ``forward_features`` must be causal in time: its output at step t depends on steps <= t only, and only through
+    the neurons' membranes (no mean, norm statistics or mask over all T); ``forward_head`` must start with the mean
+    over tokens (dim 2), which :func:`chunked_forward` takes per chunk.
     """
-    import ctypes
-    import ctypes.util
 
-    name = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(name).mallopt if name else None
-    except (OSError, AttributeError):
-        mallopt = None
-    if mallopt is None:
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    value = min(int(max_bytes), 2**31 - 1)
-    return mallopt(M_MMAP_THRESHOLD, value) == 1 and mallopt(M_TRIM_THRESHOLD, value) == 1
+    def check_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` as ``[T, B, C, H, W]``."""
+        ...
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens ``[T, B, N, D]``."""
+        ...
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens ``[T, B, N, D]`` -> logits ``[B, K]``."""
+        ...
+
+    def time_chunk_refusal(self) -> str | None:
+        """None when the model runs in time chunks with the same logits; else why it cannot."""
+        ...
 
 
 def backbone_blocks(model: nn.Module) -> list[nn.Module]:
-    """The blocks of a backbone: ``model.blocks`` (Spikformer) or every block of ``model.stages()`` (HST)."""
-    blocks = getattr(model, "blocks", None)
-    if isinstance(blocks, (nn.ModuleList, nn.Sequential)):
-        return list(blocks)
-    stages = getattr(model, "stages", None)
-    if callable(stages):
-        return [blk for stage in stages() for blk in stage]
-    raise TypeError(f"{type(model).__name__} has neither `blocks` nor `stages()`; cannot find its blocks")
+    """The blocks of a backbone (``model.blocks_for_checkpointing()``); a TypeError for a model without them."""
+    blocks = getattr(model, "blocks_for_checkpointing", None)
+    if not callable(blocks):
+        raise TypeError(f"{type(model).__name__} does not define blocks_for_checkpointing(); cannot find its blocks")
+    return list(blocks())
 
 
 @contextlib.contextmanager
@@ -130,12 +143,12 @@ def recompute_bn_neurons(model: nn.Module, enabled: bool = True) -> int:
 
     Each unit then keeps only the batch norm's input for backward: the norm's output, which a neuron with
     ``saved="recompute"`` would otherwise hold, is rebuilt. Outputs, gradients and statistics are unchanged.
-    Units that fuse their norm with a LIF (:mod:`spikformers.neurons.kernels.bn_lif`, on by default on the CPU)
+    Units that fuse their norm with a LIF (:mod:`spikformers.kernels.bn_lif`, on by default on the CPU)
     keep only that input already; the flag matters for the others (CUDA, ternary neurons, fusion switched off).
+    A unit is any module with a boolean ``recompute_bn_neuron`` attribute (the linear and conv units of
+    :mod:`spikformers.layers`).
     """
-    from .layers import ConvBNSpike, LinearBNSpike
-
-    units = [m for m in model.modules() if isinstance(m, (LinearBNSpike, ConvBNSpike))]
+    units = [m for m in model.modules() if isinstance(getattr(m, "recompute_bn_neuron", None), bool)]
     for m in units:
         m.recompute_bn_neuron = enabled
     return len(units)
@@ -144,25 +157,18 @@ def recompute_bn_neurons(model: nn.Module, enabled: bool = True) -> int:
 def check_chunkable(model: nn.Module) -> None:
     """Raise (NotImplementedError, or RuntimeError in training mode) unless :func:`chunked_forward` can run
     ``model``: what it cannot run is listed in :data:`CHUNK_UNSUPPORTED`."""
-    from .attention.psa import PSA
-    from .models.hst import HST
-    from .models.spikformer import Spikformer
-
-    if hasattr(model, "forward_passes"):
+    if not callable(getattr(model, "time_chunk_refusal", None)):
         raise NotImplementedError(
-            f"chunked_forward does not support {type(model).__name__}: its second pass depends on the first pass "
-            f"over all T (unsupported: {CHUNK_UNSUPPORTED})"
+            f"chunked_forward: {type(model).__name__} does not declare that it runs in time chunks (a backbone "
+            "defines time_chunk_refusal(), as Spikformer and HST do)"
         )
-    if not isinstance(model, (Spikformer, HST)):
-        raise NotImplementedError(f"chunked_forward supports Spikformer and HST backbones, got {type(model).__name__}")
+    for name, m in model.named_modules():
+        refusal = m.time_chunk_refusal() if callable(getattr(m, "time_chunk_refusal", None)) else None
+        if refusal is not None:
+            where = f" (module {name})" if name else ""
+            raise NotImplementedError(f"chunked_forward does not support {type(model).__name__}: {refusal}{where}")
     if model.training:
         raise RuntimeError("chunked_forward is for inference: call model.eval() first")
-    for name, m in model.named_modules():
-        if isinstance(m, PSA) and m.mode == "random" and m.ratio > 0:
-            raise NotImplementedError(
-                f"chunked_forward: {name} is PSA(mode='random', ratio={m.ratio}); its evaluation masks depend on "
-                "the whole input's shape, so chunks would draw different masks"
-            )
 
 
 @torch.no_grad()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..spike_ops import spike_attention, spike_matmul
+from ..kernels.spike_ops import spike_attention, spike_matmul
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:

@@ -91,5 +91,13 @@ class PSA(SSA):
 
         return mask(mask(q) @ mask(k).transpose(-2, -1)) @ v
 
+    def time_chunk_refusal(self) -> str | None:
+        """Why a model holding this module cannot run T in chunks (random masks drawn for the whole input's shape),
+        or None (structured mode, or ratio 0)."""
+        if self.mode == "random" and self.ratio > 0:
+            return (f"PSA(mode='random', ratio={self.ratio}); its evaluation masks depend on the whole input's "
+                    "shape, so chunks would draw different masks")
+        return None
+
     def extra_repr(self) -> str:
         return f"ratio={self.ratio}, mode={self.mode!r}, seed={self.seed}"

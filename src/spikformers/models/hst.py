@@ -21,6 +21,7 @@ from torch import nn
 
 from ..attention import create_attention
 from ..layers import MLP, ConvBN, DropPath, drop_path_rates, max_pool, time_input
+from ..memory import checkpoint_blocks
 from ..neurons import LIF
 from ..outputs import WeightedLogits
 
@@ -214,11 +215,18 @@ class HST(nn.Module):
         """``[stage1, stage2, ...]``, each a list of blocks."""
         return [getattr(self, f"stage{i + 1}") for i in range(self.num_stages)]
 
+    def blocks_for_checkpointing(self) -> list[nn.Module]:
+        """Every block of every stage, in order (the protocol of :mod:`spikformers.memory`)."""
+        return [blk for stage in self.stages() for blk in stage]
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Activation checkpointing per block (timm's name); see :func:`spikformers.memory.checkpoint_blocks`."""
-        from ..memory import checkpoint_blocks
-
         checkpoint_blocks(self, enable)
+
+    def time_chunk_refusal(self) -> str | None:
+        """None: every step's features depend on earlier steps through the neurons only, so T runs in chunks
+        (:func:`spikformers.memory.chunked_forward`)."""
+        return None
 
     def check_input(self, x: torch.Tensor) -> torch.Tensor:
         """Return ``x`` as ``[T, B, C, H, W]``, or raise naming the expected and found shape."""
@@ -382,6 +390,10 @@ class SpiLiFormer(HST):
         self.beta = beta
         raw = official_quirks and decoder_order == "reverse" and decoder_norm != "bn_first"
         self.feedback = FeedbackGenerator(dim, self.depths[-1], decoder_order, decoder_norm, aug, raw_reshape=raw)
+
+    def time_chunk_refusal(self) -> str | None:
+        """The second pass cannot run in time chunks: its feedback is computed from the first pass over all T."""
+        return "its second pass depends on the first pass over all T (the feedback is computed from it)"
 
     def forward_passes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Both passes: ``(logits1, logits2)``, each ``[B, K]``."""

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..attention import create_attention
 from ..layers import MLP, ConvBN, ConvBNSpike, DropPath, drop_path_rates, time_input
+from ..memory import checkpoint_blocks
 from ..neurons import LIF
 from .blocks import MembraneBlock
 
@@ -167,11 +168,18 @@ class Spikformer(nn.Module):
             self.head_neuron = LIF()
         self.head = nn.Linear(dim, num_classes)
 
+    def blocks_for_checkpointing(self) -> list[nn.Module]:
+        """The encoder blocks (the protocol of :mod:`spikformers.memory`)."""
+        return list(self.blocks)
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Activation checkpointing per block (timm's name); see :func:`spikformers.memory.checkpoint_blocks`."""
-        from ..memory import checkpoint_blocks
-
         checkpoint_blocks(self, enable)
+
+    def time_chunk_refusal(self) -> str | None:
+        """None: every step's features depend on earlier steps through the neurons only, so T runs in chunks
+        (:func:`spikformers.memory.chunked_forward`)."""
+        return None
 
     def check_input(self, x: torch.Tensor) -> torch.Tensor:
         """Return ``x`` as ``[T, B, C, H, W]``, or raise naming the expected and found shape."""

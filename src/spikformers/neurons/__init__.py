@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .kernels import BACKENDS, lif_multistep, ternary_multistep
-from .kernels.common import SAVED_CHOICES, NeuronParams
+from ..kernels import BACKENDS, lif_multistep, ternary_multistep
+from ..kernels.common import SAVED_CHOICES, NeuronParams
 from .state import current_store
 
 
@@ -99,7 +99,7 @@ class LIF(Neuron):
 
     def unit_params(self) -> NeuronParams | None:
         """This LIF's parameters when a unit may fuse it with the batch norm before it
-        (:mod:`.kernels.bn_lif`): a plain LIF on a fused backend, an exact saved state, no membrane carried
+        (:mod:`spikformers.kernels.bn_lif`): a plain LIF on a fused backend, an exact saved state, no membrane carried
         between calls; else None."""
         if (type(self) is not LIF or "forward" in vars(self) or self.backend not in ("auto", "fused", "cpp")
                 or self.saved not in ("auto", "recompute", "exact") or current_store() is not None):

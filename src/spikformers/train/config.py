@@ -91,7 +91,7 @@ class LoopConfig:
     compact_spikes: bool = True  # layers keep spike inputs as bits / bytes for backward
     event_driven: bool = True  # CPU: linears on sparse spikes add the weight columns that fired
     fused_bn_neuron: bool = True  # CPU: each unit's batch norm + LIF as one kernel that keeps only its input
-    keep_freed_memory: bool = True  # CPU (glibc): large freed blocks stay in the process (memory.keep_freed_memory)
+    keep_freed_memory: bool = True  # CPU (glibc): large freed blocks stay in the process (runtime.keep_freed_memory)
 
 
 @dataclass

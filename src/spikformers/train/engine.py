@@ -304,8 +304,8 @@ def check_loop_config(cfg: TrainConfig, device: torch.device, world_size: int) -
     if cfg.mixup.mixup_alpha > 0 or cfg.mixup.cutmix_alpha > 0:
         if cfg.data.batch_size % 2:
             raise ConfigError(f"config key 'data.batch_size': mixup needs an even batch, got {cfg.data.batch_size}")
-    from ..neurons.kernels import BACKENDS
-    from ..neurons.kernels.common import SAVED_CHOICES
+    from ..kernels import BACKENDS
+    from ..kernels.common import SAVED_CHOICES
 
     for key, value, choices in (("neuron_backend", cfg.train.neuron_backend, BACKENDS),
                                 ("neuron_saved", cfg.train.neuron_saved, SAVED_CHOICES)):
@@ -403,22 +403,20 @@ def train(cfg: TrainConfig, overwrite: bool = False, progress: RunProgress | Non
     is interrupted before writing weights leaves no run folder behind. ``progress`` (if given) is kept up to
     date with the folder, epoch and step, for reporting an interruption.
     """
-    from .. import spike_ops
-    from ..neurons.kernels.bn_lif import set_fused_bn_neuron
+    from ..kernels import kernel_config
 
     progress = progress if progress is not None else RunProgress()
     resolve_device(cfg.device)  # unknown device strings and missing GPUs stop here, before anything
     info = dist_utils.init_distributed(cfg.device)
-    # the run sets its own layer switches (apply_speed_options); they are put back afterwards
-    previous = spike_ops.set_compact_spikes(True), spike_ops.set_sparse_spikes(True), set_fused_bn_neuron(True)
     try:
-        progress.folder = _plan_run_folder(cfg, overwrite, info)
-        check_model_config(cfg)
-        check_loop_config(cfg, info.device, info.world_size)
-        note = amp_note(cfg.train.amp, info.device)
-        if note and info.is_main:
-            print(note)
-        result = _train(cfg, info, progress)
+        with kernel_config(**kernel_options(cfg)):  # the run's kernel switches; the caller's come back on exit
+            progress.folder = _plan_run_folder(cfg, overwrite, info)
+            check_model_config(cfg)
+            check_loop_config(cfg, info.device, info.world_size)
+            note = amp_note(cfg.train.amp, info.device)
+            if note and info.is_main:
+                print(note)
+            result = _train(cfg, info, progress)
     except BaseException:
         if info.is_main and progress.folder is not None:
             try:
@@ -428,10 +426,6 @@ def train(cfg: TrainConfig, overwrite: bool = False, progress: RunProgress | Non
         if info.enabled and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
         raise
-    finally:
-        spike_ops.set_compact_spikes(previous[0])
-        spike_ops.set_sparse_spikes(previous[1])
-        set_fused_bn_neuron(previous[2])
     dist_utils.cleanup()
     return result
 
@@ -453,11 +447,17 @@ def _plan_run_folder(cfg: TrainConfig, overwrite: bool, info: dist_utils.DistInf
     return folder if folder is not None else RunFolder(Path(path_str), resume=resume, overwrite=overwrite)
 
 
+def kernel_options(cfg: TrainConfig) -> dict[str, bool]:
+    """The kernel switches ``train.*`` sets (``compact_spikes``, ``event_driven``, ``fused_bn_neuron``), as
+    :func:`~spikformers.kernels.kernel_config` takes them; :func:`train` runs under them."""
+    t = cfg.train
+    return {"compact_spikes": t.compact_spikes, "event_driven": t.event_driven, "fused_bn_neuron": t.fused_bn_neuron}
+
+
 def apply_speed_options(model: nn.Module, cfg: TrainConfig) -> None:
-    """Apply the ``train.*`` speed and memory options (neuron kernels, checkpointing, compact / sparse layers)."""
-    from .. import spike_ops
+    """Apply the ``train.*`` speed and memory options of ``model`` (neuron backend and saved state, checkpointing,
+    recomputation); the process-wide kernel switches among them are :func:`kernel_options`."""
     from ..neurons import configure_neurons
-    from ..neurons.kernels.bn_lif import set_fused_bn_neuron
 
     t = cfg.train
     configure_neurons(model, backend=t.neuron_backend, saved=t.neuron_saved)
@@ -469,9 +469,6 @@ def apply_speed_options(model: nn.Module, cfg: TrainConfig) -> None:
         from ..memory import recompute_bn_neurons
 
         recompute_bn_neurons(model)
-    spike_ops.set_compact_spikes(t.compact_spikes)
-    spike_ops.set_sparse_spikes(t.event_driven)
-    set_fused_bn_neuron(t.fused_bn_neuron)
 
 
 def _train(cfg: TrainConfig, info: dist_utils.DistInfo, progress: RunProgress) -> RunResult:
@@ -479,7 +476,7 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo, progress: RunProgress) -
 
     device, main = info.device, info.is_main
     if device.type == "cpu" and cfg.train.keep_freed_memory:
-        from ..memory import keep_freed_memory
+        from .runtime import keep_freed_memory
 
         keep_freed_memory()
     seed_everything(cfg.seed, cfg.deterministic)

@@ -3,12 +3,13 @@
 Compact saved inputs: the linear, conv, max-pool and attention-product operations here keep their input for
 backward as bits when it holds only 0/1 (spikes), as bytes when it holds small non-negative integers (sums of
 spikes on the residual stream), and as the float tensor otherwise; the check is exact (the input is rebuilt
-bit for bit), so outputs and gradients equal the plain torch ops'. ``set_compact_spikes(False)`` turns it off.
+bit for bit), so outputs and gradients equal the plain torch ops'. The ``compact_spikes`` switch of
+:mod:`.config` turns it off.
 
 Event-driven linears, convs and max-pools: on the CPU, :func:`spike_linear` and (3x3, stride 1, padding 1)
 :func:`spike_conv2d` compute sparse spike inputs by addition (see there), and :func:`spike_max_pool` routes its
-gradient from the saved bits; ``set_sparse_spikes(False)`` turns the linears and convs back to ``F.linear`` /
-``F.conv2d`` bit for bit.
+gradient from the saved bits; the ``event_driven`` switch of :mod:`.config` turns the linears and convs back to
+``F.linear`` / ``F.conv2d`` bit for bit.
 """
 
 from __future__ import annotations
@@ -20,31 +21,15 @@ import torch
 from torch.nn import functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .neurons.kernels import cpu as _cpu_kernels
+from . import cpu as _cpu_kernels
+from .config import get_kernel_config
 
-_COMPACT = True
-_SPARSE = True
 SPARSE_MAX_RATE = 0.3  # non-zero fraction up to which the event-driven linear's forward beats the dense product
 SPARSE_WGRAD_MAX_RATE = 0.3  # the same for its weight gradient (Spikformer shapes, 2 threads; benchmarks/README)
 SPARSE_CONV_MAX_RATE = 0.3  # the same for the event-driven 3x3 conv: its forward breaks even with the dense conv at
 # 0.3-0.4 firing (0.3 on 8x8 maps), its weight gradient at 0.35-0.45 (SPS shapes, batch 128, 2 threads)
 _BIT_WEIGHTS: dict[torch.device, torch.Tensor] = {}
 _pack_cache: WeakIdKeyDictionary = WeakIdKeyDictionary()
-
-
-def set_compact_spikes(enabled: bool) -> bool:
-    """Switch compact saving of spike inputs on or off for the layers here; returns the previous setting."""
-    global _COMPACT
-    previous, _COMPACT = _COMPACT, bool(enabled)
-    return previous
-
-
-def set_sparse_spikes(enabled: bool) -> bool:
-    """Switch the event-driven CPU linear and conv on or off (see :func:`spike_linear`, :func:`spike_conv2d`); returns
-    the previous setting."""
-    global _SPARSE
-    previous, _SPARSE = _SPARSE, bool(enabled)
-    return previous
 
 
 class Packed(NamedTuple):
@@ -138,8 +123,9 @@ def _event_driven_allowed(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """What the event-driven CPU linear and conv both need of ``x``: switched on, a contiguous CPU float32/64 input of
     the weight's dtype, no autocast, and no ``TorchFunctionMode`` active (the energy counter and ``FlopCounterMode``
     watch ``F.linear`` / ``F.conv2d``)."""
-    return (_SPARSE and _fast(x.dtype, x.device) and x.is_contiguous() and weight.dtype == x.dtype
-            and not torch.is_autocast_enabled("cpu") and torch._C._len_torch_function_stack() == 0)
+    return (get_kernel_config().event_driven and _fast(x.dtype, x.device) and x.is_contiguous()
+            and weight.dtype == x.dtype and not torch.is_autocast_enabled("cpu")
+            and torch._C._len_torch_function_stack() == 0)
 
 
 def _sparse_enough(x: torch.Tensor, px: Packed | None, max_rate: float) -> bool:
@@ -311,7 +297,7 @@ def _needs_grad(*tensors: torch.Tensor | None) -> bool:
 
 
 def _compact(*tensors: torch.Tensor | None) -> bool:
-    return _COMPACT and _needs_grad(*tensors)
+    return get_kernel_config().compact_spikes and _needs_grad(*tensors)
 
 
 def spike_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -321,8 +307,8 @@ def spike_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     computed event-driven: each output row adds the weight columns of the non-zero inputs, and (up to
     :data:`SPARSE_WGRAD_MAX_RATE`) the weight gradient adds gradient rows where they are not zero, which costs that
     fraction of the dense product. Results equal the
-    dense ones to float rounding (the sums run in another order), not bit for bit; ``set_sparse_spikes(False)``
-    turns it off.
+    dense ones to float rounding (the sums run in another order), not bit for bit; the ``event_driven`` switch
+    (:mod:`.config`) turns it off.
     """
     if _compact(x, weight, bias):
         return _SpikeLinear.apply(x, weight, bias)
@@ -341,7 +327,7 @@ def spike_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     or spike counts (at most :data:`SPARSE_CONV_MAX_RATE` of it not zero) is computed event-driven: each output
     pixel adds the weights of the non-zero inputs around it, and the weight gradient adds gradient pixels where the
     input is not zero (the input gradient stays a dense conv). Results equal the dense ones to float rounding, not
-    bit for bit; ``set_sparse_spikes(False)`` turns it off.
+    bit for bit; the ``event_driven`` switch (:mod:`.config`) turns it off.
     """
     if _compact(x, weight, bias):
         return _SpikeConv2d.apply(x, weight, bias, stride, padding)
@@ -385,14 +371,17 @@ def spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
     """``Q (K^T V)`` per head for binary spike heads ``[..., H, N, d]`` on the CPU, event-driven; None where it does
     not apply (then use :func:`spike_matmul`).
 
-    It applies when event-driven layers are on (:func:`set_sparse_spikes`), ``q``, ``k`` and ``v`` are float32/64
-    head splits of contiguous ``[..., N, H * d]`` tensors (as :func:`~spikformers.attention.base.split_heads` makes
-    them) holding only 0/1, ``d`` is a multiple of 8 up to 64, and no autocast or ``TorchFunctionMode`` (the energy
-    counter) is active. The result is a head split of a contiguous ``[..., N, H * d]`` tensor, so merging the heads
-    needs no copy; the heads are never copied either. Backward keeps the three inputs as bits. The forward equals
-    the dense product exactly (sums of spikes are integers); gradients equal it up to the order of float sums.
+    It applies when event-driven layers are on (the ``event_driven`` switch of :mod:`.config`), ``q``, ``k`` and
+    ``v`` are float32/64 head splits of contiguous ``[..., N, H * d]`` tensors (as the attention mechanisms' head
+    split makes them) holding only 0/1, ``d`` is a multiple of 8 up to 64, and no autocast or ``TorchFunctionMode``
+    (the energy counter) is active. The result is a head split of a contiguous ``[..., N, H * d]`` tensor, so
+    merging the heads needs no copy; the heads are never copied either. Backward keeps the three inputs as bits.
+    The forward equals the dense product exactly (sums of spikes are integers); gradients equal it up to the order
+    of float sums.
     """
-    if not (q.shape == k.shape == v.shape and q.dim() >= 3 and q.dtype == k.dtype == v.dtype) or not _SPARSE:
+    if not get_kernel_config().event_driven:
+        return None
+    if not (q.shape == k.shape == v.shape and q.dim() >= 3 and q.dtype == k.dtype == v.dtype):
         return None
     H, N, d = q.shape[-3:]
     if d not in _cpu_kernels.ATTENTION_HEAD_SIZES or q.numel() == 0 or not _fast(q.dtype, q.device):

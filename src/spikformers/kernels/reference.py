@@ -1,6 +1,6 @@
 """The reference per-step loops: plain autograd, one time step at a time.
 
-These are the oracles. Every fast path in :mod:`spikformers.neurons.kernels` is tested against them,
+These are the oracles. Every fast path in :mod:`spikformers.kernels` is tested against them,
 spikes exactly and gradients to 1e-6. They are deliberately written as the equations read (docs/models.md, "Neurons").
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..surrogate import TernarySpike, heaviside_sigmoid
+from .surrogate import TernarySpike, heaviside_sigmoid
 
 
 def lif_reference(

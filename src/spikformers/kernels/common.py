@@ -19,6 +19,7 @@ The spike bit is all the reset needs and the surrogate value all the charge need
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import torch
@@ -73,3 +74,17 @@ def saved_shape(save: str, x: torch.Tensor) -> tuple[tuple[int, ...], torch.dtyp
     if save == "code":
         return (x.numel(),), torch.uint8
     return (3 if save == "q24" else 2, x.numel()), torch.uint8
+
+
+def triton_importable() -> bool:
+    """True when ``import triton`` works (checked without importing the Triton kernels themselves)."""
+    try:
+        import triton  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means: no Triton
+        return False
+    return True
+
+
+def triton_interpret() -> bool:
+    """True when ``TRITON_INTERPRET=1``: Triton kernels then run on CPU tensors through the interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "") not in ("", "0")

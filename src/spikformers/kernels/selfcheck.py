@@ -19,7 +19,8 @@ neuron parameters (:data:`CHECK_PARAMS`), so a kernel that reads the wrong param
 Where it applies: every Triton launch, which in normal use means CUDA tensors (on a CPU the dispatcher picks
 Triton only for CPU tensors under ``TRITON_INTERPRET=1``, Triton's interpreter, as the test suite does; the same
 check runs there). The C++ CPU kernels are not checked per call; ``spikformers doctor`` checks them.
-``SPIKFORMERS_KERNEL_CHECK=0`` in the environment, or :func:`set_kernel_check` ``(False)``, skips the check.
+``SPIKFORMERS_KERNEL_CHECK=0`` in the environment, or ``kernel_config(kernel_check=False)`` (:mod:`.config`),
+skips the check.
 
 Independently of the check, a call whose indices do not fit the kernels' 32-bit index arithmetic (``t * N`` and
 ``planes * T * N`` in ``int32``, see :func:`index_overflows`) takes the eager path, with one warning per key.
@@ -39,6 +40,8 @@ from torch.autograd.graph import saved_tensors_hooks
 
 from . import eager
 from .common import KIND_IDS, Q_MAX, NeuronParams, surrogate_scale
+from .config import get_kernel_config
+from .node import NeuronFunction
 from .reference import lif_reference, ternary_lif_reference, ternary_reference
 
 ENV = "SPIKFORMERS_KERNEL_CHECK"
@@ -96,21 +99,14 @@ INDEX_LIMIT = 2**31  # the Triton kernels compute t * N and planes * T * N in in
 _lock = threading.Lock()
 _results: dict[KernelKey, CheckResult] = {}
 _too_large: set[KernelKey] = set()
-_enabled: bool | None = None
-
-
-def set_kernel_check(enabled: bool | None) -> bool | None:
-    """Switch the per-variant self-check on (True) or off (False); None defers to ``$SPIKFORMERS_KERNEL_CHECK``.
-    Returns the previous setting."""
-    global _enabled
-    previous, _enabled = _enabled, enabled
-    return previous
 
 
 def kernel_check_enabled() -> bool:
-    """Whether Triton variants are checked before first use (default yes; ``SPIKFORMERS_KERNEL_CHECK=0``: no)."""
-    if _enabled is not None:
-        return _enabled
+    """Whether Triton variants are checked before first use: the ``kernel_check`` switch of :mod:`.config` when
+    set, else ``$SPIKFORMERS_KERNEL_CHECK`` (default yes; ``0``: no)."""
+    switch = get_kernel_config().kernel_check
+    if switch is not None:
+        return switch
     return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
@@ -208,8 +204,6 @@ def check(impl: ModuleType, key: KernelKey) -> CheckResult:
     """Run the kernels of ``impl`` (:mod:`.gpu`, :mod:`.cpu` or :mod:`.eager`) for ``key`` on a small input and
     compare with the reference loop on the same device: forward only for ``save == "none"``, else forward and
     backward through the autograd node the library uses. Never raises for the kernel's own errors."""
-    from .fused import NeuronFunction
-
     x, v0, g, p = check_inputs(key)
     dtype, device, N = x.dtype, x.device, x.shape[1]
     tol = tolerance(dtype, key.kind, key.save, p.alpha)

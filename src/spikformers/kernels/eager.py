@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from ..surrogate import sigmoid_grad
 from .common import Q_MAX, NeuronParams, saved_shape, surrogate_scale
+from .surrogate import sigmoid_grad
 
 
 def _pack(planes: torch.Tensor, t: int, n: int, value: torch.Tensor, bit: torch.Tensor, save: str, to_q: float):

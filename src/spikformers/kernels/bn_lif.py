@@ -29,19 +29,11 @@ from torch import nn
 
 from . import cpu
 from .common import NeuronParams
+from .config import get_kernel_config
 
 Dims = tuple[int, int, int, int]  # (T, A, C, P): steps, rows per step, channels, positions per channel plane
 
-_ENABLED = True
 _SCRATCH: list[torch.Tensor] = []  # at most one free buffer, handed from one unit's backward to the next
-
-
-def set_fused_bn_neuron(enabled: bool) -> bool:
-    """Switch the fused batch-norm + LIF units on or off (off: the norm and the neuron run as separate modules,
-    as before); returns the previous setting."""
-    global _ENABLED
-    previous, _ENABLED = _ENABLED, bool(enabled)
-    return previous
 
 
 def _statistics(y: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, dims: Dims, pre_bias: torch.Tensor | None
@@ -105,7 +97,7 @@ class BNLIFFunction(torch.autograd.Function):
         if ctx.spent:
             raise RuntimeError(
                 "a fused batch-norm + LIF unit wrote its gradient over its saved input, so it cannot run backward "
-                "twice (retain_graph=True); call spikformers.neurons.kernels.set_fused_bn_neuron(False) for that"
+                "twice (retain_graph=True); run it under spikformers.kernels.kernel_config(fused_bn_neuron=False)"
             )
         y, weight, scale, shift, mean, invstd = ctx.saved_tensors
         batch_stats, dims, params, private, pool_w = ctx.meta
@@ -184,9 +176,12 @@ def _global_hooks() -> bool:
 
 def fused_params(bn: nn.Module, neuron: nn.Module) -> NeuronParams | None:
     """The neuron's parameters when ``neuron(bn(.))`` may run as one :func:`bn_lif` call as far as the modules go,
-    else None: fusing on, a plain LIF on a fused backend (``neuron.unit_params()``), a batch norm, and no hook on
-    either module (hooks such as the energy counter's must see the real intermediate tensors)."""
-    if not _ENABLED or not isinstance(bn, nn.modules.batchnorm._BatchNorm) or not hasattr(neuron, "unit_params"):
+    else None: the ``fused_bn_neuron`` switch on (:mod:`.config`), a plain LIF on a fused backend
+    (``neuron.unit_params()``), a batch norm, and no hook on either module (hooks such as the energy counter's
+    must see the real intermediate tensors)."""
+    if not get_kernel_config().fused_bn_neuron:
+        return None
+    if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or not hasattr(neuron, "unit_params"):
         return None
     if hooked(bn) or hooked(neuron) or _global_hooks():
         return None

@@ -1,6 +1,20 @@
-"""Multi-step neuron kernels. ``lif_multistep`` / ``ternary_multistep`` pick the fastest path for the device.
+"""The kernel floor: every compiled and Triton kernel, the reference loops (the oracle) and the products on spikes.
 
-Paths (all give the same spikes and, to 1e-6, the same gradients as the loops in :mod:`.reference`):
+It imports nothing from the rest of the package; neurons, layers and attention call into it.
+
+Modules, from the bottom: :mod:`.common` (neuron parameters, kinds, saved-state formats), :mod:`.surrogate` (the
+surrogate gradients), :mod:`.reference` (the plain per-step loops: the oracle every fast path is tested against),
+:mod:`.cpu` with ``csrc/`` (the C++ library: neurons, batch norm + LIF, spike packing, event-driven products,
+built on first use), :mod:`.gpu` (the Triton neuron kernels, imported only when first needed), :mod:`.eager` (the
+neuron algorithm in torch ops, the fallback), :mod:`.node` (one autograd node per multi-step neuron call),
+:mod:`.selfcheck` (each Triton variant checked against the reference before first use), :mod:`.fused` (which
+implementation runs a neuron call, and the call), :mod:`.bn_lif` (a unit's batch norm fused with its LIF) and
+:mod:`.spike_ops` (linear, conv, pool and attention products on spikes: compact saving, event-driven on the CPU).
+:mod:`.config` is the switchboard: one typed :class:`KernelConfig` of every switch among these paths, set for a
+block of code with ``with kernel_config(event_driven=False, ...):``.
+
+``lif_multistep`` / ``ternary_multistep`` pick the fastest neuron path for the device (all give the same spikes
+and, to 1e-6, the same gradients as the loops in :mod:`.reference`):
 
 | backend     | where                          | what                                                          |
 |-------------|--------------------------------|---------------------------------------------------------------|
@@ -12,43 +26,42 @@ Paths (all give the same spikes and, to 1e-6, the same gradients as the loops in
 
 Each Triton variant is run against the reference loop on its first call in a process (:mod:`.selfcheck`): one that
 differs, or fails to compile or launch, gives a :class:`KernelCheckWarning` and is replaced by the eager path.
-``SPIKFORMERS_KERNEL_CHECK=0`` or :func:`set_kernel_check` ``(False)`` skips the check.
+``SPIKFORMERS_KERNEL_CHECK=0`` or ``kernel_config(kernel_check=False)`` skips the check.
 
 Every fused path is one autograd node that saves only what backward needs; see :mod:`.common`. By default
 (``saved="auto"``) the C++ path keeps no new state: it holds on to its input and rebuilds the membrane in
 backward (``"recompute"``), which is faster on a CPU than computing and storing the surrogate; the Triton and
 eager paths keep the surrogate in 23-bit fixed point plus the spike bit (3 bytes per element and step,
 ``"q24"``), which moves fewer bytes on a GPU. Any path takes any choice.
-
-:mod:`.bn_lif` fuses a unit's batch norm with its LIF on the C++ path (one node from the projection's output to
-spikes; ``set_fused_bn_neuron`` switches it).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .bn_lif import set_fused_bn_neuron
-from .common import NeuronParams, choose_save
-from .fused import BACKENDS, lif_fused, mark_scratch, run_neuron, select_impl, set_overwrite_scratch
+from . import cpu
+from .common import NeuronParams, choose_save, triton_importable, triton_interpret
+from .config import KernelConfig, get_kernel_config, kernel_config, set_kernel_config
+from .fused import BACKENDS, lif_fused, mark_scratch, run_neuron, select_impl
 from .reference import lif_reference, ternary_lif_reference, ternary_reference
-from .selfcheck import KernelCheckWarning, set_kernel_check
+from .selfcheck import KernelCheckWarning
 
 __all__ = [
     "BACKENDS",
     "KernelCheckWarning",
+    "KernelConfig",
     "NeuronParams",
     "available_backends",
     "choose_save",
+    "get_kernel_config",
+    "kernel_config",
     "lif_multistep",
     "mark_scratch",
     "lif_fused",
     "lif_reference",
     "run_neuron",
     "select_impl",
-    "set_overwrite_scratch",
-    "set_fused_bn_neuron",
-    "set_kernel_check",
+    "set_kernel_config",
     "ternary_multistep",
     "ternary_reference",
     "ternary_lif_reference",
@@ -111,9 +124,6 @@ def ternary_multistep(
 
 def available_backends(device: str | torch.device = "cpu") -> list[str]:
     """The backends that can run on ``device`` here (``"reference"`` and ``"eager"`` always can)."""
-    from . import cpu
-    from .fused import triton_importable, triton_interpret
-
     dev = torch.device(device)
     found = ["reference", "eager"]
     if dev.type == "cpu" and cpu.available():

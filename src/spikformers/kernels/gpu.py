@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from . import eager
-from .common import KIND_IDS, Q_MAX, SAVE_IDS, NeuronParams, saved_shape, surrogate_scale
+from .common import KIND_IDS, Q_MAX, SAVE_IDS, NeuronParams, saved_shape, surrogate_scale, triton_interpret
 
 BLOCK = 1024
 
@@ -260,12 +260,6 @@ def cuda_resources(kernel: Any) -> dict[str, int]:
     return dict(zip(("registers", "stack", "shared", "local"), map(int, found.groups())))
 
 
-def _interpret() -> bool:
-    from .fused import triton_interpret
-
-    return triton_interpret()
-
-
 _param_cache: dict[tuple, torch.Tensor] = {}
 
 
@@ -299,7 +293,7 @@ def forward(
     """
     if _use_eager(x):
         return eager.forward(x, kind, p, save, v_init, v_final)
-    fwd, _ = _kernels(_interpret())
+    fwd, _ = _kernels(triton_interpret())
     T = x.shape[0]
     N = x.numel() // T
     out = torch.empty_like(x)
@@ -325,7 +319,7 @@ def backward(grad: torch.Tensor, state: torch.Tensor, kind: str, p: NeuronParams
     """Gradient w.r.t. the input from the gradient w.r.t. the spikes and the saved state."""
     if _use_eager(grad):
         return eager.backward(grad, state, kind, p, save)
-    _, bwd = _kernels(_interpret())
+    _, bwd = _kernels(triton_interpret())
     T = grad.shape[0]
     N = grad.numel() // T
     grad_x = torch.empty_like(grad)

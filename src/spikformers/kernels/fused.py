@@ -1,14 +1,14 @@
-"""One autograd node for a whole multi-step neuron call, over any implementation (C++, Triton, eager torch).
+"""The fused neuron paths' dispatcher: which implementation runs a call, and the call itself.
 
-Forward runs all T steps in one kernel and saves only the compact state of :mod:`.common` through
-``ctx.save_for_backward``; backward walks the steps in reverse from that state. Without autograd
-(inference, ``torch.no_grad``, inputs not requiring grad) nothing is saved at all. Each Triton variant is
-checked against the reference loop on its first call (:mod:`.selfcheck`) and replaced by the eager path if wrong.
+:func:`select_impl` picks the implementation module for a backend and a tensor (C++ on the CPU, Triton on CUDA,
+eager torch elsewhere); :func:`run_neuron` runs a whole multi-step call through it: with autograd as one node
+(:mod:`.node`) that saves only the compact state of :mod:`.common`, without autograd (inference,
+``torch.no_grad``, inputs not requiring grad) saving nothing at all. Each Triton variant is checked against the
+reference loop on its first call (:mod:`.selfcheck`) and replaced by the eager path if wrong.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 from types import ModuleType
@@ -16,23 +16,11 @@ from types import ModuleType
 import torch
 
 from . import cpu, eager, selfcheck
-from .common import NeuronParams, choose_save
+from .common import NeuronParams, choose_save, triton_importable, triton_interpret
+from .config import get_kernel_config
+from .node import NeuronFunction
 
 BACKENDS = ("auto", "fused", "cpp", "triton", "eager", "reference")
-
-
-def triton_importable() -> bool:
-    """True when ``import triton`` works (checked without importing the Triton kernels themselves)."""
-    try:
-        import triton  # noqa: F401
-    except Exception:  # noqa: BLE001 - any import failure means: no Triton
-        return False
-    return True
-
-
-def triton_interpret() -> bool:
-    """True when ``TRITON_INTERPRET=1``: Triton kernels then run on CPU tensors through the interpreter."""
-    return os.environ.get("TRITON_INTERPRET", "") not in ("", "0")
 
 
 def _triton_impl() -> ModuleType:
@@ -68,7 +56,6 @@ def select_impl(x: torch.Tensor, backend: str) -> ModuleType:
 
 
 _scratch = threading.local()
-_OVERWRITE = True
 
 
 def mark_scratch(x: torch.Tensor) -> torch.Tensor:
@@ -79,41 +66,12 @@ def mark_scratch(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def set_overwrite_scratch(enabled: bool) -> bool:
-    """Switch writing spikes over marked scratch inputs on or off (off: a forward hook that keeps a unit's batch
-    norm output sees that output, not the spikes written over it); returns the previous setting."""
-    global _OVERWRITE
-    previous, _OVERWRITE = _OVERWRITE, bool(enabled)
-    return previous
-
-
 def _take_scratch(x: torch.Tensor) -> bool:
-    """Whether ``x`` is the tensor :func:`mark_scratch` marked (and overwriting is on); clears the mark either way."""
+    """Whether ``x`` is the tensor :func:`mark_scratch` marked (and the ``overwrite_scratch`` switch of
+    :mod:`.config` is on); clears the mark either way."""
     ref = getattr(_scratch, "ref", None)
     _scratch.ref = None
-    return _OVERWRITE and ref is not None and ref() is x
-
-
-class NeuronFunction(torch.autograd.Function):
-    """Autograd node: ``impl.forward`` saves compact state, ``impl.backward`` recomputes the rest."""
-
-    @staticmethod
-    def forward(ctx, x, kind, params, save, impl):  # type: ignore[override]
-        if save == "x":  # keep the input itself; backward rebuilds the membrane from it
-            spikes, state = impl.forward(x, kind, params, "none")[0], x
-        else:
-            spikes, state = impl.forward(x, kind, params, save)
-        ctx.save_for_backward(state)
-        ctx.meta = (kind, params, save, impl)
-        return spikes
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        (state,) = ctx.saved_tensors
-        kind, params, save, impl = ctx.meta
-        if save == "x" and not getattr(impl, "RECOMPUTES", False):  # generic: re-run forward keeping h
-            state, save = impl.forward(state, kind, params, "h")[1], "h"
-        return impl.backward(grad.contiguous(), state, kind, params, save), None, None, None, None
+    return get_kernel_config().overwrite_scratch and ref is not None and ref() is x
 
 
 def run_neuron(
