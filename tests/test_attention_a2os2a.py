@@ -10,7 +10,6 @@ from oracles import batch_norm, lif_loop, linear
 from spikformers import count_parameters, create_model
 from spikformers.attention import A2OS2A
 from spikformers.attention.base import merge_heads, split_heads
-from spikformers.kernels import lif_reference
 from spikformers.models.blocks import MembraneBlock
 from spikformers.neurons import LIF, ReLUNeuron, TernaryNeuron
 
