@@ -23,7 +23,8 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("attention", ("attention.",)),
     ("models", ("models.",)),
     ("registry", ("registry",)),
-    ("applications", ("train.", "energy.", "data.", "convert.", "cli", "doctor", "viz", "__init__", "__main__")),
+    ("applications", ("train.", "energy.", "data.", "convert.", "factory", "cli", "doctor", "viz", "__init__",
+                      "__main__")),
 ]
 
 

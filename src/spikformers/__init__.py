@@ -9,7 +9,8 @@ from pathlib import Path
 
 from torch import nn
 
-from .registry import count_parameters, create_model, list_models, model_config
+from .factory import create_model
+from .registry import count_parameters, list_models, model_config
 
 
 def from_spikingjelly(module: nn.Module, img_size: int | None = None) -> nn.Module:

@@ -11,7 +11,6 @@ import numbers
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -74,20 +73,14 @@ def model_config(name: str, **overrides: Any) -> dict[str, Any]:
     return cfg
 
 
-def create_model(name: str, pretrained: bool = False, checkpoint_path: str | Path | None = None,
-                 **overrides: Any) -> nn.Module:
+def create_model(name: str, pretrained: bool = False, **overrides: Any) -> nn.Module:
     """Build a model by name, e.g. ``create_model("spikformer_4_384_cifar", num_classes=100, T=2)``.
 
     Overrides are any builder argument (``num_classes``, ``img_size``, ``in_chans``, ``T``, ``attn``, ...), and
     ``neurons``: LIF settings per module name pattern, set after building (see :func:`set_lif_params`).
     ``model.default_cfg`` records the name and the full configuration so checkpoints can rebuild it.
-    ``checkpoint_path``: load weights from a checkpoint in any format spikformers reads (a run or Hub folder,
-    a spikingjelly or official Spikformer / QKFormer / SDT checkpoint; :func:`spikformers.convert.import_checkpoint`).
+    This builds with fresh weights; :func:`spikformers.create_model` (``factory.py``) also takes ``checkpoint_path``.
     """
-    if checkpoint_path is not None:
-        from .convert.importer import load_checkpoint
-
-        return load_checkpoint(checkpoint_path, name, **overrides)
     if pretrained:
         raise ValueError("spikformers ships no pretrained weights; load a checkpoint with `spikformers eval`")
     fam = parse_name(name)[0]
@@ -283,6 +276,18 @@ _timm_done: set[str] = set()
 _TIMM_ONLY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "pretrained_model_args")
 
 
+# how timm's ``pretrained=True`` gets its weights: installed by the package above this floor (factory.py), which
+# knows the checkpoint formats; the registry itself only builds
+_pretrained_loader: Callable[..., nn.Module] | None = None
+
+
+def set_pretrained_loader(loader: Callable[..., nn.Module] | None) -> None:
+    """Install ``loader(name, pretrained_cfg, pretrained_cfg_overlay, **overrides) -> model`` for timm's
+    ``pretrained=True``."""
+    global _pretrained_loader
+    _pretrained_loader = loader
+
+
 def register_with_timm() -> None:
     """Register every published name with timm so that ``timm.create_model(name)`` works."""
     from timm.models import register_model
@@ -294,10 +299,10 @@ def register_with_timm() -> None:
         def entry(pretrained: bool = False, _name: str = name, **kwargs: Any) -> nn.Module:
             timm_cfg = {key: kwargs.pop(key, None) for key in _TIMM_ONLY_KWARGS}  # timm's factory adds these
             if pretrained:  # weights where timm's pretrained config points (a Hub repo, a folder, a file)
-                from .convert.hub import create_pretrained
-
-                return create_pretrained(_name, timm_cfg["pretrained_cfg"], timm_cfg["pretrained_cfg_overlay"],
-                                         **kwargs)
+                if _pretrained_loader is None:
+                    raise ValueError(f"{_name}: no weight loader is installed (import spikformers first)")
+                return _pretrained_loader(_name, timm_cfg["pretrained_cfg"], timm_cfg["pretrained_cfg_overlay"],
+                                          **kwargs)
             return create_model(_name, **kwargs)
 
         entry.__name__ = entry.__qualname__ = name

@@ -86,30 +86,3 @@ def load_hub_folder(folder: str | Path, **overrides: Any) -> nn.Module:
     model = create_model(arch, **{**model_args, **overrides})
     load_weights(model, Path(folder) / WEIGHTS)
     return model
-
-
-def create_pretrained(name: str, pretrained_cfg: Any = None, overlay: dict[str, Any] | None = None,
-                      **kwargs: Any) -> nn.Module:
-    """``timm.create_model(..., pretrained=True)`` for a spikformers name: the weights timm's pretrained config
-    points to, a Hub repository (``hf-hub:``, fetched by timm's own downloader), a local Hub folder
-    (``local-dir:``) or a ``file`` (any format :func:`~spikformers.convert.import_checkpoint` reads)."""
-    from ..registry import create_model
-
-    cfg = pretrained_cfg.to_dict() if hasattr(pretrained_cfg, "to_dict") else dict(pretrained_cfg or {})
-    cfg.update(overlay or {})
-    if cfg.get("source") == "hf-hub" and cfg.get("hf_hub_id"):
-        from timm.models._hub import download_from_hf
-
-        weights = Path(download_from_hf(cfg["hf_hub_id"], cfg.get("hf_hub_filename") or WEIGHTS))
-    elif cfg.get("source") == "local-dir" and cfg.get("file"):
-        weights = Path(cfg["file"]) / WEIGHTS
-    elif cfg.get("file"):
-        from .importer import load_checkpoint
-
-        return load_checkpoint(cfg["file"], name, **kwargs)
-    else:
-        raise ValueError(f"{name}: spikformers ships no pretrained weights; give timm a Hub repository "
-                         "('hf-hub:ORG/NAME'), a folder ('local-dir:PATH') or pretrained_cfg_overlay=dict(file=PATH)")
-    model = create_model(name, **kwargs)
-    load_weights(model, weights)
-    return model
