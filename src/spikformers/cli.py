@@ -78,6 +78,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="mixed precision; fp16 runs on CUDA only, and as float32 (none) on a CPU")
     p.add_argument("--resume", metavar="RUN",
                    help="continue the run folder RUN where it stopped (its config.yaml unless --config is given)")
+    p.add_argument("--init", metavar="CHECKPOINT",
+                   help="fine-tune: start from the weights of a run folder or any checkpoint `spikformers convert` "
+                        "reads (a head of another class count stays fresh); optimiser and schedule start anew")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set optim.weight_decay=0.05 (repeatable)")
 
@@ -86,6 +89,7 @@ _FLAG_KEYS = {
     "model": "model.name", "attn": "model.attn", "dataset": "data.name", "data_dir": "data.root",
     "img_size": "data.img_size", "epochs": "optim.epochs", "batch_size": "data.batch_size", "lr": "optim.lr",
     "T": "model.T", "seed": "seed", "workers": "data.workers", "out": "out", "device": "device", "amp": "train.amp",
+    "init": "init",
 }
 
 

@@ -109,6 +109,7 @@ class TrainConfig:
     progress: bool = True
     deterministic: bool = False
     resume: str | None = None  # run folder whose state.safetensors to continue from
+    init: str | None = None  # start from these weights (run folder or any checkpoint `spikformers convert` reads)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON-ready)."""

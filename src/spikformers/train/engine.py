@@ -167,6 +167,33 @@ def check_model_config(cfg: TrainConfig) -> None:
                                     for key, (_, problem) in zip(keys, problems)))
 
 
+def load_init_weights(model: nn.Module, path: str, name: str) -> list[str]:
+    """Fine-tuning (``init``): copy into ``model`` the weights of a run folder or any checkpoint the converters read.
+
+    Every tensor must match by name and shape, except the classifier head (``head.*``), which stays fresh when the
+    class counts differ; anything else that differs is refused naming the keys. Returns the lines to print.
+    """
+    from ..convert.importer import load_checkpoint
+
+    source_path = Path(path)
+    if not source_path.exists():
+        raise ConfigError(f"config key 'init': no run folder or checkpoint {path}")
+    source = load_checkpoint(source_path, None if source_path.is_dir() else name).state_dict()
+    target = model.state_dict()
+    missing = sorted(set(target) - set(source))
+    unexpected = sorted(set(source) - set(target))
+    differ = sorted(k for k in set(target) & set(source) if target[k].shape != source[k].shape)
+    if missing or unexpected or any(not k.startswith("head.") for k in differ):
+        shapes = [f"{k} {tuple(source[k].shape)} vs {tuple(target[k].shape)}" for k in differ]
+        raise ConfigError(f"config key 'init': the weights in {path} do not fit {name}: missing {missing[:8]}, "
+                          f"unexpected {unexpected[:8]}, shapes that differ (checkpoint vs model) {shapes[:8]}")
+    model.load_state_dict({k: v for k, v in source.items() if k not in differ}, strict=False)
+    lines = [f"init: {len(target) - len(differ)} tensors from {path}"]
+    if differ:
+        lines.append(f"init: {', '.join(differ)} kept fresh (the checkpoint has another number of classes)")
+    return lines
+
+
 def build_loaders(cfg: TrainConfig, T: int | None = None, rank: int = 0, world_size: int = 1,
                   drop_last: bool = False) -> tuple[DataLoader, DataLoader]:
     """Train and test loaders for the config's dataset; with ``world_size`` > 1 each process gets its shard."""
@@ -481,6 +508,10 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo, progress: RunProgress) -
         keep_freed_memory()
     seed_everything(cfg.seed, cfg.deterministic)
     model = build_model(cfg)
+    if cfg.init and not cfg.resume:
+        for line in load_init_weights(model, cfg.init, cfg.model.name):
+            if main:
+                print(line)
     apply_speed_options(model, cfg)
     num_classes = model.default_cfg["config"]["num_classes"]
     if cfg.train.beta is not None and not hasattr(model, "beta"):
