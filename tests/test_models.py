@@ -106,3 +106,16 @@ def test_static_image_is_convolved_once(monkeypatch):
     g = torch.randn_like(y_static)
     grads = [torch.autograd.grad(y, unit.conv.weight, g)[0] for y in (y_static, y_repeated)]
     torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name, params", [
+    ("sdt_8_512", 29_689_384), ("sdt_8_768", 66_338_632), ("sdt_2_512_cifar", 10_233_418),
+])
+def test_sdt_presets_are_the_spike_driven_transformer(name: str, params: int) -> None:
+    """``sdt_*`` build SDT-v1 as its official code does (its own patch splitting with a real-valued embedding, a
+    LIF before the head, no Q/K/V biases), at the exact counts of docs/models.md (the official file's, less its
+    unused talking_heads)."""
+    model = create_model(name)
+    cfg = model.default_cfg["config"]
+    assert (cfg["sps_form"], cfg["head_neuron"], cfg["qkv_bias"]) == ("sdt", True, False)
+    assert count_parameters(model) == params

@@ -417,13 +417,15 @@ register_family(
 )
 
 
-def _no_qkv_bias(variant: Callable[[int, int], dict[str, Any]]) -> Callable[[int, int], dict[str, Any]]:
-    return lambda depth, dim: {**variant(depth, dim), "qkv_bias": False}  # SDT's Q/K/V convs have no bias
+def _sdt_variant(variant: Callable[[int, int], dict[str, Any]]) -> Callable[[int, int], dict[str, Any]]:
+    """The Spike-driven Transformer (v1) as its official code builds it: Q/K/V convs without bias, its own patch
+    splitting (real-valued embedding added to membranes) and a LIF before the head (docs/checkpoints.md)."""
+    return lambda depth, dim: {**variant(depth, dim), "qkv_bias": False, "sps_form": "sdt", "head_neuron": True}
 
 
 register_family(
     Family(
-        "sdt", _build_spikformer, {k: _no_qkv_bias(f) for k, f in SPIKFORMER_VARIANTS.items()},
+        "sdt", _build_spikformer, {k: _sdt_variant(f) for k, f in SPIKFORMER_VARIANTS.items()},
         _with_pairs({"cifar": [(2, 512)]}),
         defaults={"attn": "sdsa", "block": "membrane"},
         description="Spike-driven Transformer: SDSA with membrane shortcuts (Yao et al., NeurIPS 2023)",
