@@ -355,19 +355,19 @@ def test_spikingjelly_qkformer_and_sdt_state_dicts(tmp_path: Path, family: str) 
 @pytest.mark.slow
 def test_convert_then_eval_gives_spikingjellys_accuracy_on_digits(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture) -> None:
-    """The must-show: a spikingjelly Spikformer (spikformer_cifar10's configuration, 1 input channel for the
-    grayscale digits, T=1) with a head fitted on digits, saved with torch.save, converted by ``spikformers
-    convert`` and evaluated by ``spikformers eval`` on digits upsampled to 32 px: the same accuracy as
+    """The must-show: spikingjelly's ``spikformer_cifar10()`` with a head fitted on digits, its state dict saved
+    with torch.save, converted by ``spikformers convert`` and evaluated by ``spikformers eval`` on the bundled
+    digits upsampled to 32 px (the gray channel repeated for its colour input): the same accuracy as
     spikingjelly's model on the same images, and the same prediction for every image."""
     from spikingjelly.activation_based import functional
-    from spikingjelly.activation_based.model.spikformer import Spikformer
+    from spikingjelly.activation_based.model.spikformer import spikformer_cifar10
 
-    from spikformers.data import Digits
+    from spikformers.data import create_dataset
 
     torch.manual_seed(0)
-    sj = Spikformer(T=1, in_channels=1, img_size_h=32, img_size_w=32, patch_size=4, num_classes=10,
-                    embed_dims=384, num_heads=12, mlp_ratio=4.0, depths=4)
-    train, test = Digits("train", img_size=32), Digits("test", img_size=32)
+    sj = spikformer_cifar10()
+    train = create_dataset("digits", None, "train", img_size=32, in_chans=3, augment=False)
+    test = create_dataset("digits", None, "test", img_size=32, in_chans=3)
     # batch-norm statistics from 40 training digits (so that layers fire on digits), then a least-squares head
     norms = [m for m in sj.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     for m in norms:
@@ -392,16 +392,18 @@ def test_convert_then_eval_gives_spikingjellys_accuracy_on_digits(tmp_path: Path
     sj_accuracy = 100.0 * (theirs == labels).float().mean().item()
     assert sj_accuracy > 15.0 and len(set(theirs.tolist())) > 2  # not a constant guess
 
-    torch.save(sj.state_dict(), tmp_path / "spikformer_digits.pth")
+    torch.save(sj.state_dict(), tmp_path / "spikformer_cifar10.pth")
     run = tmp_path / "run"
-    assert main(["convert", str(tmp_path / "spikformer_digits.pth"), "--model", "spikformer_4_384_cifar",
-                 "--set", "model.kwargs.T=1", "--set", "data.limit_test=32", "--out", str(run)]) == 0
+    assert main(["convert", str(tmp_path / "spikformer_cifar10.pth"), "--model", "spikformer_4_384_cifar",
+                 "--set", "data.name=digits", "--set", "data.kwargs.in_chans=3", "--set", "data.limit_test=32",
+                 "--out", str(run)]) == 0
     printed = capsys.readouterr().out
     assert "layout: spikingjelly.activation_based.model.spikformer.Spikformer (spikingjelly)" in printed
-    assert "in_chans = 1" in printed and "ignored 0 tensors" in printed
+    assert "ignored 0 tensors" in printed
     assert main(["eval", "--checkpoint", str(run)]) == 0
     printed = capsys.readouterr().out
     assert f"held-out accuracy: {sj_accuracy:.2f}% (digits test split, 32 images)" in printed, (printed, sj_accuracy)
+    print(f"spikingjelly {sj_accuracy:.2f} %, spikformers eval: {printed.strip().splitlines()[-1]}")
     with torch.no_grad():
         ours = load_model(run).eval()(images).argmax(1)
     assert torch.equal(ours, theirs)

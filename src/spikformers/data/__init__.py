@@ -39,6 +39,8 @@ def dataset_info(name: str, root: str | Path | None = None, **opts: Any) -> Data
         info = STATIC[name]
         if "img_size" in opts and opts["img_size"]:
             info = DatasetInfo(info.num_classes, info.in_chans, int(opts["img_size"]), info.T)
+        if name in BUNDLED and opts.get("in_chans"):  # gray images repeated, for models of colour input
+            info = DatasetInfo(info.num_classes, int(opts["in_chans"]), info.img_size, info.T)
         return info
     if name == "imagefolder":
         if root is None:
@@ -85,7 +87,8 @@ def create_dataset(name: str, root: str | Path | None = None, split: str = "trai
     skip_bad_images = bool(opts.pop("skip_bad_images", False))
     if name in BUNDLED:
         size = int(opts.get("img_size") or STATIC[name].img_size)
-        return BundledImages(name, split, img_size=size, augment=opts.get("augment", split == "train"))
+        return BundledImages(name, split, img_size=size, augment=opts.get("augment", split == "train"),
+                             in_chans=int(opts.get("in_chans") or 1))
     if name in ("cifar10", "cifar100"):
         return cifar(name, _need_root(name, root), split, **opts)
     if name in ("imagenet", "imagefolder"):

@@ -72,20 +72,23 @@ class BundledImages(TensorDataset):
     """A dataset shipped inside a package, as ``([1, img_size, img_size], label)`` tensors, normalised.
 
     ``img_size`` other than the native size resizes bilinearly once, up front. ``augment`` adds random shifts
-    of up to 1/8 of the image (at least one pixel), for the training split.
+    of up to 1/8 of the image (at least one pixel), for the training split. ``in_chans=3`` repeats the gray channel
+    (``data.kwargs.in_chans``), for a model of colour input such as a converted CIFAR checkpoint.
     """
 
     def __init__(self, name: str, split: str = "train", img_size: int | None = None, augment: bool = False,
-                 seed: int = 0) -> None:
+                 seed: int = 0, in_chans: int = 1) -> None:
         if name not in BUNDLED:
             raise ValueError(f"unknown bundled dataset {name!r}; expected one of {sorted(BUNDLED)}")
+        if in_chans not in (1, 3):
+            raise ValueError(f"dataset {name!r}: in_chans must be 1 or 3 (the gray channel repeated), got {in_chans}")
         _, native, mean, std = BUNDLED[name]
         img_size = img_size or native
         x, y = bundled_split(name, split, seed)
         images = torch.from_numpy(x)
         if img_size != native:
             images = torch.nn.functional.interpolate(images, size=img_size, mode="bilinear", align_corners=False)
-        super().__init__((images - mean) / std, torch.from_numpy(y))
+        super().__init__(((images - mean) / std).repeat(1, in_chans, 1, 1), torch.from_numpy(y))
         self.augment = augment
         self.shift = max(1, img_size // 8)
         self.classes = [str(i) for i in range(10)]
