@@ -109,7 +109,8 @@ def test_static_image_is_convolved_once(monkeypatch):
 
 
 @pytest.mark.parametrize("name, params", [
-    ("sdt_8_512", 29_689_384), ("sdt_8_768", 66_338_632), ("sdt_2_512_cifar", 10_233_418),
+    ("sdt_8_384", 16_816_024), ("sdt_6_512", 23_373_352), ("sdt_8_512", 29_689_384), ("sdt_10_512", 36_005_416),
+    ("sdt_8_768", 66_338_632), ("sdt_2_512_cifar", 10_233_418),
 ])
 def test_sdt_presets_are_the_spike_driven_transformer(name: str, params: int) -> None:
     """``sdt_*`` build SDT-v1 as its official code does (its own patch splitting with a real-valued embedding, a
