@@ -160,6 +160,33 @@ def _same(values: list[Any], what: str) -> Any:
 # attention and MLP, shared by Spikformer and QKFormer
 
 
+def _fused_attention(plan: _Plan, a: nn.Module, src: str, dst: str, dim: int, fused: str, lif: str,
+                     names: str) -> dict[str, Any]:
+    """The parts spikingjelly's SSA and token QK attention share: one fused 1x1 projection (``fused``, rows in the
+    order of ``names``) split into our per-name linear + BN units whose neurons are ``lif``, the attention LIF and
+    the output projection; returns the settings read from them."""
+    proj = "proj_conv_bn"
+    fused_seq, proj_seq = getattr(a, fused), getattr(a, proj)
+    if len(fused_seq) != 2 or len(proj_seq) != 2:
+        raise ConversionError(f"{src}: expected Conv1d + BatchNorm1d in {fused} and {proj}")
+    _check_conv(fused_seq[0], f"{src}.{fused}.0", nn.Conv1d, 1, 1, 0)
+    _check_conv(proj_seq[0], f"{src}.{proj}.0", nn.Conv1d, 1, 1, 0)
+    n = len(names)
+    if fused_seq[0].out_channels != n * dim:
+        parts = ", ".join(names.upper())
+        raise ConversionError(f"{src}.{fused}.0: expected {n * dim} outputs ({parts} of {dim})")
+    for i, name in enumerate(names):  # the fused projection's rows: one block per name, in order
+        plan.linear(f"{src}.{fused}.0", f"{dst}.{name}.linear", part=(i, n), squeeze=True)
+        plan.norm(f"{src}.{fused}.1", f"{dst}.{name}.bn", part=(i, n))
+    plan.neuron(f"{src}.{lif}", *(f"{dst}.{name}.neuron" for name in names))
+    plan.neuron(f"{src}.attn_lif", f"{dst}.attn_neuron")
+    plan.linear(f"{src}.{proj}.0", f"{dst}.proj.linear", squeeze=True)
+    plan.norm(f"{src}.{proj}.1", f"{dst}.proj.bn")
+    plan.neuron(f"{src}.proj_lif", f"{dst}.proj.neuron")
+    return {"heads": a.num_heads, "attn_v_th": float(a.attn_lif.v_threshold),
+            "qkv_bias": fused_seq[0].bias is not None, "proj_bias": proj_seq[0].bias is not None}
+
+
 def _ssa(plan: _Plan, src: str, dst: str, dim: int) -> dict[str, Any]:
     """spikingjelly's SpikingSelfAttention -> our SSA; returns its settings."""
     from spikingjelly.activation_based.layer.attention import SpikingSelfAttention
@@ -167,22 +194,8 @@ def _ssa(plan: _Plan, src: str, dst: str, dim: int) -> dict[str, Any]:
     a = plan.module(src)
     if type(a) is not SpikingSelfAttention:
         raise ConversionError(f"{src}: expected SpikingSelfAttention, found {type(a).__name__}")
-    if len(a.qkv_conv_bn) != 2 or len(a.proj_conv_bn) != 2:
-        raise ConversionError(f"{src}: expected Conv1d + BatchNorm1d in qkv_conv_bn and proj_conv_bn")
-    _check_conv(a.qkv_conv_bn[0], f"{src}.qkv_conv_bn.0", nn.Conv1d, 1, 1, 0)
-    _check_conv(a.proj_conv_bn[0], f"{src}.proj_conv_bn.0", nn.Conv1d, 1, 1, 0)
-    if a.qkv_conv_bn[0].out_channels != 3 * dim:
-        raise ConversionError(f"{src}.qkv_conv_bn.0: expected {3 * dim} outputs (Q, K, V of {dim})")
-    for i, name in enumerate("qkv"):  # the fused projection's rows are Q, then K, then V
-        plan.linear(f"{src}.qkv_conv_bn.0", f"{dst}.{name}.linear", part=(i, 3), squeeze=True)
-        plan.norm(f"{src}.qkv_conv_bn.1", f"{dst}.{name}.bn", part=(i, 3))
-    plan.neuron(f"{src}.qkv_lif", *(f"{dst}.{name}.neuron" for name in "qkv"))
-    plan.neuron(f"{src}.attn_lif", f"{dst}.attn_neuron")
-    plan.linear(f"{src}.proj_conv_bn.0", f"{dst}.proj.linear", squeeze=True)
-    plan.norm(f"{src}.proj_conv_bn.1", f"{dst}.proj.bn")
-    plan.neuron(f"{src}.proj_lif", f"{dst}.proj.neuron")
-    return {"heads": a.num_heads, "scale": float(a.scale), "attn_v_th": float(a.attn_lif.v_threshold),
-            "qkv_bias": a.qkv_conv_bn[0].bias is not None, "proj_bias": a.proj_conv_bn[0].bias is not None}
+    settings = _fused_attention(plan, a, src, dst, dim, "qkv_conv_bn", "qkv_lif", "qkv")
+    return {**settings, "scale": float(a.scale)}
 
 
 def _token_qk(plan: _Plan, src: str, dst: str, dim: int) -> dict[str, Any]:
@@ -194,22 +207,7 @@ def _token_qk(plan: _Plan, src: str, dst: str, dim: int) -> dict[str, Any]:
         raise ConversionError(f"{src}: expected QKAttention, found {type(a).__name__}")
     if a.qka_type != "token":
         raise ConversionError(f"{src}: QKAttention qka_type={a.qka_type!r}; spikformers has the token form only")
-    if len(a.qk_conv_bn) != 2 or len(a.proj_conv_bn) != 2:
-        raise ConversionError(f"{src}: expected Conv1d + BatchNorm1d in qk_conv_bn and proj_conv_bn")
-    _check_conv(a.qk_conv_bn[0], f"{src}.qk_conv_bn.0", nn.Conv1d, 1, 1, 0)
-    _check_conv(a.proj_conv_bn[0], f"{src}.proj_conv_bn.0", nn.Conv1d, 1, 1, 0)
-    if a.qk_conv_bn[0].out_channels != 2 * dim:
-        raise ConversionError(f"{src}.qk_conv_bn.0: expected {2 * dim} outputs (Q, K of {dim})")
-    for i, name in enumerate("qk"):  # rows Q, then K
-        plan.linear(f"{src}.qk_conv_bn.0", f"{dst}.{name}.linear", part=(i, 2), squeeze=True)
-        plan.norm(f"{src}.qk_conv_bn.1", f"{dst}.{name}.bn", part=(i, 2))
-    plan.neuron(f"{src}.qk_lif", f"{dst}.q.neuron", f"{dst}.k.neuron")
-    plan.neuron(f"{src}.attn_lif", f"{dst}.attn_neuron")
-    plan.linear(f"{src}.proj_conv_bn.0", f"{dst}.proj.linear", squeeze=True)
-    plan.norm(f"{src}.proj_conv_bn.1", f"{dst}.proj.bn")
-    plan.neuron(f"{src}.proj_lif", f"{dst}.proj.neuron")
-    return {"heads": a.num_heads, "attn_v_th": float(a.attn_lif.v_threshold),
-            "qkv_bias": a.qk_conv_bn[0].bias is not None, "proj_bias": a.proj_conv_bn[0].bias is not None}
+    return _fused_attention(plan, a, src, dst, dim, "qk_conv_bn", "qk_lif", "qk")
 
 
 def _mlp(plan: _Plan, src: str, dst: str, names: tuple[str, ...]) -> tuple[int, bool]:
