@@ -99,16 +99,19 @@ _SPS = (
 _BLOCK = r"block\.(?P<j>\d+)"
 _UNUSED_NORMS = (r"block\.\d+\.norm[12]", "LayerNorm the official Block builds and never calls")
 
+
+def _spikformer_rules(squeeze: bool) -> tuple[Rule, ...]:
+    """The SPS plus the blocks' attention and MLP units (1x1 conv + BN; ``squeeze``: Conv1d / Conv2d weights)."""
+    return (_SPS + _conv_bn(rf"{_BLOCK}\.attn\.(?P<p>q|k|v|proj)", "blocks.{j}.attn.{p}", squeeze=squeeze)
+            + _conv_bn(rf"{_BLOCK}\.mlp\.fc(?P<i>[12])", "blocks.{j}.mlp.fc{i}", squeeze=squeeze))
+
+
 SPIKFORMER_CIFAR = Layout(
-    "spikformer-official", "ZK-Zhou/spikformer cifar10/model.py", "spikformer", "cifar",
-    _SPS + _conv_bn(rf"{_BLOCK}\.attn\.(?P<p>q|k|v|proj)", "blocks.{j}.attn.{p}")
-    + _conv_bn(rf"{_BLOCK}\.mlp\.fc(?P<i>[12])", "blocks.{j}.mlp.fc{i}"),
+    "spikformer-official", "ZK-Zhou/spikformer cifar10/model.py", "spikformer", "cifar", _spikformer_rules(False),
     (_UNUSED_NORMS,),
 )
 SPIKFORMER_IMAGENET = Layout(
-    "spikformer-official", "ZK-Zhou/spikformer imagenet/model.py", "spikformer", "imagenet",
-    _SPS + _conv_bn(rf"{_BLOCK}\.attn\.(?P<p>q|k|v|proj)", "blocks.{j}.attn.{p}", squeeze=True)
-    + _conv_bn(rf"{_BLOCK}\.mlp\.fc(?P<i>[12])", "blocks.{j}.mlp.fc{i}", squeeze=True),
+    "spikformer-official", "ZK-Zhou/spikformer imagenet/model.py", "spikformer", "imagenet", _spikformer_rules(True),
     (_UNUSED_NORMS,),
 )
 SPIKFORMER_DVS = Layout(
