@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.graph import saved_tensors_hooks
 
 
 def digits(size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,3 +64,16 @@ def check_neuron(fast, ref, x: torch.Tensor, g: torch.Tensor, atol: float = 1e-6
     (g_ref,) = torch.autograd.grad(out_ref, x, g)
     (g_fast,) = torch.autograd.grad(out, x, g)
     torch.testing.assert_close(g_fast, g_ref, atol=atol, rtol=1e-6)
+
+
+def saved_bytes(fn) -> int:
+    """Bytes of the distinct storages autograd saves for backward while ``fn()`` runs."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())

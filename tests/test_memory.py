@@ -8,9 +8,9 @@ import sys
 
 import pytest
 import torch
-from torch.autograd.graph import saved_tensors_hooks
 from torch.nn import functional as F
 
+from helpers import saved_bytes
 from spikformers import create_model, layers
 from spikformers.attention.psa import PSA
 from spikformers.kernels import cpu, kernel_config, spike_ops
@@ -23,18 +23,6 @@ from spikformers.neurons.state import carry_membrane, current_store
 TOL = {"atol": 1e-6, "rtol": 1e-6}
 BACKENDS = ["reference", "eager", pytest.param("cpp", marks=pytest.mark.skipif(not cpu.available(),
                                                                                 reason="no C++ kernels"))]
-
-
-def saved_bytes(fn) -> int:
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(seen.values())
 
 
 @pytest.fixture

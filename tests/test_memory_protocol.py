@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torch.autograd.graph import saved_tensors_hooks
 
+from helpers import saved_bytes
 from spikformers.layers import LinearBNSpike
 from spikformers.memory import checkpoint_blocks, chunked_forward, recompute_bn_neurons
 
@@ -69,18 +69,6 @@ class Toy(nn.Module):
 def toy(**kw) -> Toy:
     torch.manual_seed(0)
     return Toy(**kw)
-
-
-def saved_bytes(fn) -> int:
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(seen.values())
 
 
 def test_checkpointing_takes_the_blocks_a_backbone_names() -> None:
