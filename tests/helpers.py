@@ -77,3 +77,13 @@ def saved_bytes(fn) -> int:
     with saved_tensors_hooks(pack, lambda t: t):
         fn()
     return sum(seen.values())
+
+
+def state_meta(run) -> dict:
+    """The meta of a run folder's training state ({} before the first is written)."""
+    from spikformers.train.checkpoint import CheckpointError, read_train_state_meta
+
+    try:
+        return read_train_state_meta(run / "state.safetensors")
+    except CheckpointError:
+        return {}

@@ -24,6 +24,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from helpers import state_meta
 from spikformers.train import distributed as dist_utils
 from spikformers.train.config import load_config
 from spikformers.train.engine import build_model, wrap_model
@@ -161,16 +162,6 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _state_meta(run: Path) -> dict:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(run / "state.safetensors"), "pt") as f:
-            return json.loads(f.metadata()["state"])
-    except Exception:  # not written yet
-        return {}
-
-
 def test_torchrun_killed_mid_epoch_and_resumed_equals_uninterrupted(tmp_path: Path) -> None:
     """2 processes (gloo): every process SIGKILLed after a state saved inside an epoch, the
     job resumed with torchrun, ends bit-identical to an uninterrupted 2-process run: weights, EMA, optimiser, RNGs,
@@ -183,13 +174,13 @@ def test_torchrun_killed_mid_epoch_and_resumed_equals_uninterrupted(tmp_path: Pa
     reference = subprocess.Popen(_torchrun(*MID_EPOCH, "--out", str(ref)), **quiet)  # type: ignore[call-overload]
     job = subprocess.Popen(_torchrun(*MID_EPOCH, "--out", str(cut)), **quiet)  # type: ignore[call-overload]
     deadline = time.time() + 240
-    while _state_meta(cut).get("epoch", 0) < 1 and job.poll() is None and time.time() < deadline:
+    while state_meta(cut).get("epoch", 0) < 1 and job.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     assert job.poll() is None, "the job finished before it could be killed"
     for pid in [*_children(job.pid), job.pid]:  # the workers, then torchrun
         os.kill(pid, signal.SIGKILL)
     job.wait()
-    at_kill = _state_meta(cut)
+    at_kill = state_meta(cut)
     assert at_kill["steps_per_epoch"] == 6 and 0 < at_kill["step"] < 6 and 1 <= at_kill["epoch"] < 4
     assert len(at_kill["rng"]) == len(at_kill["train"]) == 2  # every process's RNGs and running sums
 

@@ -4,7 +4,6 @@ a failed write leaves the previous state intact."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -17,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import state_meta
 from spikformers.train.checkpoint import load_train_state, save_train_state
 
 EPOCHS = 4
@@ -36,17 +36,6 @@ def _spikformers(*args: str) -> list[str]:
     return [sys.executable, "-m", "spikformers", "train", *args]
 
 
-def _state_meta(run: Path) -> dict:
-    """The JSON header of a run's training state ({} before the first is written)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(run / "state.safetensors"), "pt") as f:
-            return json.loads(f.metadata()["state"])
-    except Exception:  # not written yet
-        return {}
-
-
 def _kill_when(jobs: list[tuple[subprocess.Popen, Path, int]]) -> list[dict]:
     """SIGKILL each run once its state has finished ``epoch`` epochs (all watched together); their states then."""
     pending, deadline = list(jobs), time.time() + 240
@@ -54,13 +43,13 @@ def _kill_when(jobs: list[tuple[subprocess.Popen, Path, int]]) -> list[dict]:
         for job in list(pending):
             proc, run, epochs = job
             assert proc.poll() is None, "the run finished before it could be killed"
-            if _state_meta(run).get("epoch", 0) >= epochs:
+            if state_meta(run).get("epoch", 0) >= epochs:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 pending.remove(job)
         time.sleep(0.01)
     assert not pending, "no state was written in time"
-    return [_state_meta(run) for _, run, _ in jobs]
+    return [state_meta(run) for _, run, _ in jobs]
 
 
 @dataclass

@@ -142,8 +142,9 @@ def save_train_state(path: str | Path, tensors: dict[str, torch.Tensor], meta: d
     atomic_write(Path(path), lambda tmp: save_file(flat, str(tmp), metadata=header))
 
 
-def load_train_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read what :func:`save_train_state` wrote: ``(tensors, meta)``. Nothing is unpickled."""
+def load_train_state(path: str | Path, tensors_too: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read what :func:`save_train_state` wrote: ``(tensors, meta)`` (``tensors_too=False``: the header only, no
+    tensors). Nothing is unpickled."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -153,12 +154,18 @@ def load_train_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()} if tensors_too else {}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is not a readable training state: {e}") from None
     if header.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path}: not a spikformers training state (format {header.get('format')!r})")
     return tensors, json.loads(header["state"])
+
+
+def read_train_state_meta(path: str | Path) -> dict[str, Any]:
+    """The ``meta`` of a training state (epoch, step, ...) from its header alone, checked as
+    :func:`load_train_state` checks it, without reading its tensors."""
+    return load_train_state(path, tensors_too=False)[1]
 
 
 def split_state_dict(prefix: str, state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

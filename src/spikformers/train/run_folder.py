@@ -12,12 +12,13 @@ back when a start fails before it wrote any weights.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .checkpoint import CheckpointError, read_train_state_meta
 
 RUN_FILES = ("config.yaml", "model.json", "metrics.csv", "summary.json", "tb")
 STATE_FILE = "state.safetensors"
@@ -149,12 +150,9 @@ def saved_position(state: Path) -> str | None:
     """Where a resume state file was written ("after epoch 3", "in epoch 4, after step 20 of 50"), read from its
     header only; None if there is no usable state."""
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(state), framework="pt") as f:
-            meta = json.loads((f.metadata() or {})["state"])
+        meta = read_train_state_meta(state)
         epoch, step = int(meta["epoch"]), int(meta.get("step") or 0)
-    except Exception:  # no file, a partial one, or another format: there is no usable state
+    except (CheckpointError, KeyError, TypeError, ValueError):  # none, a partial one, another format: no usable state
         return None
     if step:  # a mid-epoch state (train.save_every_steps): epoch counts the finished ones
         return f"in epoch {epoch + 1}, after step {step} of {meta.get('steps_per_epoch', '?')}"
