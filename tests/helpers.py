@@ -87,3 +87,16 @@ def state_meta(run) -> dict:
         return read_train_state_meta(run / "state.safetensors")
     except CheckpointError:
         return {}
+
+
+def check_checkpointing_saves_less(plain, ckpt, x) -> None:
+    """After one training forward and backward of each: ``ckpt`` (per-block checkpointing on, weights of
+    ``plain``) holds the same statistics as ``plain``, saves fewer bytes for backward, and as many once it is off."""
+    from spikformers.memory import checkpoint_blocks
+
+    for (k, a), b in zip(plain.state_dict().items(), ckpt.state_dict().values()):
+        assert torch.equal(a, b), k  # running statistics updated once, not twice
+    saved_plain = saved_bytes(lambda: plain(x))
+    assert saved_bytes(lambda: ckpt(x)) < saved_plain
+    checkpoint_blocks(ckpt, False)
+    assert saved_bytes(lambda: ckpt(x)) == saved_plain
