@@ -87,7 +87,7 @@ def _cpp_line() -> tuple[str, str | None]:
         warnings.simplefilter("ignore", RuntimeWarning)  # reported here instead
         built = cpu.available()
     if built:
-        flags = " ".join(f for f in cpu.build_flags or [] if f in ("-march=native", "-fopenmp"))
+        flags = " ".join(f for f in cpu.build_flags or [] if f.startswith("-march=") or f == "-fopenmp")
         return f"built, {cpu.threading_model} ({flags or 'portable flags'}): {cpu.library_path}", None
     if cpu.error == "disabled by SPIKFORMERS_NO_CPP":
         return f"not built: {cpu.error} (eager torch on the CPU)", None

@@ -95,6 +95,12 @@ def libgomp_path() -> str | None:
         return None
 
 
+def target_arch() -> str:
+    """The ``-march`` the library is built for: ``$SPIKFORMERS_CPU_ARCH`` (e.g. ``x86-64-v3``: AVX2 + FMA, the build
+    for any recent x86-64 CPU), else ``native`` (this CPU's full instruction set)."""
+    return os.environ.get("SPIKFORMERS_CPU_ARCH") or "native"
+
+
 def find_compiler() -> str | None:
     """The C++ compiler the library is built with: ``$CXX``, else the first of g++, clang++, c++ on the PATH."""
     return os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++") or shutil.which("c++")
@@ -109,7 +115,7 @@ def _build(openmp: bool = True) -> ctypes.CDLL:
     source = b"".join(p.read_bytes() for p in (*SOURCES, *HEADERS))
     last: Exception | None = None
     # OpenMP first, so that the kernels share torch's thread pool (see csrc/parallel.h); then without it
-    tries = [BASE_FLAGS + ["-march=native"], BASE_FLAGS]
+    tries = [BASE_FLAGS + [f"-march={target_arch()}"], BASE_FLAGS]
     if openmp and os.environ.get("SPIKFORMERS_NO_OPENMP", "") in ("", "0") and libgomp_path():
         tries = [f + ["-fopenmp"] for f in tries] + tries
     for flags in tries:
@@ -137,6 +143,7 @@ def _build(openmp: bool = True) -> ctypes.CDLL:
     i64, ptr, i32, dbl = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_double
     for name, args, res in (
         ("spk_openmp_symbol", [], ptr),
+        ("spk_vec_lanes", [i32], i32),
         ("spk_pack_bits", [i32, ptr, i64, ptr, i32], i64),
         ("spk_pack_u8", [i32, ptr, i64, ptr, i32], i64),
         ("spk_unpack_bits", [i32, ptr, i64, ptr, i32], None),
@@ -338,8 +345,13 @@ def _form_id(form: str) -> int:
     return 0 if form == "bits" else 1
 
 
+def vector_lanes(dtype: torch.dtype) -> int:
+    """Values of ``dtype`` in one vector register of the built library (16 float32 with AVX-512, 8 with AVX2)."""
+    return _loaded().spk_vec_lanes(int(dtype == torch.float64))
+
+
 def _padded_channels(C: int, dtype: torch.dtype) -> int:
-    lanes = 8 if dtype == torch.float64 else 16  # one 64-byte vector
+    lanes = vector_lanes(dtype)  # the weight gradient's columns come in whole vectors
     return -(-C // lanes) * lanes
 
 

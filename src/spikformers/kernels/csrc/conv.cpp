@@ -26,7 +26,7 @@ template <typename S>
 using Lanes = spk::Vec<S>;
 using spk::vload;
 using spk::vstore;
-constexpr int MAX_VECS = 4;  // vectors per output tile: 64 float or 32 double channels
+constexpr int MAX_VECS = spk::kTileVecs;  // vectors per output tile: 64 float or 32 double channels (half on SSE)
 constexpr int64_t GRAD_BLOCK_BYTES = 32 << 10;  // weight gradient: transposed output gradient read per block
 
 // Square transpose of n vectors of n lanes (n = 16 float or 8 double) in place: log2(n) rounds of interleaving
@@ -37,7 +37,7 @@ inline void transpose(typename Lanes<S>::type* r) {
     constexpr int n = static_cast<int>(Lanes<S>::lanes);
 #if defined(__GNUC__) && !defined(__clang__)
     typedef std::conditional_t<sizeof(S) == 4, int32_t, int64_t> I;
-    typedef I M __attribute__((vector_size(64)));
+    typedef I M __attribute__((vector_size(sizeof(V))));
     M lo, hi;
     for (int k = 0; k < n; ++k) {
         lo[k] = k / 2 + (k % 2) * n;
@@ -224,12 +224,9 @@ void forward_rows(const PixelLists<S>& a, const S* panels, const S* bias, S* y, 
     std::vector<S> row((s.W + L - 1) / L * L * TILE);
     for (int64_t co0 = 0; co0 < s.Cpad; co0 += TILE) {  // tiles outside: one panel at a time in cache
         const S* panel = panels + co0 * s.Cin * 9;
-        switch ((s.Cpad - co0 < TILE ? s.Cpad - co0 : TILE) / L) {
-            case 1: forward_tile<S, 1, ONES>(a, panel, bias, y, s, co0, r0, r1, row.data()); break;
-            case 2: forward_tile<S, 2, ONES>(a, panel, bias, y, s, co0, r0, r1, row.data()); break;
-            case 3: forward_tile<S, 3, ONES>(a, panel, bias, y, s, co0, r0, r1, row.data()); break;
-            default: forward_tile<S, 4, ONES>(a, panel, bias, y, s, co0, r0, r1, row.data()); break;
-        }
+        spk::with_tile_vecs((s.Cpad - co0 < TILE ? s.Cpad - co0 : TILE) / L, [&](auto nv) {
+            forward_tile<S, decltype(nv)::value, ONES>(a, panel, bias, y, s, co0, r0, r1, row.data());
+        });
     }
 }
 
@@ -359,12 +356,9 @@ void wgrad_columns(const PlaneLists<S>& a, const S* g, S* gwt, const Shape& s, i
         for (int64_t b0 = 0; b0 < s.B; b0 += nb) {
             const int64_t n = s.B - b0 < nb ? s.B - b0 : nb;
             gather_nhwc(g, buf.data(), s, b0, n, co0, tw);
-            switch (v1 - v0) {
-                case 1: wgrad_tile<S, 1, ONES>(a, buf.data(), tw, co0, gwt, s, co0, b0, n); break;
-                case 2: wgrad_tile<S, 2, ONES>(a, buf.data(), tw, co0, gwt, s, co0, b0, n); break;
-                case 3: wgrad_tile<S, 3, ONES>(a, buf.data(), tw, co0, gwt, s, co0, b0, n); break;
-                default: wgrad_tile<S, 4, ONES>(a, buf.data(), tw, co0, gwt, s, co0, b0, n); break;
-            }
+            spk::with_tile_vecs(v1 - v0, [&](auto nv) {
+                wgrad_tile<S, decltype(nv)::value, ONES>(a, buf.data(), tw, co0, gwt, s, co0, b0, n);
+            });
         }
     }
 }
@@ -408,8 +402,8 @@ void spk_sparse_conv3x3(int is_double, int form, const uint8_t* data, const void
 }
 
 // gwt [Cin * 9, Cpad], zeroed by the caller: the weight gradient of spk_sparse_conv3x3, row ci * 9 + di * 3 + dj,
-// column co, for the packed x and g [B, Cout, H, W]. Cpad: Cout rounded up to whole 64-byte vectors (16 float or
-// 8 double); its extra columns stay 0.
+// column co, for the packed x and g [B, Cout, H, W]. Cpad: Cout rounded up to whole vectors (spk_vec_lanes); its
+// extra columns stay 0.
 void spk_sparse_conv3x3_wgrad(int is_double, int form, const uint8_t* data, const void* g, void* gwt, int64_t B,
                               int64_t Cin, int64_t Cout, int64_t H, int64_t W, int nthreads) {
     const Shape s = make_shape(is_double, B, Cin, Cout, H, W);
@@ -417,6 +411,11 @@ void spk_sparse_conv3x3_wgrad(int is_double, int form, const uint8_t* data, cons
         conv3x3_wgrad<double>(form, data, static_cast<const double*>(g), static_cast<double*>(gwt), s, nthreads);
     else
         conv3x3_wgrad<float>(form, data, static_cast<const float*>(g), static_cast<float*>(gwt), s, nthreads);
+}
+
+// Lanes of one vector (the padding unit of Cpad above) for float (0) or double (1).
+int spk_vec_lanes(int is_double) {
+    return is_double ? static_cast<int>(Lanes<double>::lanes) : static_cast<int>(Lanes<float>::lanes);
 }
 
 }  // extern "C"

@@ -81,12 +81,12 @@ void unpack_bits_range(const uint8_t* __restrict bits, int64_t n, S* __restrict 
 }
 
 // ----------------------------------------------------------------------------------- event-driven linear
-// Each output row block of TILE columns is accumulated in registers (spk::Vec, 64-byte vectors) while the weight
+// Each output row block of TILE columns is accumulated in registers (spk::Vec, register-wide vectors) while the weight
 // panel it reads stays in L2.
 using spk::Vec;
 using spk::vload;
 using spk::vstore;
-constexpr int VECS = 4;  // vectors per tile: 64 float or 32 double columns
+constexpr int VECS = spk::kTileVecs;  // vectors per tile: 64 float or 32 double columns (32 / 16 on SSE)
 
 // The non-zero entries of rows [row0, row1) of a [M, K] matrix packed as bits (BITS, K a multiple of 8) or bytes,
 // as CSR: offsets (one per row, plus the end), column indices and, for bytes, values (bits are all 1). Rows are
