@@ -24,6 +24,17 @@ def digits_batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.fixture(autouse=True, scope="session")
+def fixed_dispatch():  # type: ignore[no-untyped-def]
+    """Event-driven vs dense by the fixed thresholds, not by timed trials: the same paths on every machine and run
+    (tests/test_dispatch.py turns calibration on, with a fake timer)."""
+    from spikformers.kernels import set_kernel_config
+
+    previous = set_kernel_config(calibrate=False)
+    yield
+    set_kernel_config(previous)
+
+
+@pytest.fixture(autouse=True, scope="session")
 def one_thread():  # type: ignore[no-untyped-def]
     """The suite's models are small: one intra-op thread is fastest for them and immune to a busy machine."""
     threads = torch.get_num_threads()

@@ -25,7 +25,7 @@ from types import ModuleType
 import torch
 
 from .cli import command
-from .kernels import cpu, eager, selfcheck
+from .kernels import cpu, dispatch, eager, selfcheck
 from .kernels.common import triton_importable, triton_interpret
 
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
@@ -94,6 +94,19 @@ def _cpp_line() -> tuple[str, str | None]:
     return f"NOT BUILT: {cpu.error}", f"the C++ kernels did not build ({(cpu.error or '').splitlines()[0][:200]})"
 
 
+def _dispatch_line(recalibrate: bool) -> str:
+    """Where this machine's event-driven vs dense decisions are cached, and how many (forgotten first if asked)."""
+    calibration = dispatch.recalibrate() if recalibrate else dispatch.current()
+    if recalibrate and calibration.path is not None:
+        calibration.path.unlink(missing_ok=True)
+    where = calibration.path or "memory"
+    if recalibrate:
+        return f"forgotten; measured again per shape on first use and cached in {where}"
+    n = len(calibration.entries)
+    return (f"{n} shape decision{'s' if n != 1 else ''} timed on this machine, cached in {where}" if n else
+            f"not calibrated yet: timed per shape on first use, cached in {where}")
+
+
 def run_checks(backend: str, impl: ModuleType, device: str, dtype: str) -> list[tuple[selfcheck.KernelKey,
                                                                                       selfcheck.CheckResult]]:
     """The self-check of every variant of ``impl`` on ``device`` in ``dtype`` (see :func:`selfcheck.variant_keys`),
@@ -133,8 +146,9 @@ def _compile_line(arch: int) -> tuple[str, list[str]]:
     return f"{len(names) - len(failed)}/{len(names)} variants compiled for sm_{arch} (Triton's ptxas, no GPU)", failed
 
 
-def doctor(cuda_arch: int = 90, compile_kernels: bool = True, verbose: bool = False) -> int:
-    """Print the report and the verdict; returns the exit status (0: no problem, 1: problems)."""
+def doctor(cuda_arch: int = 90, compile_kernels: bool = True, verbose: bool = False, recalibrate: bool = False) -> int:
+    """Print the report and the verdict; returns the exit status (0: no problem, 1: problems). ``recalibrate``
+    forgets this machine's event-driven vs dense timings (:mod:`.kernels.dispatch`)."""
     from . import __version__
 
     problems: list[str] = []
@@ -167,6 +181,8 @@ def doctor(cuda_arch: int = 90, compile_kernels: bool = True, verbose: bool = Fa
     cpp_text, cpp_problem = _cpp_line()
     _line("cpu kernels", cpp_text)
     problems += [cpp_problem] if cpp_problem else []
+    if cpu.available():
+        _line("cpu dispatch", _dispatch_line(recalibrate))
 
     groups: list[tuple[str, ModuleType, str, str]] = []
     if cpu.available():
@@ -226,9 +242,11 @@ def _doctor_args(p: argparse.ArgumentParser) -> None:
                    help="without a CUDA device: compile the Triton kernels for this compute capability (default 90)")
     p.add_argument("--no-compile", action="store_true", help="without a CUDA device: do not compile the Triton kernels")
     p.add_argument("--verbose", action="store_true", help="print every self-check, not only the failed ones")
+    p.add_argument("--recalibrate", action="store_true",
+                   help="forget this machine's event-driven vs dense timings (measured again on first use)")
 
 
 @command("doctor", "check this machine: devices, compilers, and every neuron kernel against the reference loops",
          _doctor_args)
 def _doctor(args: argparse.Namespace) -> int:
-    return doctor(args.cuda_arch, not args.no_compile, args.verbose)
+    return doctor(args.cuda_arch, not args.no_compile, args.verbose, args.recalibrate)

@@ -36,6 +36,9 @@ class KernelConfig:
         overwrite_scratch: at inference, the compiled CPU neuron writes its spikes over an input marked as
             scratch (:func:`~.fused.mark_scratch`: a unit's batch-norm output) instead of into a new tensor; off,
             a forward hook that keeps that output sees it, not the spikes written over it.
+        calibrate: choose between event-driven and dense kernels (and between two dense input-gradient products) by
+            a timed trial per shape class on this machine, cached (:mod:`.dispatch`); off: the fixed density
+            thresholds of :mod:`.spike_ops`.
         kernel_check: check each Triton kernel variant against the reference loop before its first use
             (:mod:`.selfcheck`); None leaves it to ``$SPIKFORMERS_KERNEL_CHECK`` (default on).
     """
@@ -44,6 +47,7 @@ class KernelConfig:
     event_driven: bool = True
     fused_bn_neuron: bool = True
     overwrite_scratch: bool = True
+    calibrate: bool = True
     kernel_check: bool | None = None
 
 

@@ -47,7 +47,9 @@ library_path: Path | None = None  # the loaded shared library, once built
 build_flags: list[str] | None = None  # the compiler flags it was built with
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
+    """Where built libraries and this machine's dispatch calibration are kept: ``$SPIKFORMERS_CACHE/kernels``
+    (default ``~/.cache/spikformers/kernels``), else a folder in the temp dir when that cannot be made."""
     root = os.environ.get("SPIKFORMERS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "spikformers")
     path = Path(root) / "kernels"
     try:
@@ -122,7 +124,7 @@ def _build(openmp: bool = True) -> ctypes.CDLL:
         key = hashlib.sha256(
             source + " ".join([compiler, *flags, platform.machine(), _cpu_id()]).encode()
         ).hexdigest()[:16]
-        target = _cache_dir() / f"spikformers_neurons_{key}.so"
+        target = cache_dir() / f"spikformers_neurons_{key}.so"
         try:
             if not target.exists():
                 _compile(compiler, flags, target)

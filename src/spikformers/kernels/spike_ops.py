@@ -10,6 +10,10 @@ Event-driven linears, convs and max-pools: on the CPU, :func:`spike_linear` and 
 :func:`spike_conv2d` compute sparse spike inputs by addition (see there), and :func:`spike_max_pool` routes its
 gradient from the saved bits; the ``event_driven`` switch of :mod:`.config` turns the linears and convs back to
 ``F.linear`` / ``F.conv2d`` bit for bit.
+
+How sparse an input must be for the event-driven forward and weight gradient, and which of two dense products
+computes a linear's input gradient, is decided per shape class by a timed trial on this machine (:mod:`.dispatch`);
+with the ``calibrate`` switch off, the fixed thresholds below apply.
 """
 
 from __future__ import annotations
@@ -22,12 +26,15 @@ from torch.nn import functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
 from . import cpu as _cpu_kernels
+from . import dispatch
 from .config import get_kernel_config
 
-SPARSE_MAX_RATE = 0.3  # non-zero fraction up to which the event-driven linear's forward beats the dense product
-SPARSE_WGRAD_MAX_RATE = 0.3  # the same for its weight gradient (Spikformer shapes, 2 threads; benchmarks/README)
-SPARSE_CONV_MAX_RATE = 0.3  # the same for the event-driven 3x3 conv: its forward breaks even with the dense conv at
-# 0.3-0.4 firing (0.3 on 8x8 maps), its weight gradient at 0.35-0.45 (SPS shapes, batch 128, 2 threads)
+# Fixed thresholds, used with calibration off: the non-zero fraction up to which the event-driven path runs
+SPARSE_MAX_RATE = 0.3  # linear, forward
+SPARSE_WGRAD_MAX_RATE = 0.3  # linear, weight gradient
+SPARSE_CONV_MAX_RATE = 0.3  # 3x3 conv, forward and weight gradient
+TRIAL_ROWS = 2048  # rows of a linear's calibration trial (fewer when the layer has fewer)
+TRIAL_PIXELS = 4096  # output pixels of a conv's calibration trial, in whole images
 _BIT_WEIGHTS: dict[torch.device, torch.Tensor] = {}
 _pack_cache: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
@@ -128,9 +135,45 @@ def _event_driven_allowed(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and torch._C._len_torch_function_stack() == 0)
 
 
-def _sparse_enough(x: torch.Tensor, px: Packed | None, max_rate: float) -> bool:
-    """Whether ``px`` (``x`` packed) counted at most ``max_rate`` of ``x`` as non-zero."""
-    return px is not None and px.form in ("bits", "u8") and 0 <= px.nonzero <= max_rate * x.numel()
+def _rate(x: torch.Tensor, px: Packed | None) -> float:
+    """The non-zero fraction of ``x`` that packing ``px`` counted; 1 when it was not packed as bits or bytes."""
+    if px is None or px.form not in ("bits", "u8") or px.nonzero < 0 or x.numel() == 0:
+        return 1.0
+    return px.nonzero / x.numel()
+
+
+def _bucket(n: int) -> int:
+    """``n`` rounded up to a power of two: the size part of a shape class."""
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def _trial_input(shape: tuple[int, ...], rate: float, form: str, dtype: torch.dtype) -> torch.Tensor:
+    """Random spikes (``"bits"``) or small spike counts (``"u8"``) of density ``rate``, for calibration trials."""
+    x = (torch.rand(shape) < rate).to(dtype)
+    return x * torch.randint(1, 4, shape).to(dtype) if form == "u8" else x
+
+
+def _linear_limits(x: torch.Tensor, px: Packed, weight: torch.Tensor) -> tuple[float, float]:
+    """Densities up to which the event-driven linear's forward and weight gradient beat the dense ones for ``x``'s
+    shape class (calibrated per machine, :mod:`.dispatch`)."""
+    N, K = weight.shape
+    M = x.numel() // K
+    rows, dtype, form = min(M, TRIAL_ROWS), x.dtype, px.form
+    key = f"linear/{form}/{str(dtype)[6:]}/K{K}/N{N}/M{_bucket(M)}"
+
+    def forward(rate: float):  # noqa: ANN202 - (dense, event-driven) calls
+        w, xt = torch.randn(N, K, dtype=dtype) / K**0.5, _trial_input((rows, K), rate, form, dtype)
+        pt = _pack_compiled(xt)
+        return (lambda: F.linear(xt, w)), (lambda: _sparse_linear(pt, w, None))
+
+    def wgrad(rate: float):  # noqa: ANN202
+        g, xt = torch.randn(rows, N, dtype=dtype), _trial_input((rows, K), rate, form, dtype)
+        pt = _pack_compiled(xt)
+        return ((lambda: g.t().mm(unpack_exact(pt.data, pt.form, pt.shape, dtype))),
+                (lambda: _cpu_kernels.sparse_linear_wgrad(pt.data, pt.form, g, K)))
+
+    return (dispatch.break_even(key, forward, SPARSE_MAX_RATE),
+            dispatch.break_even(key + "/wgrad", wgrad, SPARSE_WGRAD_MAX_RATE))
 
 
 def _event_driven_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -138,9 +181,14 @@ def _event_driven_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return x.dim() >= 2 and x.shape[-1] % 8 == 0 and _event_driven_allowed(x, weight)
 
 
-def _event_driven(x: torch.Tensor, px: Packed | None, weight: torch.Tensor) -> bool:
-    """Whether to run the linear on ``x`` by adding the weight columns of its non-zero inputs (CPU, sparse spikes)."""
-    return _sparse_enough(x, px, SPARSE_MAX_RATE) and _event_driven_ok(x, weight)
+def _linear_paths(x: torch.Tensor, px: Packed | None, weight: torch.Tensor, wgrad: bool) -> tuple[bool, bool]:
+    """Whether the linear on ``x`` (packed: ``px``) runs its forward and (``wgrad``: it is needed) its weight
+    gradient event-driven: a CPU input of sparse spikes, sparser than this machine's break-even for the shape."""
+    rate = _rate(x, px)
+    if rate >= 1.0 or not _event_driven_ok(x, weight):
+        return False, False
+    forward, backward = _linear_limits(x, px, weight)
+    return rate <= forward, wgrad and rate <= backward
 
 
 def _sparse_linear(px: Packed, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -159,10 +207,38 @@ def _conv_event_driven_ok(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
             and (bias is None or bias.dtype == x.dtype) and _event_driven_allowed(x, weight))
 
 
-def _conv_event_driven(x: torch.Tensor, px: Packed | None, weight: torch.Tensor, bias: torch.Tensor | None,
-                       stride: int, padding: int) -> bool:
-    """Whether to run the conv on ``x`` by adding the weights of its non-zero inputs (CPU, sparse spikes)."""
-    return _sparse_enough(x, px, SPARSE_CONV_MAX_RATE) and _conv_event_driven_ok(x, weight, bias, stride, padding)
+def _conv_paths(x: torch.Tensor, px: Packed | None, weight: torch.Tensor, bias: torch.Tensor | None, stride: int,
+                padding: int, wgrad: bool) -> tuple[bool, bool]:
+    """Whether the conv on ``x`` (packed: ``px``) runs its forward and (``wgrad``: it is needed) its weight gradient
+    event-driven: a 3x3 conv of sparse spikes, sparser than this machine's break-even for the shape."""
+    rate = _rate(x, px)
+    if rate >= 1.0 or not _conv_event_driven_ok(x, weight, bias, stride, padding):
+        return False, False
+    B, Cin, H, W = x.shape
+    Cout, dtype, form = weight.shape[0], x.dtype, px.form
+    images = min(B, -(-TRIAL_PIXELS // (H * W)))
+    key = f"conv3x3/{form}/{str(dtype)[6:]}/C{Cin}/O{Cout}/H{H}/W{W}/B{_bucket(B)}"
+
+    def forward(r: float):  # noqa: ANN202 - (dense, event-driven) calls
+        w, xt = torch.randn(Cout, Cin, 3, 3, dtype=dtype) / (9 * Cin) ** 0.5, _trial_input((images, Cin, H, W), r,
+                                                                                            form, dtype)
+        pt = _pack_compiled(xt)
+        return (lambda: F.conv2d(xt, w, None, 1, 1)), (lambda: _sparse_conv(pt, w, None))
+
+    def backward(r: float):  # noqa: ANN202
+        w, xt = torch.randn(Cout, Cin, 3, 3, dtype=dtype), _trial_input((images, Cin, H, W), r, form, dtype)
+        g, pt = torch.randn(images, Cout, H, W, dtype=dtype), _pack_compiled(xt)
+
+        def dense() -> object:
+            xu = unpack_exact(pt.data, pt.form, pt.shape, dtype)
+            return torch.ops.aten.convolution_backward(g, xu, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                                                       [False, True, False])
+
+        return dense, (lambda: _cpu_kernels.sparse_conv3x3_wgrad(pt.data, pt.form, g, tuple(w.shape), pt.shape))
+
+    limit = dispatch.break_even(key, forward, SPARSE_CONV_MAX_RATE)
+    limit_wgrad = dispatch.break_even(key + "/wgrad", backward, SPARSE_CONV_MAX_RATE) if wgrad else 0.0
+    return rate <= limit, wgrad and rate <= limit_wgrad
 
 
 def _sparse_conv(px: Packed, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -170,21 +246,35 @@ def _sparse_conv(px: Packed, weight: torch.Tensor, bias: torch.Tensor | None) ->
                                        None if bias is None else bias.detach())
 
 
+def _onednn_input_grad(g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``g @ weight`` for contiguous float32 CPU tensors as oneDNN's 1x1 transposed convolution over a channels-last
+    view of ``g`` and the weight as it is (no copies)."""
+    N, K = weight.shape
+    M = g.numel() // N
+    x = g.view(1, M, 1, N).permute(0, 3, 1, 2)  # [1, N, M, 1] in channels-last memory: g itself
+    y = F.conv_transpose2d(x, weight.view(N, K, 1, 1))  # channels-last [1, K, M, 1]: memory [M, K]
+    return y.permute(0, 2, 3, 1).reshape(*g.shape[:-1], K)
+
+
 def _input_grad(g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``g @ weight`` (``[..., N] @ [N, K]``), the input gradient of an event-driven linear. For contiguous float32
-    CPU tensors it runs as oneDNN's 1x1 transposed convolution over a channels-last view of ``g`` and the weight as
-    it is (no copies): 1.0-1.9x as fast as MKL's sgemm at Spikformer shapes on the AMD CPU of
-    ``benchmarks/README.md`` (most at ``[8192, 384] @ [384, 384]``), equal to float rounding, like the rest of the
-    event-driven path."""
+    """``g @ weight`` (``[..., N] @ [N, K]``), a spike linear's input gradient: BLAS's ``matmul``, or for contiguous
+    float32 CPU tensors oneDNN's 1x1 transposed convolution where this machine's trial found it faster for the
+    shape class (equal to float rounding)."""
     N, K = weight.shape
     if not (g.dtype == weight.dtype == torch.float32 and g.device.type == "cpu" and g.is_contiguous()
             and weight.is_contiguous() and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
             and g.numel() > 0):  # with oneDNN switched off the transposed conv would take a slow generic path
         return g.matmul(weight)
     M = g.numel() // N
-    x = g.view(1, M, 1, N).permute(0, 3, 1, 2)  # [1, N, M, 1] in channels-last memory: g itself
-    y = F.conv_transpose2d(x, weight.view(N, K, 1, 1))  # channels-last [1, K, M, 1]: memory [M, K]
-    return y.permute(0, 2, 3, 1).reshape(*g.shape[:-1], K)
+    rows = min(M, TRIAL_ROWS)
+
+    def trial():  # noqa: ANN202 - (oneDNN, BLAS) calls
+        gt, w = torch.randn(rows, N), torch.randn(N, K)
+        return (lambda: _onednn_input_grad(gt, w)), (lambda: gt.matmul(w))
+
+    if dispatch.faster(f"input_grad/N{N}/K{K}/M{_bucket(M)}", trial, True):
+        return _onednn_input_grad(g, weight)
+    return g.matmul(weight)
 
 
 class _SpikeLinear(torch.autograd.Function):
@@ -193,8 +283,7 @@ class _SpikeLinear(torch.autograd.Function):
         (px,) = _save(ctx, x)
         ctx.save_for_backward(px.data, weight)
         ctx.has_bias = bias is not None
-        ctx.sparse = _event_driven(x, px, weight)
-        ctx.sparse_wgrad = ctx.sparse and _sparse_enough(x, px, SPARSE_WGRAD_MAX_RATE)
+        ctx.sparse, ctx.sparse_wgrad = _linear_paths(x, px, weight, ctx.needs_input_grad[1])
         return _sparse_linear(px, weight, bias) if ctx.sparse else F.linear(x, weight, bias)
 
     @staticmethod
@@ -202,20 +291,15 @@ class _SpikeLinear(torch.autograd.Function):
         xd, weight = ctx.saved_tensors
         gx = gw = gb = None
         g2 = g.reshape(-1, g.shape[-1])
-        if ctx.sparse_wgrad:  # x stays packed: the weight gradient adds the gradient rows where x is not zero
-            if ctx.needs_input_grad[0]:
-                gx = _input_grad(g, weight)
-            if ctx.needs_input_grad[1]:
-                gw = _cpu_kernels.sparse_linear_wgrad(xd, ctx.forms[0][0], g2.contiguous(), weight.shape[1]).t()
-            if ctx.has_bias and ctx.needs_input_grad[2]:
-                gb = g2.sum(0)
-            return gx, gw, gb
-        (x,) = _load(ctx, (xd,))
-        x, weight = x.to(g.dtype), weight.to(g.dtype)  # under autocast g is bf16/fp16; autograd casts grads back
+        weight = weight.to(g.dtype)  # under autocast g is bf16/fp16; autograd casts grads back
         if ctx.needs_input_grad[0]:
-            gx = g.matmul(weight)
+            gx = _input_grad(g, weight)
         if ctx.needs_input_grad[1]:
-            gw = g2.t().mm(x.reshape(-1, x.shape[-1]))
+            if ctx.sparse_wgrad:  # x stays packed: the weight gradient adds the gradient rows where x is not zero
+                gw = _cpu_kernels.sparse_linear_wgrad(xd, ctx.forms[0][0], g2.contiguous(), weight.shape[1]).t()
+            else:
+                (x,) = _load(ctx, (xd,))
+                gw = g2.t().mm(x.to(g.dtype).reshape(-1, x.shape[-1]))
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = g2.sum(0)
         return gx, gw, gb
@@ -227,32 +311,23 @@ class _SpikeConv2d(torch.autograd.Function):
         (px,) = _save(ctx, x)
         ctx.save_for_backward(px.data, weight)
         ctx.conf = (None if bias is None else list(bias.shape), [stride] * 2, [padding] * 2)
-        ctx.sparse = _conv_event_driven(x, px, weight, bias, stride, padding)
+        ctx.sparse, ctx.sparse_wgrad = _conv_paths(x, px, weight, bias, stride, padding, ctx.needs_input_grad[1])
         return _sparse_conv(px, weight, bias) if ctx.sparse else F.conv2d(x, weight, bias, stride, padding)
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
         xd, weight = ctx.saved_tensors
-        if ctx.sparse:  # the weight gradient adds gradient pixels where x is not zero; the input gradient stays dense
-            gx = gw = gb = None
-            form, shape, _ = ctx.forms[0]
-            if ctx.needs_input_grad[0]:  # the input gradient needs x's shape only: no need to unpack it
-                x = torch.empty(shape, dtype=g.dtype)
-                gx = torch.ops.aten.convolution_backward(
-                    g, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, False, False]
-                )[0]
-            if ctx.needs_input_grad[1]:
-                gw = _cpu_kernels.sparse_conv3x3_wgrad(xd, form, g.contiguous(), tuple(weight.shape), shape)
-            if ctx.conf[0] is not None and ctx.needs_input_grad[2]:
-                gb = g.sum((0, 2, 3))
-            return gx, gw, gb, None, None
-        (x,) = _load(ctx, (xd,))
-        x, weight = x.to(g.dtype), weight.to(g.dtype)
+        form, shape, _ = ctx.forms[0]
         bias_sizes, stride, padding = ctx.conf
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias_sizes is not None and ctx.needs_input_grad[2]]
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        dense_w = need_w and not ctx.sparse_wgrad
+        # the input and bias gradients need x's shape only: its values are unpacked for a dense weight gradient
+        x = _load(ctx, (xd,))[0].to(g.dtype) if dense_w else torch.empty(shape, dtype=g.dtype)
         gx, gw, gb = torch.ops.aten.convolution_backward(
-            g, x, weight, bias_sizes, stride, padding, [1, 1], False, [0, 0], 1, mask
-        )
+            g, x, weight.to(g.dtype), bias_sizes, stride, padding, [1, 1], False, [0, 0], 1,
+            [need_x, dense_w, bias_sizes is not None and need_b])
+        if need_w and ctx.sparse_wgrad:  # the weight gradient adds gradient pixels where x is not zero
+            gw = _cpu_kernels.sparse_conv3x3_wgrad(xd, form, g.contiguous(), tuple(weight.shape), shape)
         return gx, gw, gb, None, None
 
 
@@ -314,7 +389,7 @@ def spike_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         return _SpikeLinear.apply(x, weight, bias)
     if not _needs_grad(x, weight, bias) and _event_driven_ok(x, weight):  # inference: count the spikes, then pick
         px = _pack_compiled(x)
-        if _event_driven(x, px, weight):
+        if _linear_paths(x, px, weight, False)[0]:
             return _sparse_linear(px, weight, bias)
     return F.linear(x, weight, bias)
 
@@ -333,7 +408,7 @@ def spike_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         return _SpikeConv2d.apply(x, weight, bias, stride, padding)
     if not _needs_grad(x, weight, bias) and _conv_event_driven_ok(x, weight, bias, stride, padding):
         px = _pack_compiled(x)  # inference: count the spikes, then pick
-        if _conv_event_driven(x, px, weight, bias, stride, padding):
+        if _conv_paths(x, px, weight, bias, stride, padding, False)[0]:
             return _sparse_conv(px, weight, bias)
     return F.conv2d(x, weight, bias, stride, padding)
 
