@@ -203,3 +203,16 @@ def test_real_timer_settles_every_layer_of_a_model(tmp_path):
     for key, value in cal.entries.items():
         assert isinstance(value, bool) if key.startswith("input_grad") else 0.0 <= value <= 0.6, (key, value)
     assert json.loads((tmp_path / "d.json").read_text())["entries"] == cal.entries
+
+
+def test_a_trial_that_fails_leaves_the_fixed_rule(caplog):
+    def trial(rate: float):
+        def fails() -> None:
+            raise RuntimeError("out of memory in the trial")
+
+        return (lambda: None), fails
+
+    cal = dispatch.Calibration(None, timer=dispatch.best_time)
+    with kernel_config(calibrate=True), dispatch.using_calibration(cal):
+        assert dispatch.break_even("linear/bits/float32/K8/N8/M8", trial, 0.25) == 0.25
+    assert cal.entries == {} and "out of memory in the trial" in caplog.text

@@ -196,7 +196,11 @@ def break_even(key: str, trial: Trial, fixed: float) -> float:
     ``calibrate`` switch of :mod:`.config` is off."""
     if not get_kernel_config().calibrate:
         return fixed
-    return current().break_even(key, trial)
+    try:
+        return current().break_even(key, trial)
+    except (RuntimeError, MemoryError) as exc:  # a trial that cannot run here leaves the fixed rule, uncached
+        log.warning("spikformers: timing %s failed (%s); using the fixed threshold %s", key, exc, fixed)
+        return fixed
 
 
 def faster(key: str, trial: Callable[[], tuple[Callable[[], object], Callable[[], object]]], fixed: bool) -> bool:
@@ -204,4 +208,8 @@ def faster(key: str, trial: Callable[[], tuple[Callable[[], object], Callable[[]
     calibration off)."""
     if not get_kernel_config().calibrate:
         return fixed
-    return current().faster(key, trial)
+    try:
+        return current().faster(key, trial)
+    except (RuntimeError, MemoryError) as exc:
+        log.warning("spikformers: timing %s failed (%s); using the default path", key, exc)
+        return fixed
