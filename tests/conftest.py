@@ -24,9 +24,9 @@ def digits_batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.fixture(autouse=True, scope="session")
-def fixed_dispatch():  # type: ignore[no-untyped-def]
+def fixed_calibration():  # type: ignore[no-untyped-def]
     """Event-driven vs dense by the fixed thresholds, not by timed trials: the same paths on every machine and run
-    (tests/test_dispatch.py turns calibration on, with a fake timer)."""
+    (tests/test_calibration.py turns calibration on, with a fake timer)."""
     from spikformers.kernels import set_kernel_config
 
     previous = set_kernel_config(calibrate=False)

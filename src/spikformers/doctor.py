@@ -25,7 +25,7 @@ from types import ModuleType
 import torch
 
 from .cli import command
-from .kernels import cpu, dispatch, eager, selfcheck
+from .kernels import calibration, cpu, eager, selfcheck
 from .kernels.common import triton_importable, triton_interpret
 
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
@@ -94,15 +94,15 @@ def _cpp_line() -> tuple[str, str | None]:
     return f"NOT BUILT: {cpu.error}", f"the C++ kernels did not build ({(cpu.error or '').splitlines()[0][:200]})"
 
 
-def _dispatch_line(recalibrate: bool) -> str:
+def _calibration_line(recalibrate: bool) -> str:
     """Where this machine's event-driven vs dense decisions are cached, and how many (forgotten first if asked)."""
-    calibration = dispatch.recalibrate() if recalibrate else dispatch.current()
-    if recalibrate and calibration.path is not None:
-        calibration.path.unlink(missing_ok=True)
-    where = calibration.path or "memory"
+    found = calibration.recalibrate() if recalibrate else calibration.current()
+    if recalibrate and found.path is not None:
+        found.path.unlink(missing_ok=True)
+    where = found.path or "memory"
     if recalibrate:
         return f"forgotten; measured again per shape on first use and cached in {where}"
-    n = len(calibration.entries)
+    n = len(found.entries)
     return (f"{n} shape decision{'s' if n != 1 else ''} timed on this machine, cached in {where}" if n else
             f"not calibrated yet: timed per shape on first use, cached in {where}")
 
@@ -148,7 +148,7 @@ def _compile_line(arch: int) -> tuple[str, list[str]]:
 
 def doctor(cuda_arch: int = 90, compile_kernels: bool = True, verbose: bool = False, recalibrate: bool = False) -> int:
     """Print the report and the verdict; returns the exit status (0: no problem, 1: problems). ``recalibrate``
-    forgets this machine's event-driven vs dense timings (:mod:`.kernels.dispatch`)."""
+    forgets this machine's event-driven vs dense timings (:mod:`.kernels.calibration`)."""
     from . import __version__
 
     problems: list[str] = []
@@ -182,7 +182,7 @@ def doctor(cuda_arch: int = 90, compile_kernels: bool = True, verbose: bool = Fa
     _line("cpu kernels", cpp_text)
     problems += [cpp_problem] if cpp_problem else []
     if cpu.available():
-        _line("cpu dispatch", _dispatch_line(recalibrate))
+        _line("cpu calibration", _calibration_line(recalibrate))
 
     groups: list[tuple[str, ModuleType, str, str]] = []
     if cpu.available():

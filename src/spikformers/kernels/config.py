@@ -37,7 +37,7 @@ class KernelConfig:
             scratch (:func:`~.fused.mark_scratch`: a unit's batch-norm output) instead of into a new tensor; off,
             a forward hook that keeps that output sees it, not the spikes written over it.
         calibrate: choose between event-driven and dense kernels (and between two dense input-gradient products) by
-            a timed trial per shape class on this machine, cached (:mod:`.dispatch`); off: the fixed density
+            a timed trial per shape class on this machine, cached (:mod:`.calibration`); off: the fixed density
             thresholds of :mod:`.spike_ops`.
         kernel_check: check each Triton kernel variant against the reference loop before its first use
             (:mod:`.selfcheck`); None leaves it to ``$SPIKFORMERS_KERNEL_CHECK`` (default on).

@@ -12,7 +12,7 @@ gradient from the saved bits; the ``event_driven`` switch of :mod:`.config` turn
 ``F.linear`` / ``F.conv2d`` bit for bit.
 
 How sparse an input must be for the event-driven forward and weight gradient, and which of two dense products
-computes a linear's input gradient, is decided per shape class by a timed trial on this machine (:mod:`.dispatch`);
+computes a linear's input gradient, is decided per shape class by a timed trial on this machine (:mod:`.calibration`);
 with the ``calibrate`` switch off, the fixed thresholds below apply.
 """
 
@@ -25,8 +25,8 @@ import torch
 from torch.nn import functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
+from . import calibration
 from . import cpu as _cpu_kernels
-from . import dispatch
 from .config import get_kernel_config
 
 # Fixed thresholds, used with calibration off: the non-zero fraction up to which the event-driven path runs
@@ -155,7 +155,7 @@ def _trial_input(shape: tuple[int, ...], rate: float, form: str, dtype: torch.dt
 
 def _linear_limits(x: torch.Tensor, px: Packed, weight: torch.Tensor) -> tuple[float, float]:
     """Densities up to which the event-driven linear's forward and weight gradient beat the dense ones for ``x``'s
-    shape class (calibrated per machine, :mod:`.dispatch`)."""
+    shape class (calibrated per machine, :mod:`.calibration`)."""
     N, K = weight.shape
     M = x.numel() // K
     rows, dtype, form = min(M, TRIAL_ROWS), x.dtype, px.form
@@ -172,8 +172,8 @@ def _linear_limits(x: torch.Tensor, px: Packed, weight: torch.Tensor) -> tuple[f
         return ((lambda: g.t().mm(unpack_exact(pt.data, pt.form, pt.shape, dtype))),
                 (lambda: _cpu_kernels.sparse_linear_wgrad(pt.data, pt.form, g, K)))
 
-    return (dispatch.break_even(key, forward, SPARSE_MAX_RATE),
-            dispatch.break_even(key + "/wgrad", wgrad, SPARSE_WGRAD_MAX_RATE))
+    return (calibration.break_even(key, forward, SPARSE_MAX_RATE),
+            calibration.break_even(key + "/wgrad", wgrad, SPARSE_WGRAD_MAX_RATE))
 
 
 def _event_driven_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -236,8 +236,8 @@ def _conv_paths(x: torch.Tensor, px: Packed | None, weight: torch.Tensor, bias: 
 
         return dense, (lambda: _cpu_kernels.sparse_conv3x3_wgrad(pt.data, pt.form, g, tuple(w.shape), pt.shape))
 
-    limit = dispatch.break_even(key, forward, SPARSE_CONV_MAX_RATE)
-    limit_wgrad = dispatch.break_even(key + "/wgrad", backward, SPARSE_CONV_MAX_RATE) if wgrad else 0.0
+    limit = calibration.break_even(key, forward, SPARSE_CONV_MAX_RATE)
+    limit_wgrad = calibration.break_even(key + "/wgrad", backward, SPARSE_CONV_MAX_RATE) if wgrad else 0.0
     return rate <= limit, wgrad and rate <= limit_wgrad
 
 
@@ -272,7 +272,7 @@ def _input_grad(g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         gt, w = torch.randn(rows, N), torch.randn(N, K)
         return (lambda: _onednn_input_grad(gt, w)), (lambda: gt.matmul(w))
 
-    if dispatch.faster(f"input_grad/N{N}/K{K}/M{_bucket(M)}", trial, True):
+    if calibration.faster(f"input_grad/N{N}/K{K}/M{_bucket(M)}", trial, True):
         return _onednn_input_grad(g, weight)
     return g.matmul(weight)
 

@@ -1,4 +1,4 @@
-"""The per-machine choice between event-driven and dense kernels (kernels/dispatch.py).
+"""The per-machine choice between event-driven and dense kernels (kernels/calibration.py).
 
 A fake timer stands in for the clock: it runs each call and reports a cost by which kernels the call used, so the
 tests decide which path is "faster" and check that the layers then take it, with the same numbers either way.
@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from spikformers.kernels import cpu, dispatch, kernel_config, spike_ops
+from spikformers.kernels import calibration, cpu, kernel_config, spike_ops
 
 pytestmark = pytest.mark.skipif(not cpu.available(), reason="the compiled CPU kernels are not built here")
 
@@ -75,18 +75,18 @@ def run_linear(x: torch.Tensor, K: int = 64, N: int = 96):
 
 def test_break_even_from_the_two_trial_times():
     # the fast path costs 1 + 10 r (ms); dense costs 3 ms: break-even at r = 0.2, kept at 0.9 of it
-    assert dispatch.break_even_from(3.0, (1.5, 4.0), rates=(0.05, 0.3)) == pytest.approx(0.18)
-    assert dispatch.break_even_from(1.0, (1.5, 4.0)) == 0.0  # slower even at the lower density: never
-    assert dispatch.break_even_from(10.0, (1.0, 0.9), cap=0.6) == pytest.approx(0.54)  # never slower: the cap
-    assert dispatch.break_even_from(10.0, (1.0, 2.0), rates=(0.05, 0.3), cap=0.6) == pytest.approx(0.54)
+    assert calibration.break_even_from(3.0, (1.5, 4.0), rates=(0.05, 0.3)) == pytest.approx(0.18)
+    assert calibration.break_even_from(1.0, (1.5, 4.0)) == 0.0  # slower even at the lower density: never
+    assert calibration.break_even_from(10.0, (1.0, 0.9), cap=0.6) == pytest.approx(0.54)  # never slower: the cap
+    assert calibration.break_even_from(10.0, (1.0, 2.0), rates=(0.05, 0.3), cap=0.6) == pytest.approx(0.54)
 
 
 def test_dense_wins_the_trial_so_a_sparse_layer_runs_dense(used):
     """The case the fixed rule gets wrong on a CPU where event-driven kernels are slow: a 2 % input, far below every
     fixed threshold, runs dense because this machine's trial found dense faster."""
-    cal = dispatch.Calibration(None, timer=fake_timer(used, event_driven=5.0))
+    cal = calibration.Calibration(None, timer=fake_timer(used, event_driven=5.0))
     x = spikes((4, 50, 64), 0.02)
-    with kernel_config(calibrate=True), dispatch.using_calibration(cal):
+    with kernel_config(calibrate=True), calibration.using_calibration(cal):
         run_linear(x)
     assert not [n for n in used if n in SPARSE_KERNELS]
     assert cal.entries["linear/bits/float32/K64/N96/M256"] == 0.0
@@ -99,8 +99,8 @@ def test_dense_wins_the_trial_so_a_sparse_layer_runs_dense(used):
 
 def test_event_driven_wins_the_trial_and_runs(used):
     timer = fake_timer(used, event_driven=0.1)
-    cal = dispatch.Calibration(None, timer=timer)
-    with kernel_config(calibrate=True), dispatch.using_calibration(cal):
+    cal = calibration.Calibration(None, timer=timer)
+    with kernel_config(calibrate=True), calibration.using_calibration(cal):
         run_linear(spikes((4, 50, 64), 0.1))
         assert [n for n in used if n in SPARSE_KERNELS] == ["sparse_linear", "sparse_linear_wgrad"]
         used.clear()
@@ -112,9 +112,9 @@ def test_event_driven_wins_the_trial_and_runs(used):
 def test_forward_and_weight_gradient_are_decided_apart(used):
     """A trial where the event-driven forward wins and its weight gradient loses gives exactly that split."""
     timer = fake_timer(used, event_driven=0.1)
-    cal = dispatch.Calibration(None, timer=timer)
+    cal = calibration.Calibration(None, timer=timer)
     cal.entries["linear/bits/float32/K64/N96/M256/wgrad"] = 0.0  # as if measured: dense weight gradient
-    with kernel_config(calibrate=True), dispatch.using_calibration(cal):
+    with kernel_config(calibrate=True), calibration.using_calibration(cal):
         run_linear(spikes((4, 50, 64), 0.1))
     assert [n for n in used if n in SPARSE_KERNELS] == ["sparse_linear"]
 
@@ -123,9 +123,9 @@ def test_conv_weight_gradient_runs_dense_when_it_wins(used):
     gen = torch.Generator().manual_seed(2)
     x = spikes((2, 16, 8, 8), 0.1).requires_grad_()
     w = torch.randn(24, 16, 3, 3, generator=gen, requires_grad=True)
-    cal = dispatch.Calibration(None, timer=fake_timer(used, event_driven=0.1))
+    cal = calibration.Calibration(None, timer=fake_timer(used, event_driven=0.1))
     cal.entries["conv3x3/bits/float32/C16/O24/H8/W8/B2/wgrad"] = 0.0
-    with kernel_config(calibrate=True), dispatch.using_calibration(cal):
+    with kernel_config(calibrate=True), calibration.using_calibration(cal):
         y = spike_ops.spike_conv2d(x, w, None, 1, 1)
         g = torch.randn(y.shape, generator=gen)
         got = torch.autograd.grad(y, (x, w), g)
@@ -140,40 +140,40 @@ def test_input_gradient_takes_the_faster_product(used):
     for onednn, expected in ((1.0, ["onednn"]), (3.0, [])):  # blas costs 2.0
         timer = fake_timer(used, event_driven=1.0, onednn=onednn)
         timer.kind = "input_grad"
-        with kernel_config(calibrate=True), dispatch.using_calibration(dispatch.Calibration(None, timer=timer)):
+        with kernel_config(calibrate=True), calibration.using_calibration(calibration.Calibration(None, timer=timer)):
             used.clear()
             torch.testing.assert_close(spike_ops._input_grad(g, w), g @ w, atol=1e-4, rtol=1e-5)
         assert used == expected
 
 
 def test_decisions_are_cached_per_machine(tmp_path, used):
-    path = tmp_path / "dispatch.json"
-    first = dispatch.Calibration(path, timer=fake_timer(used, event_driven=5.0))
-    with kernel_config(calibrate=True), dispatch.using_calibration(first):
+    path = tmp_path / "calibration.json"
+    first = calibration.Calibration(path, timer=fake_timer(used, event_driven=5.0))
+    with kernel_config(calibrate=True), calibration.using_calibration(first):
         run_linear(spikes((4, 50, 64), 0.02))
     saved = json.loads(path.read_text())
-    assert saved["machine"] == dispatch.machine_key() and saved["entries"] == first.entries and first.entries
+    assert saved["machine"] == calibration.machine_key() and saved["entries"] == first.entries and first.entries
 
     def no_timing(fn):
         raise AssertionError("a cached decision was measured again")
 
-    again = dispatch.Calibration(path, timer=no_timing)
+    again = calibration.Calibration(path, timer=no_timing)
     assert again.entries == first.entries
-    with kernel_config(calibrate=True), dispatch.using_calibration(again):
+    with kernel_config(calibrate=True), calibration.using_calibration(again):
         run_linear(spikes((4, 50, 64), 0.02))
-    assert dispatch.Calibration(path, fresh=True).entries == {}  # SPIKFORMERS_RECALIBRATE / recalibrate()
+    assert calibration.Calibration(path, fresh=True).entries == {}  # SPIKFORMERS_RECALIBRATE / recalibrate()
     saved["machine"]["cpu"] = "another CPU"
     path.write_text(json.dumps(saved))
-    assert dispatch.Calibration(path).entries == {}  # another machine's file is not used
+    assert calibration.Calibration(path).entries == {}  # another machine's file is not used
     path.write_text("{not json")
-    assert dispatch.Calibration(path).entries == {}
+    assert calibration.Calibration(path).entries == {}
 
 
 def test_calibration_off_uses_the_fixed_thresholds(used, monkeypatch):
     def no_timing(fn):
         raise AssertionError("calibration is off")
 
-    with kernel_config(calibrate=False), dispatch.using_calibration(dispatch.Calibration(None, timer=no_timing)):
+    with kernel_config(calibrate=False), calibration.using_calibration(calibration.Calibration(None, timer=no_timing)):
         run_linear(spikes((4, 50, 64), 0.1))
         assert used[:1] == ["sparse_linear"]
         used.clear()
@@ -191,8 +191,8 @@ def test_real_timer_settles_every_layer_of_a_model(tmp_path):
     torch.manual_seed(0)
     model = spikformers.create_model("spikformer_1_64_cifar", T=2).double()  # float64: no spike flips by rounding
     x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
-    cal = dispatch.Calibration(tmp_path / "d.json")
-    with kernel_config(calibrate=True), dispatch.using_calibration(cal):
+    cal = calibration.Calibration(tmp_path / "d.json")
+    with kernel_config(calibrate=True), calibration.using_calibration(cal):
         loss = model(x).square().sum()
         loss.backward()
     with kernel_config(event_driven=False):
@@ -212,7 +212,7 @@ def test_a_trial_that_fails_leaves_the_fixed_rule(caplog):
 
         return (lambda: None), fails
 
-    cal = dispatch.Calibration(None, timer=dispatch.best_time)
-    with kernel_config(calibrate=True), dispatch.using_calibration(cal):
-        assert dispatch.break_even("linear/bits/float32/K8/N8/M8", trial, 0.25) == 0.25
+    cal = calibration.Calibration(None, timer=calibration.best_time)
+    with kernel_config(calibrate=True), calibration.using_calibration(cal):
+        assert calibration.break_even("linear/bits/float32/K8/N8/M8", trial, 0.25) == 0.25
     assert cal.entries == {} and "out of memory in the trial" in caplog.text

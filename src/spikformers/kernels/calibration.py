@@ -155,7 +155,7 @@ class Calibration:
 def _default() -> Calibration:
     name = hashlib.sha256(json.dumps(machine_key(), sort_keys=True).encode()).hexdigest()[:16]
     fresh = os.environ.get("SPIKFORMERS_RECALIBRATE", "") not in ("", "0")
-    return Calibration(cpu.cache_dir() / f"dispatch_{name}.json", fresh=fresh)
+    return Calibration(cpu.cache_dir() / f"calibration_{name}.json", fresh=fresh)
 
 
 _by_threads: dict[int, Calibration] = {}  # the machine's calibration per thread count, built on first use
