@@ -11,7 +11,7 @@ from torch.overrides import TorchFunctionMode
 from helpers import digits, record, train_digits
 from spikformers import count_parameters, create_model, list_models
 from spikformers.attention import SDSA
-from spikformers.kernels import lif_reference
+from spikformers.kernels import kernel_config, lif_reference
 from spikformers.models.blocks import MembraneBlock
 
 MATMULS = {"matmul", "bmm", "mm", "einsum", "__matmul__", "__rmatmul__", "baddbmm", "addmm", "tensordot", "mv"}
@@ -23,7 +23,8 @@ def tiny(attn: str = "sdsa", seed: int = 0, **kw: object) -> torch.nn.Module:
 
 
 class CallLog(TorchFunctionMode):
-    """Records the name of every torch function called while active."""
+    """Records the name of every torch function called while active (under ``kernel_config(observable=True)``,
+    the switch through which the kernels let a watcher see every product)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -42,7 +43,7 @@ def test_no_matrix_product_inside_sdsa(block: str) -> None:
         model(digits()[0][:32])
     attn, x = model.blocks[0].attn, store["x"][0]
     log = CallLog()
-    with log, torch.no_grad():
+    with kernel_config(observable=True), log, torch.no_grad():
         attn(x)
     assert "linear" in log.names and "sum" in log.names  # the mode sees the projections and the token sum
     assert not MATMULS & set(log.names), sorted(MATMULS & set(log.names))
@@ -52,7 +53,7 @@ def test_no_matrix_product_inside_sdsa(block: str) -> None:
         out.sum().backward()
     assert not MATMULS & set(log.names)
     log = CallLog()  # control: the same recorder does see SSA's matrix products
-    with log, torch.no_grad():
+    with kernel_config(observable=True), log, torch.no_grad():
         tiny("ssa", block=block).blocks[0].attn(x)
     assert MATMULS & set(log.names)
 

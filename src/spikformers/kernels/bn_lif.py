@@ -163,27 +163,15 @@ def bn_lif(y: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, params: NeuronP
     return cpu.bn_lif_forward(y, scale, shift, dims, params, out, pool_w)
 
 
-def hooked(m: nn.Module) -> bool:
-    """Whether ``m`` has a forward or backward hook of its own."""
-    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
-
-
-def _global_hooks() -> bool:
-    g = nn.modules.module
-    return bool(g._global_forward_hooks or g._global_forward_pre_hooks or g._global_backward_hooks
-                or g._global_backward_pre_hooks)
-
-
 def fused_params(bn: nn.Module, neuron: nn.Module) -> NeuronParams | None:
-    """The neuron's parameters when ``neuron(bn(.))`` may run as one :func:`bn_lif` call as far as the modules go,
-    else None: the ``fused_bn_neuron`` switch on (:mod:`.config`), a plain LIF on a fused backend
-    (``neuron.unit_params()``), a batch norm, and no hook on either module (hooks such as the energy counter's
-    must see the real intermediate tensors)."""
-    if not get_kernel_config().fused_bn_neuron:
+    """The neuron's parameters when ``neuron(bn(.))`` may run as one :func:`bn_lif` call as far as the modules and the
+    switchboard go, else None: the ``fused_bn_neuron`` switch on and ``observable`` off (:mod:`.config`), a batch
+    norm, and a plain LIF on a fused backend (``neuron.unit_params()``). Whether the unit's own modules must be
+    called instead (a hook on them) is the unit's decision."""
+    cfg = get_kernel_config()
+    if not cfg.fused_bn_neuron or cfg.observable:
         return None
     if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or not hasattr(neuron, "unit_params"):
-        return None
-    if hooked(bn) or hooked(neuron) or _global_hooks():
         return None
     return neuron.unit_params()
 

@@ -10,6 +10,11 @@ puts the previous setting back on exit, also on an error), or for the rest of th
         logits = model(x)  # dense products, batch norm and neuron as separate modules
 
 The setting is one for the whole process (every thread sees it), as torch's own backend flags are.
+
+Watching a model from outside: under ``kernel_config(observable=True)`` every unit runs its plain path, the one a
+``TorchFunctionMode`` and module hooks see whole (see :class:`KernelConfig`). It is the one way in which the
+kernels let themselves be watched: an observer puts it in force while it watches, and no kernel looks for any
+particular observer.
 """
 
 from __future__ import annotations
@@ -38,6 +43,11 @@ class KernelConfig:
             a forward hook that keeps that output sees it, not the spikes written over it.
         kernel_check: check each Triton kernel variant against the reference loop before its first use
             (:mod:`.selfcheck`); None leaves it to ``$SPIKFORMERS_KERNEL_CHECK`` (default on).
+        observable: someone watches from outside (off by default). Every product is then one ``F.linear`` /
+            ``F.conv2d`` / ``matmul`` call over all its operands (no event-driven kernel, no image convolved once
+            for all T steps), every batch norm and neuron is called as its module (no fused batch norm + LIF),
+            and no kernel writes over an input (as ``overwrite_scratch=False``). The numbers are those of the
+            plain paths; only the speed differs.
     """
 
     compact_spikes: bool = True
@@ -45,6 +55,7 @@ class KernelConfig:
     fused_bn_neuron: bool = True
     overwrite_scratch: bool = True
     kernel_check: bool | None = None
+    observable: bool = False
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(KernelConfig)}

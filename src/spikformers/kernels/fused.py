@@ -68,10 +68,11 @@ def mark_scratch(x: torch.Tensor) -> torch.Tensor:
 
 def _take_scratch(x: torch.Tensor) -> bool:
     """Whether ``x`` is the tensor :func:`mark_scratch` marked (and the ``overwrite_scratch`` switch of
-    :mod:`.config` is on); clears the mark either way."""
+    :mod:`.config` is on, ``observable`` off); clears the mark either way."""
     ref = getattr(_scratch, "ref", None)
     _scratch.ref = None
-    return get_kernel_config().overwrite_scratch and ref is not None and ref() is x
+    cfg = get_kernel_config()
+    return cfg.overwrite_scratch and not cfg.observable and ref is not None and ref() is x
 
 
 def run_neuron(
