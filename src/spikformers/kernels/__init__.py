@@ -39,10 +39,10 @@ from __future__ import annotations
 
 import torch
 
-from . import cpu
+from . import cpp
 from .common import NeuronParams, choose_save, triton_importable, triton_interpret
 from .config import KernelConfig, get_kernel_config, kernel_config, set_kernel_config
-from .fused import BACKENDS, lif_fused, mark_scratch, run_neuron, select_impl
+from .dispatch import BACKENDS, lif_fused, mark_scratch, run_neuron, select_impl
 from .reference import lif_reference, ternary_lif_reference, ternary_reference
 from .selfcheck import KernelCheckWarning
 
@@ -126,7 +126,7 @@ def available_backends(device: str | torch.device = "cpu") -> list[str]:
     """The backends that can run on ``device`` here (``"reference"`` and ``"eager"`` always can)."""
     dev = torch.device(device)
     found = ["reference", "eager"]
-    if dev.type == "cpu" and cpu.available():
+    if dev.type == "cpu" and cpp.available():
         found.append("cpp")
     if triton_importable() and (dev.type == "cuda" or triton_interpret()):
         found.append("triton")

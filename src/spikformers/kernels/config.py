@@ -39,7 +39,7 @@ class KernelConfig:
         fused_bn_neuron: on the CPU, a unit's batch norm and LIF run as one kernel (:mod:`.bn_lif`;
             ``train.fused_bn_neuron``).
         overwrite_scratch: at inference, the compiled CPU neuron writes its spikes over an input marked as
-            scratch (:func:`~.fused.mark_scratch`: a unit's batch-norm output) instead of into a new tensor; off,
+            scratch (:func:`~.dispatch.mark_scratch`: a unit's batch-norm output) instead of into a new tensor; off,
             a forward hook that keeps that output sees it, not the spikes written over it.
         kernel_check: check each Triton kernel variant against the reference loop before its first use
             (:mod:`.selfcheck`); None leaves it to ``$SPIKFORMERS_KERNEL_CHECK`` (default on).

@@ -45,7 +45,7 @@ from .node import NeuronFunction
 from .reference import lif_reference, ternary_lif_reference, ternary_reference
 
 ENV = "SPIKFORMERS_KERNEL_CHECK"
-_TRITON_MODULE = f"{__package__}.gpu"
+_TRITON_MODULE = f"{__package__}.triton"
 
 
 class KernelCheckWarning(RuntimeWarning):

@@ -21,7 +21,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
-from . import cpu as _cpu_kernels
+from . import cpp as _cpu_kernels
 from .config import get_kernel_config
 
 SPARSE_MAX_RATE = 0.3  # non-zero fraction up to which the event-driven linear's forward beats the dense product

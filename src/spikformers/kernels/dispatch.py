@@ -15,7 +15,7 @@ from types import ModuleType
 
 import torch
 
-from . import cpu, eager, selfcheck
+from . import cpp, eager, selfcheck
 from .common import NeuronParams, choose_save, triton_importable, triton_interpret
 from .config import get_kernel_config
 from .node import NeuronFunction
@@ -24,9 +24,9 @@ BACKENDS = ("auto", "fused", "cpp", "triton", "eager", "reference")
 
 
 def _triton_impl() -> ModuleType:
-    from . import gpu
+    from . import triton
 
-    return gpu
+    return triton
 
 
 def select_impl(x: torch.Tensor, backend: str) -> ModuleType:
@@ -34,16 +34,16 @@ def select_impl(x: torch.Tensor, backend: str) -> ModuleType:
     if backend in ("auto", "fused"):
         if x.is_cuda and x.dtype != torch.float64 and triton_importable():
             return _triton_impl()
-        if cpu.supports(x):
-            return cpu
+        if cpp.supports(x):
+            return cpp
         return eager
     if backend == "cpp":
-        if not cpu.supports(x):
+        if not cpp.supports(x):
             raise RuntimeError(
                 f"backend 'cpp' needs a CPU float32/float64 tensor and a built library; got {x.device}/{x.dtype}"
-                + (f" ({cpu.error})" if cpu.error else "")
+                + (f" ({cpp.error})" if cpp.error else "")
             )
-        return cpu
+        return cpp
     if backend == "triton":
         if not triton_importable():
             raise RuntimeError("backend 'triton' needs the triton package")
