@@ -158,7 +158,7 @@ def bench_shape(T: int, repeats: int, device: str, rest: tuple[int, ...] = (64, 
     copy_bw = 2 * 4 * n / med["copy"]
     # bytes the default fused path must move per element: forward reads x and writes spikes (+ the saved state);
     # backward reads grad and the state (or x again, for "recompute") and writes grad_x
-    state = {"x": 0, "q24": 3, "q16": 2, "h": 4}[choose_save("lif", x.dtype, True, default_saved(x))]
+    state = {"recompute": 0, "q24": 3, "q16": 2, "exact": 4}[choose_save("lif", x.dtype, True, default_saved(x))]
     fused_bytes = (4 + 4 + state + 4 + (state or 4) + 4) * n
     return {
         "shape": list(shape),

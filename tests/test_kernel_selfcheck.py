@@ -212,8 +212,8 @@ def test_each_variant_is_checked_under_its_own_key(triton_kernels):
     assert found == {
         ("float32", "q24", True, False, False, "any", "16", True),
         ("float32", "q16", True, False, False, "any", "16", True),
-        ("float32", "h", False, False, False, "any", "16", True),
-        ("float64", "h", True, False, False, "any", "16", True),
+        ("float32", "exact", False, False, False, "any", "16", True),
+        ("float64", "exact", True, False, False, "any", "16", True),
         ("float32", "none", True, False, False, "any", "16", True),
         ("float32", "none", True, True, True, "any", "16", True),
         ("float32", "none", True, False, False, "1", "16", True),
@@ -225,7 +225,7 @@ def test_each_variant_is_checked_under_its_own_key(triton_kernels):
 @needs_triton
 def test_inputs_past_32_bit_indices_take_the_eager_path(monkeypatch, triton_kernels):
     monkeypatch.setattr(selfcheck, "INDEX_LIMIT", 2000)  # stands for 2**31: 3 planes x 4 x 300 > 2000
-    assert selfcheck.index_overflows(4, 300, "q24") and not selfcheck.index_overflows(4, 300, "h")
+    assert selfcheck.index_overflows(4, 300, "q24") and not selfcheck.index_overflows(4, 300, "exact")
     x, g = neuron_inputs((4, 300), torch.float32, seed=6)
     with pytest.warns(KernelCheckWarning, match="overflow its 32-bit indices"):
         out, gx = run_lif(x, g)
@@ -242,7 +242,7 @@ def test_the_check_input_fires_and_carries_gradient(kind):
     """Every spike value occurs in the check (a kernel that never or always fires cannot pass it) and most input
     gradients are far from zero (a kernel returning zeros cannot pass it)."""
     for T, N in (("any", "16"), ("16", "any")):
-        key = selfcheck.KernelKey("eager", "cpu", "float32", kind, "h", True, False, False, T, N, True)
+        key = selfcheck.KernelKey("eager", "cpu", "float32", kind, "exact", True, False, False, T, N, True)
         x, _, g, p = selfcheck.check_inputs(key)
         x.requires_grad_()
         spikes = selfcheck.run_reference(kind, p, x, None)[0]

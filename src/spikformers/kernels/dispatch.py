@@ -20,7 +20,7 @@ from .common import NeuronParams, choose_save, triton_importable, triton_interpr
 from .config import get_kernel_config
 from .node import NeuronFunction
 
-BACKENDS = ("auto", "fused", "cpp", "triton", "eager", "reference")
+BACKENDS = ("auto", "cpp", "triton", "eager", "reference")
 
 
 def _triton_impl() -> ModuleType:
@@ -30,8 +30,8 @@ def _triton_impl() -> ModuleType:
 
 
 def select_impl(x: torch.Tensor, backend: str) -> ModuleType:
-    """The implementation module that runs ``backend`` for tensor ``x`` (``auto``/``fused``: best for its device)."""
-    if backend in ("auto", "fused"):
+    """The implementation module that runs ``backend`` for tensor ``x`` (``auto``: the best for its device)."""
+    if backend == "auto":
         if x.is_cuda and x.dtype != torch.float64 and triton_importable():
             return _triton_impl()
         if cpp.supports(x):
