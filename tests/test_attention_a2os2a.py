@@ -49,7 +49,7 @@ def test_addition_only_operands_and_float64_reference(block: str) -> None:
     spikes = lif_loop(ref, v_th=0.5)
     assert (spikes != store["s"][0].double()).float().mean() < 1e-3  # only float ties at the threshold may differ
     # the output projection by hand: A W^T + b, BN on this batch's statistics (the forward ran in training mode),
-    # then LIF (Identity in the membrane form)
+    # then LIF (none in the membrane form: the block asks for the projection without it)
     y = batch_norm(linear(store["s"][0].double(), attn.proj.linear), attn.proj.bn, train=True)
     got = store["out"][0].double()
     if block == "membrane":
