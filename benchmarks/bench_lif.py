@@ -168,7 +168,7 @@ def bench_shape(T: int, repeats: int, device: str, rest: tuple[int, ...] = (64, 
     copy_bw = 2 * 4 * n / med["copy"]
     # bytes the default fused path must move per element: forward reads x and writes spikes (+ the saved state);
     # backward reads grad and the state (or x again, for "recompute") and writes grad_x
-    state = {"x": 0, "q24": 3, "q16": 2, "h": 4}[choose_save("lif", x.dtype, True, default_saved(x))]
+    state = {"recompute": 0, "q24": 3, "q16": 2, "exact": 4}[choose_save("lif", x.dtype, True, default_saved(x))]
     fused_bytes = (4 + 4 + state + 4 + (state or 4) + 4) * n
     return {
         "shape": list(shape),
@@ -228,11 +228,11 @@ def print_table(res: dict) -> None:
 
 def build_info() -> dict:
     """How the C++ kernels of this process were built (``-march``, flags, threading), or why they were not."""
-    from spikformers.kernels import cpu
+    from spikformers.kernels import cpp
 
-    available = cpu.available()
-    return {"available": available, "arch": cpu.target_arch(), "flags": cpu.build_flags,
-            "threading": cpu.threading_model, "error": cpu.error}
+    available = cpp.available()
+    return {"available": available, "arch": cpp.target_arch(), "flags": cpp.build_flags,
+            "threading": cpp.threading_model, "error": cpp.error}
 
 
 def _positive(text: str) -> int:

@@ -628,12 +628,12 @@ def print_memory(rep: dict[str, Any]) -> None:
 
 def build_info() -> dict[str, Any]:
     """How the C++ kernels of this process were built (``-march``, flags, threading), or why they were not."""
-    from spikformers.kernels import cpu
+    from spikformers.kernels import cpp
 
-    available = cpu.available()
-    return {"available": available, "arch": cpu.target_arch(), "flags": cpu.build_flags,
-            "threading": cpu.threading_model, "library": cpu.library_path.name if cpu.library_path else None,
-            "error": cpu.error}
+    available = cpp.available()
+    return {"available": available, "arch": cpp.target_arch(), "flags": cpp.build_flags,
+            "threading": cpp.threading_model, "library": cpp.library_path.name if cpp.library_path else None,
+            "error": cpp.error}
 
 
 def sj_lif_note() -> str:

@@ -10,8 +10,9 @@ from torch.overrides import TorchFunctionMode
 
 from helpers import digits, record, train_digits
 from spikformers import count_parameters, create_model, list_models
-from spikformers.attention import SDSA
-from spikformers.kernels import lif_reference
+from spikformers.attention import SDSA, create_attention
+from spikformers.kernels import kernel_config, lif_reference
+from spikformers.layers import LinearBN
 from spikformers.models.blocks import MembraneBlock
 
 MATMULS = {"matmul", "bmm", "mm", "einsum", "__matmul__", "__rmatmul__", "baddbmm", "addmm", "tensordot", "mv"}
@@ -23,7 +24,8 @@ def tiny(attn: str = "sdsa", seed: int = 0, **kw: object) -> torch.nn.Module:
 
 
 class CallLog(TorchFunctionMode):
-    """Records the name of every torch function called while active."""
+    """Records the name of every torch function called while active (under ``kernel_config(observable=True)``,
+    the switch through which the kernels let a watcher see every product)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -42,7 +44,7 @@ def test_no_matrix_product_inside_sdsa(block: str) -> None:
         model(digits()[0][:32])
     attn, x = model.blocks[0].attn, store["x"][0]
     log = CallLog()
-    with log, torch.no_grad():
+    with kernel_config(observable=True), log, torch.no_grad():
         attn(x)
     assert "linear" in log.names and "sum" in log.names  # the mode sees the projections and the token sum
     assert not MATMULS & set(log.names), sorted(MATMULS & set(log.names))
@@ -52,7 +54,7 @@ def test_no_matrix_product_inside_sdsa(block: str) -> None:
         out.sum().backward()
     assert not MATMULS & set(log.names)
     log = CallLog()  # control: the same recorder does see SSA's matrix products
-    with log, torch.no_grad():
+    with kernel_config(observable=True), log, torch.no_grad():
         tiny("ssa", block=block).blocks[0].attn(x)
     assert MATMULS & set(log.names)
 
@@ -103,3 +105,27 @@ def test_sdsa_trains_on_digits(name: str) -> None:
     acc = train_digits(model)
     print(f"{name}: held-out digits accuracy after 4 epochs: {acc:.3f}")
     assert acc >= 0.5
+
+
+@pytest.mark.parametrize("attn", ["ssa", "psa", "a2os2a", "sdsa", "ff_lidiff"])
+def test_membrane_block_builds_its_attention_without_the_output_neuron(attn: str) -> None:
+    """The membrane-shortcut block asks the attention for an output unit that ends at its norm (no neuron to swap
+    out afterwards); the weights keep the names of the spiking form, so checkpoints load across both."""
+    torch.manual_seed(0)
+    blk = MembraneBlock(32, 4, attn=attn)
+    assert type(blk.attn.proj) is LinearBN and not any(isinstance(m, torch.nn.Identity) for m in blk.modules())
+    spiking = create_attention(attn, 32, 4)
+    assert set(blk.attn.state_dict()) == set(spiking.state_dict())
+    spiking.load_state_dict(blk.attn.state_dict())
+    x = (torch.rand(2, 3, 5, 32) < 0.3).float()
+    with torch.no_grad():
+        membrane = blk.attn.eval()(x)
+        assert not torch.equal(membrane, membrane.round())  # real-valued: the norm's output
+        assert torch.equal(spiking.eval()(x), spiking.proj.neuron(membrane))  # the spiking form fires on it
+
+
+def test_membrane_block_refuses_an_attention_that_cannot_drop_its_neuron() -> None:
+    with pytest.raises(ValueError, match="FBLiDiff has no such option"):
+        MembraneBlock(32, 4, attn="fb_lidiff")
+    with pytest.raises(ValueError, match="drop proj_neuron=True"):
+        MembraneBlock(32, 4, attn="ssa", proj_neuron=True)

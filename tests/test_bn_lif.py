@@ -9,10 +9,10 @@ import torch
 from torch.autograd.graph import saved_tensors_hooks
 
 from spikformers import create_model
-from spikformers.kernels import bn_lif, cpu, kernel_config
+from spikformers.kernels import bn_lif, cpp, kernel_config
 from spikformers.layers import ConvBNSpike, LinearBNSpike
 
-pytestmark = pytest.mark.skipif(not cpu.available(), reason=f"C++ kernels unavailable: {cpu.error}")
+pytestmark = pytest.mark.skipif(not cpp.available(), reason=f"C++ kernels unavailable: {cpp.error}")
 
 
 def _unit(kind: str, dtype: torch.dtype, **lif) -> torch.nn.Module:
@@ -146,13 +146,13 @@ def test_pooling_unit_keeps_only_the_conv_output_and_makes_no_full_size_spikes()
         return t
 
     made = []
-    real_maxpool = cpu.maxpool3s2
-    cpu.maxpool3s2 = lambda t: made.append(t.shape) or real_maxpool(t)
+    real_maxpool = cpp.maxpool3s2
+    cpp.maxpool3s2 = lambda t: made.append(t.shape) or real_maxpool(t)
     try:
         with saved_tensors_hooks(pack, lambda t: t):
             out = unit(x)
     finally:
-        cpu.maxpool3s2 = real_maxpool
+        cpp.maxpool3s2 = real_maxpool
     assert out.shape == (4, 2, 12, 5, 6) and not made  # pooled in the unit: the separate pool never ran
     y_bytes = 4 * 2 * 12 * 9 * 11 * 4
     assert max(saved.values()) == y_bytes and sum(n for n in saved.values() if n >= y_bytes) == y_bytes

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from spikformers.kernels import calibration, cpu, kernel_config, spike_ops
+from spikformers.kernels import calibration, cpp, kernel_config, spike_ops
 
-pytestmark = pytest.mark.skipif(not cpu.available(), reason="the compiled CPU kernels are not built here")
+pytestmark = pytest.mark.skipif(not cpp.available(), reason="the compiled CPU kernels are not built here")
 
 SPARSE_KERNELS = ("sparse_linear", "sparse_linear_wgrad", "sparse_conv3x3", "sparse_conv3x3_wgrad")
 
@@ -24,8 +24,8 @@ def used(monkeypatch):
     """Names of the event-driven kernels called (and of oneDNN's transposed conv), in order."""
     calls: list[str] = []
     for name in SPARSE_KERNELS:
-        real = getattr(cpu, name)
-        monkeypatch.setattr(cpu, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+        real = getattr(cpp, name)
+        monkeypatch.setattr(cpp, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
     real_ct = F.conv_transpose2d
     monkeypatch.setattr(spike_ops.F, "conv_transpose2d", lambda *a: calls.append("onednn") or real_ct(*a))
     return calls

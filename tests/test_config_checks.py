@@ -62,6 +62,19 @@ def test_settings_that_need_another_are_named() -> None:
     assert load_config(None, ["train.ema=true", "train.ema_eval=true"]).train.ema_eval
 
 
+def test_an_old_word_in_a_recipe_loads_as_the_new_one_with_a_note(tmp_path: Path) -> None:
+    """``neuron_backend: fused`` (the old second name of ``auto``) still loads, as ``auto``, and says so."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("train:\n  neuron_backend: fused\n")
+    with pytest.warns(FutureWarning, match="'train.neuron_backend': 'fused' is the old name of 'auto'"):
+        assert load_config(recipe).train.neuron_backend == "auto"
+    with pytest.warns(FutureWarning, match="write 'auto'"):
+        assert load_config(None, ["train.neuron_backend=fused"]).train.neuron_backend == "auto"
+    from spikformers.kernels import BACKENDS
+
+    assert "fused" not in BACKENDS and load_config(None, ["train.neuron_backend=cpp"]).train.neuron_backend == "cpp"
+
+
 @pytest.mark.parametrize("text, message", [
     ("model:\n  name: [spikformer_2_64_cifar\n", "not valid YAML"),
     ("optim: {lr: 1e-3\n", "not valid YAML"),

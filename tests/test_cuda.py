@@ -25,7 +25,7 @@ LIF_PARAMS = [(2.0, 1.0, 0.0, 4.0), (1.7, 0.8, -0.3, 4.0), (3.3, 1.2, 0.2, 5.0)]
 
 def test_auto_backend_is_triton_on_cuda():
     x = torch.zeros(2, 3, device="cuda")
-    assert select_impl(x, "auto").__name__.endswith(".gpu")
+    assert select_impl(x, "auto").__name__.endswith(".triton")
     assert select_impl(x.double(), "auto").__name__.endswith(".eager")  # float64 on CUDA: eager torch
 
 
@@ -65,9 +65,9 @@ def test_triton_half_inputs_on_cuda():
 def test_triton_membrane_carry_keeps_denormals_on_cuda():
     """Chunked inference carries the membrane bit for bit, including values below float32's smallest normal
     (1.2e-38), which torch's CUDA ops keep and a flush-to-zero build of the kernel would make 0."""
-    from spikformers.kernels import gpu
+    from spikformers.kernels import triton as triton_kernels
 
-    if not gpu.cuda_options():
+    if not triton_kernels.cuda_options():
         pytest.skip("this Triton has no enable_reflect_ftz option: its libdevice flushes denormals to 0")
     gen = torch.Generator().manual_seed(10)
     x = torch.randn(6, 4096, generator=gen).cuda()
@@ -112,7 +112,7 @@ def test_model_under_amp_on_cuda(amp):
     out, grads = _logits_and_grads(model, torch.randn(8, 3, 32, 32, device="cuda"), amp)
     assert torch.isfinite(out).all() and out.abs().sum() > 0
     assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
-    assert select_impl(torch.zeros(1, device="cuda", dtype=amp), "auto").__name__.endswith(".gpu")
+    assert select_impl(torch.zeros(1, device="cuda", dtype=amp), "auto").__name__.endswith(".triton")
 
 
 def test_chunked_forward_on_cuda():

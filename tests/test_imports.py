@@ -29,7 +29,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:
-    """``kernels/fused.py`` -> ``kernels.fused``; a package's ``__init__.py`` is the package (``""`` at the top)."""
+    """``kernels/cpp.py`` -> ``kernels.cpp``; a package's ``__init__.py`` is the package (``""`` at the top)."""
     parts = list(path.relative_to(root).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()

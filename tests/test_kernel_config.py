@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.autograd.graph import saved_tensors_hooks
 from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
 
 from spikformers.kernels import KernelConfig, get_kernel_config, kernel_config, set_kernel_config, spike_ops
 
@@ -81,3 +82,54 @@ def test_the_switches_reach_the_products(monkeypatch) -> None:
         with kernel_config(compact_spikes=compact), saved_tensors_hooks(pack, lambda t: t):
             spike_ops.spike_linear(x, wg)
         assert list(saved.values()) == [kept], compact
+
+
+class _Calls(TorchFunctionMode):
+    """Records each ``linear`` / ``conv2d`` call's input shape (a watcher from outside, as the energy counter)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, tuple[int, ...]]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if getattr(func, "__name__", "") in ("linear", "conv2d"):
+            self.seen.append((func.__name__, tuple(args[0].shape)))
+        return func(*args, **(kwargs or {}))
+
+
+def test_observable_shows_a_watcher_every_product_and_every_module(monkeypatch) -> None:
+    """Under ``observable=True`` no compiled product or fused unit runs: the watcher sees every linear and conv
+    (the stem's first conv on all T steps) and every neuron module is called; the logits do not change. Without
+    it, the same watcher misses the fused units' neurons and sees the stem's image convolved once."""
+    from helpers import digits
+    from spikformers import create_model
+    from spikformers.neurons import LIF, Neuron
+
+    kernels = spike_ops._cpu_kernels
+    compiled: list[str] = []
+    for name in ("sparse_linear", "sparse_conv3x3", "spike_attention", "bn_lif_forward"):
+        real = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, real=real, name=name: compiled.append(name) or real(*a))
+    torch.manual_seed(0)
+    model = create_model("spikformer_2_64_cifar", img_size=16, in_chans=1, T=2).eval()
+    neurons = [m for m in model.modules() if isinstance(m, Neuron)]
+    assert {type(m) for m in neurons} == {LIF}
+    called: list[Neuron] = []  # counted without a hook (a hook would make the units run plain by itself)
+    monkeypatch.setattr(LIF, "forward", lambda self, x, f=LIF.forward: called.append(self) or f(self, x))
+    x = digits()[0][:8]
+    with torch.no_grad():
+        fast = model(x)
+        compiled.clear(), called.clear()
+        with kernel_config(observable=True), _Calls() as watcher:
+            watched = model(x)
+    assert not compiled and set(called) == set(neurons)
+    linears = [s for op, s in watcher.seen if op == "linear"]
+    assert len(linears) == 2 * 6 + 1  # q, k, v, proj, fc1, fc2 per block, the head
+    assert [s for op, s in watcher.seen if op == "conv2d"][0] == (2 * 8, 1, 16, 16)  # T * B images
+    assert torch.allclose(watched, fast, atol=1e-5)
+    if kernels.available():  # the control: the same watcher without the switch
+        compiled.clear(), called.clear()
+        with torch.no_grad(), _Calls() as watcher:
+            model(x)
+        assert "bn_lif_forward" in compiled and len(set(called)) < len(neurons)
+        assert [s for op, s in watcher.seen if op == "conv2d"][0] == (8, 1, 16, 16)

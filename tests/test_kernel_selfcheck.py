@@ -17,7 +17,7 @@ from torch.autograd.graph import saved_tensors_hooks
 from helpers import neuron_inputs
 from spikformers.cli import main
 from spikformers.kernels import (
-    cpu,
+    cpp,
     kernel_config,
     lif_multistep,
     lif_reference,
@@ -42,34 +42,34 @@ def fresh(monkeypatch):
 
 
 @pytest.fixture
-def gpu(monkeypatch, fresh):
-    """The Triton module, run by the interpreter, with its launches counted in ``gpu.calls``."""
+def triton_kernels(monkeypatch, fresh):
+    """The Triton module, run by the interpreter, with its launches counted in ``triton_kernels.calls``."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    from spikformers.kernels import gpu
+    from spikformers.kernels import triton as triton_kernels
 
     calls = {"forward": 0, "backward": 0}
     for name in calls:
-        real = getattr(gpu, name)
+        real = getattr(triton_kernels, name)
 
         def counted(*args, _real=real, _name=name, **kwargs):
             calls[_name] += 1
             return _real(*args, **kwargs)
 
-        monkeypatch.setattr(gpu, name, counted)
-    monkeypatch.setattr(gpu, "calls", calls, raising=False)
-    return gpu
+        monkeypatch.setattr(triton_kernels, name, counted)
+    monkeypatch.setattr(triton_kernels, "calls", calls, raising=False)
+    return triton_kernels
 
 
-def flip_first_spike(monkeypatch, gpu) -> None:
+def flip_first_spike(monkeypatch, triton_kernels) -> None:
     """Make the Triton forward return its spikes with the first one flipped."""
-    real = gpu.forward
+    real = triton_kernels.forward
 
     def forward(x, *args, **kwargs):
         out, state = real(x, *args, **kwargs)
         out.view(-1)[0] = 1 - out.view(-1)[0]
         return out, state
 
-    monkeypatch.setattr(gpu, "forward", forward)
+    monkeypatch.setattr(triton_kernels, "forward", forward)
 
 
 def run_lif(x: torch.Tensor, g: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,12 +93,12 @@ def no_warning(fn):  # type: ignore[no-untyped-def]
 
 
 @needs_triton
-def test_a_correct_kernel_passes_and_is_used(gpu):
+def test_a_correct_kernel_passes_and_is_used(triton_kernels):
     x, g = neuron_inputs((4, 2, 350), torch.float32)
     saved = []
     with saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         out, gx = no_warning(lambda: run_lif(x, g))
-    assert gpu.calls == {"forward": 2, "backward": 2}  # the check's launches and the call's own
+    assert triton_kernels.calls == {"forward": 2, "backward": 2}  # the check's launches and the call's own
     assert [t.dtype for t in saved] == [torch.uint8]  # the caller's hooks see the call's q24 state, not the check's
     out_ref, g_ref = reference(x, g)
     assert torch.equal(out, out_ref)
@@ -106,12 +106,12 @@ def test_a_correct_kernel_passes_and_is_used(gpu):
     (key, result), = selfcheck.results().items()
     assert result.ok and key.backend == "triton" and (key.kind, key.save, key.dtype) == ("lif", "q24", "float32")
     no_warning(lambda: run_lif(x, g))
-    assert gpu.calls["forward"] == 3 and len(selfcheck.results()) == 1  # checked once, then launched directly
+    assert triton_kernels.calls["forward"] == 3 and len(selfcheck.results()) == 1  # checked once, then launched
 
 
 @needs_triton
-def test_a_flipped_spike_is_caught_once_and_the_call_falls_back_to_eager(monkeypatch, gpu):
-    flip_first_spike(monkeypatch, gpu)
+def test_a_flipped_spike_is_caught_once_and_the_call_falls_back_to_eager(monkeypatch, triton_kernels):
+    flip_first_spike(monkeypatch, triton_kernels)
     x, g = neuron_inputs((4, 2, 350), torch.float32, seed=1)
     out_ref, g_ref = reference(x, g)
     with pytest.warns(KernelCheckWarning) as caught:
@@ -122,17 +122,17 @@ def test_a_flipped_spike_is_caught_once_and_the_call_falls_back_to_eager(monkeyp
     assert "float32 on cpu" in message and "spikes differ" in message and "max abs diff 1" in message
     assert torch.equal(out, out_ref)  # this very call already took the eager path
     torch.testing.assert_close(gx, g_ref, atol=1e-6, rtol=1e-6)
-    launches = gpu.calls["forward"]
+    launches = triton_kernels.calls["forward"]
     out2, gx2 = no_warning(lambda: run_lif(x, g))  # later calls: no second warning, still eager
-    assert torch.equal(out2, out_ref) and gpu.calls["forward"] == launches
+    assert torch.equal(out2, out_ref) and triton_kernels.calls["forward"] == launches
     with pytest.warns(KernelCheckWarning, match="reset attached"):  # another key is checked on its own
         assert torch.equal(run_lif(x, g, detach_reset=False)[0], lif_reference(x, detach_reset=False))
 
 
 @needs_triton
 @pytest.mark.parametrize("form", ["lif", "ternary_lif", "ternary_guo"])
-def test_a_zero_gradient_is_caught_and_inference_still_uses_triton(monkeypatch, gpu, form):
-    monkeypatch.setattr(gpu, "backward", lambda grad, *args: torch.zeros_like(grad))
+def test_a_zero_gradient_is_caught_and_inference_still_uses_triton(monkeypatch, triton_kernels, form):
+    monkeypatch.setattr(triton_kernels, "backward", lambda grad, *args: torch.zeros_like(grad))
 
     def run(x):
         if form == "lif":
@@ -150,19 +150,19 @@ def test_a_zero_gradient_is_caught_and_inference_still_uses_triton(monkeypatch, 
     assert len(w) == 1
     (g_ref,) = torch.autograd.grad(ref(x), x, g)
     torch.testing.assert_close(gx, g_ref, atol=1e-6, rtol=1e-6)
-    launches = gpu.calls["forward"]
+    launches = triton_kernels.calls["forward"]
     with torch.no_grad():  # the forward-only variant is another key: it passes and runs on Triton
         assert torch.equal(no_warning(lambda: run(x)), ref(x))
-    assert gpu.calls["forward"] == launches + 2
+    assert triton_kernels.calls["forward"] == launches + 2
 
 
 @needs_triton
-def test_a_kernel_that_raises_falls_back(monkeypatch, gpu):
+def test_a_kernel_that_raises_falls_back(monkeypatch, triton_kernels):
     class Broken:
         def __getitem__(self, grid):
             raise RuntimeError("ptxas fatal: simulated compile error")
 
-    monkeypatch.setattr(gpu, "_kernels", lambda interpret: (Broken(), Broken()))
+    monkeypatch.setattr(triton_kernels, "_kernels", lambda interpret: (Broken(), Broken()))
     x, g = neuron_inputs((4, 3, 100), torch.float32, seed=3)
     with torch.no_grad():
         with pytest.warns(KernelCheckWarning, match="raised RuntimeError: ptxas fatal: simulated compile error"):
@@ -175,8 +175,8 @@ def test_a_kernel_that_raises_falls_back(monkeypatch, gpu):
 
 
 @needs_triton
-def test_the_check_can_be_switched_off(monkeypatch, gpu):
-    flip_first_spike(monkeypatch, gpu)
+def test_the_check_can_be_switched_off(monkeypatch, triton_kernels):
+    flip_first_spike(monkeypatch, triton_kernels)
     x, g = neuron_inputs((4, 320), torch.float32, seed=4)
     monkeypatch.setenv(selfcheck.ENV, "0")
     with torch.no_grad():
@@ -193,7 +193,7 @@ def test_the_check_can_be_switched_off(monkeypatch, gpu):
 
 
 @needs_triton
-def test_each_variant_is_checked_under_its_own_key(gpu):
+def test_each_variant_is_checked_under_its_own_key(triton_kernels):
     x, g = neuron_inputs((4, 2, 160), torch.float32, seed=5)
     run_lif(x, g)
     run_lif(x, g, saved="q16")
@@ -212,8 +212,8 @@ def test_each_variant_is_checked_under_its_own_key(gpu):
     assert found == {
         ("float32", "q24", True, False, False, "any", "16", True),
         ("float32", "q16", True, False, False, "any", "16", True),
-        ("float32", "h", False, False, False, "any", "16", True),
-        ("float64", "h", True, False, False, "any", "16", True),
+        ("float32", "exact", False, False, False, "any", "16", True),
+        ("float64", "exact", True, False, False, "any", "16", True),
         ("float32", "none", True, False, False, "any", "16", True),
         ("float32", "none", True, True, True, "any", "16", True),
         ("float32", "none", True, False, False, "1", "16", True),
@@ -223,18 +223,18 @@ def test_each_variant_is_checked_under_its_own_key(gpu):
 
 
 @needs_triton
-def test_inputs_past_32_bit_indices_take_the_eager_path(monkeypatch, gpu):
+def test_inputs_past_32_bit_indices_take_the_eager_path(monkeypatch, triton_kernels):
     monkeypatch.setattr(selfcheck, "INDEX_LIMIT", 2000)  # stands for 2**31: 3 planes x 4 x 300 > 2000
-    assert selfcheck.index_overflows(4, 300, "q24") and not selfcheck.index_overflows(4, 300, "h")
+    assert selfcheck.index_overflows(4, 300, "q24") and not selfcheck.index_overflows(4, 300, "exact")
     x, g = neuron_inputs((4, 300), torch.float32, seed=6)
     with pytest.warns(KernelCheckWarning, match="overflow its 32-bit indices"):
         out, gx = run_lif(x, g)
     out_ref, g_ref = reference(x, g)
-    assert torch.equal(out, out_ref) and gpu.calls["forward"] == 0
+    assert torch.equal(out, out_ref) and triton_kernels.calls["forward"] == 0
     no_warning(lambda: run_lif(x, g))
-    assert gpu.calls["forward"] == 0
+    assert triton_kernels.calls["forward"] == 0
     run_lif(x, g, saved="exact")  # one plane of 1200 indices fits
-    assert gpu.calls["forward"] == 2
+    assert triton_kernels.calls["forward"] == 2
 
 
 @pytest.mark.parametrize("kind", ["lif", "ternary_lif", "ternary_guo"])
@@ -242,7 +242,7 @@ def test_the_check_input_fires_and_carries_gradient(kind):
     """Every spike value occurs in the check (a kernel that never or always fires cannot pass it) and most input
     gradients are far from zero (a kernel returning zeros cannot pass it)."""
     for T, N in (("any", "16"), ("16", "any")):
-        key = selfcheck.KernelKey("eager", "cpu", "float32", kind, "h", True, False, False, T, N, True)
+        key = selfcheck.KernelKey("eager", "cpu", "float32", kind, "exact", True, False, False, T, N, True)
         x, _, g, p = selfcheck.check_inputs(key)
         x.requires_grad_()
         spikes = selfcheck.run_reference(kind, p, x, None)[0]
@@ -266,16 +266,16 @@ def test_doctor_on_this_machine(capsys, fresh):
                   "openmp", "cpu isa", "cpu kernels", "triton kernels"):
         assert re.search(rf"^  {re.escape(label)} +\S", out, re.M), label
     assert re.search(r"^  eager +cpu +float64 +21 +21 ", out, re.M)
-    if cpu.available():
+    if cpp.available():
         assert re.search(r"^  cpp +cpu +float32 +21 +21 ", out, re.M)
     if not torch.cuda.is_available() and triton_importable():
         assert "no CUDA device: Triton kernels not checked" in out
 
 
 def test_doctor_reports_a_broken_cpu_kernel(monkeypatch, capsys, fresh):
-    if not cpu.available():
-        pytest.skip(f"C++ kernels unavailable: {cpu.error}")
-    monkeypatch.setattr(cpu, "backward", lambda grad, *args: torch.zeros_like(grad))
+    if not cpp.available():
+        pytest.skip(f"C++ kernels unavailable: {cpp.error}")
+    monkeypatch.setattr(cpp, "backward", lambda grad, *args: torch.zeros_like(grad))
     assert main(["doctor", "--no-compile"]) == 1
     out = capsys.readouterr().out
     assert re.search(r"^  cpp +cpu +float32 +21 +9 ", out, re.M)  # only the forward-only variants pass
@@ -284,13 +284,13 @@ def test_doctor_reports_a_broken_cpu_kernel(monkeypatch, capsys, fresh):
 
 
 @needs_triton
-def test_doctor_checks_triton_under_the_interpreter(monkeypatch, capsys, gpu):
+def test_doctor_checks_triton_under_the_interpreter(monkeypatch, capsys, triton_kernels):
     if torch.cuda.is_available():
         pytest.skip("with a CUDA device the doctor checks Triton there")
     assert main(["doctor", "--no-compile"]) == 0
     out = capsys.readouterr().out
     assert "checked under Triton's interpreter" in out and re.search(r"^  triton +cpu +float32 +21 +21 ", out, re.M)
-    flip_first_spike(monkeypatch, gpu)
+    flip_first_spike(monkeypatch, triton_kernels)
     assert main(["doctor", "--no-compile"]) == 1
     out = capsys.readouterr().out
     assert re.search(r"^  triton +cpu +float32 +21 +0 ", out, re.M)
@@ -301,19 +301,19 @@ def test_doctor_checks_triton_under_the_interpreter(monkeypatch, capsys, gpu):
 def test_doctor_compiles_triton_for_a_gpu_it_does_not_have(monkeypatch, capsys, fresh):
     if torch.cuda.is_available():
         pytest.skip("with a CUDA device the doctor builds the kernels there")
-    from spikformers.kernels import gpu
+    from spikformers.kernels import triton as triton_kernels
 
-    variants = gpu.cuda_variants()
-    monkeypatch.setattr(gpu, "cuda_variants", lambda: {k: variants[k] for k in ("forward/lif/q24",
+    variants = triton_kernels.cuda_variants()
+    monkeypatch.setattr(triton_kernels, "cuda_variants", lambda: {k: variants[k] for k in ("forward/lif/q24",
                                                                                  "backward/lif/q24")})
-    real = gpu.compile_for_cuda
+    real = triton_kernels.compile_for_cuda
 
     def compile_for_cuda(arch, names):
         if names == ["backward/lif/q24"]:
             raise RuntimeError("PTX .version 9.9 does not support .target sm_12 (simulated)")
         return real(arch, names)
 
-    monkeypatch.setattr(gpu, "compile_for_cuda", compile_for_cuda)
+    monkeypatch.setattr(triton_kernels, "compile_for_cuda", compile_for_cuda)
     rc = main(["doctor", "--cuda-arch", "90"])
     out = capsys.readouterr().out
     if "not compiled:" in out:

@@ -12,7 +12,7 @@ from torch.autograd.graph import saved_tensors_hooks
 from helpers import check_neuron, neuron_inputs
 from spikformers.kernels import (
     available_backends,
-    cpu,
+    cpp,
     eager,
     lif_multistep,
     lif_reference,
@@ -25,7 +25,7 @@ from spikformers.kernels.common import NeuronParams, triton_importable
 from spikformers.neurons import LIF, TernaryNeuron
 
 CPU_BACKENDS = ["eager", pytest.param("cpp", marks=pytest.mark.skipif(
-    not cpu.available(), reason=f"C++ kernels unavailable: {cpu.error}"))]
+    not cpp.available(), reason=f"C++ kernels unavailable: {cpp.error}"))]
 LIF_PARAMS = [(2.0, 1.0, 0.0, 4.0), (1.7, 0.8, -0.3, 4.0), (3.3, 1.2, 0.2, 5.0), (1.0, 0.5, 0.0, 2.0)]
 TOL = {"atol": 1e-6, "rtol": 1e-6}
 
@@ -122,21 +122,22 @@ def test_saved_variants_gradients(backend):
         lif_multistep(x, backend=backend, saved="fp8")
 
 
-@pytest.mark.skipif(not cpu.available(), reason=f"C++ kernels unavailable: {cpu.error}")
+@pytest.mark.skipif(not cpp.available(), reason=f"C++ kernels unavailable: {cpp.error}")
 def test_cpp_and_eager_share_the_saved_format():
     x, g = neuron_inputs((4, 3, 333), torch.float32)
     p = NeuronParams(tau=1.7, v_th=0.9)
-    for kind, save in (("lif", "q24"), ("lif", "q16"), ("lif", "h"), ("ternary_lif", "q24"), ("ternary_guo", "code")):
-        out_c, state_c = cpu.forward(x.detach(), kind, p, save)
+    cases = (("lif", "q24"), ("lif", "q16"), ("lif", "exact"), ("ternary_lif", "q24"), ("ternary_guo", "code"))
+    for kind, save in cases:
+        out_c, state_c = cpp.forward(x.detach(), kind, p, save)
         out_e, state_e = eager.forward(x.detach(), kind, p, save)
         assert torch.equal(out_c, out_e)
-        torch.testing.assert_close(cpu.backward(g, state_e, kind, p, save), eager.backward(g, state_c, kind, p, save),
+        torch.testing.assert_close(cpp.backward(g, state_e, kind, p, save), eager.backward(g, state_c, kind, p, save),
                                    **TOL)
 
 
 def test_auto_falls_back_to_eager(monkeypatch):
     x = torch.randn(3, 10)
-    monkeypatch.setattr(cpu, "available", lambda: False)
+    monkeypatch.setattr(cpp, "available", lambda: False)
     assert select_impl(x, "auto") is eager
     with pytest.raises(RuntimeError, match="cpp"):
         select_impl(x, "cpp")
@@ -205,17 +206,17 @@ def test_triton_kernels_compile_for_h100():
     """Every variant the library launches on CUDA builds for sm_90 (PTX to cubin, no GPU needed), keeps the charge
     in round-to-nearest multiply and add (no FMA contraction, no flush-to-zero: torch's arithmetic) and spills
     nothing to local memory."""
-    from spikformers.kernels import gpu
+    from spikformers.kernels import triton as triton_kernels
 
-    kernels = gpu.compile_for_cuda(90)
-    assert set(kernels) == set(gpu.cuda_variants()) and len(kernels) == 21
+    kernels = triton_kernels.compile_for_cuda(90)
+    assert set(kernels) == set(triton_kernels.cuda_variants()) and len(kernels) == 21
     for name, kernel in kernels.items():
         ptx = kernel.asm["ptx"]
         if name.startswith("forward/"):
             assert "mul.rn.f32" in ptx and "add.rn.f32" in ptx, name
-            if gpu.cuda_options():
+            if triton_kernels.cuda_options():
                 assert ".rn.ftz" not in ptx, name
-        usage = gpu.cuda_resources(kernel)
+        usage = triton_kernels.cuda_resources(kernel)
         assert usage["local"] == 0 and usage["stack"] == 0 and 0 < usage["registers"] <= 255, (name, usage)
 
 
@@ -277,17 +278,17 @@ def test_triton_membrane_carry_under_interpreter(monkeypatch):
             assert torch.equal(out, full) and torch.equal(v, v_full)
 
 
-@pytest.mark.skipif(not cpu.available(), reason=f"C++ kernels unavailable: {cpu.error}")
+@pytest.mark.skipif(not cpp.available(), reason=f"C++ kernels unavailable: {cpp.error}")
 @pytest.mark.parametrize("openmp", [True, False])
 def test_threaded_kernels_match_reference(monkeypatch, tmp_path, openmp):
     """Shapes large enough to be split over threads, with the OpenMP build and the std::thread build."""
-    if openmp and cpu.threading_model != "openmp":
-        pytest.skip(f"library built without OpenMP ({cpu.threading_model})")
+    if openmp and cpp.threading_model != "openmp":
+        pytest.skip(f"library built without OpenMP ({cpp.threading_model})")
     if not openmp:
-        monkeypatch.setattr(cpu, "threading_model", cpu.threading_model)
+        monkeypatch.setattr(cpp, "threading_model", cpp.threading_model)
         monkeypatch.setenv("SPIKFORMERS_CACHE", str(tmp_path))
-        monkeypatch.setattr(cpu, "_lib", cpu._build(openmp=False))
-        assert cpu.threading_model == "std::thread"
+        monkeypatch.setattr(cpp, "_lib", cpp._build(openmp=False))
+        assert cpp.threading_model == "std::thread"
     threads = torch.get_num_threads()
     torch.set_num_threads(max(threads, 2))
     try:
@@ -299,13 +300,13 @@ def test_threaded_kernels_match_reference(monkeypatch, tmp_path, openmp):
     finally:
         torch.set_num_threads(threads)
     if openmp:  # the kernels' OpenMP calls land in the runtime torch loaded, not a second copy
-        gomp = cpu.libgomp_path()
+        gomp = cpp.libgomp_path()
         assert gomp is not None
         torch_symbol = ctypes.cast(ctypes.CDLL(gomp).omp_get_max_threads, ctypes.c_void_p).value
-        assert cpu.library().spk_openmp_symbol() == torch_symbol
+        assert cpp.library().spk_openmp_symbol() == torch_symbol
 
 
-@pytest.mark.skipif(not cpu.available(), reason=f"C++ kernels unavailable: {cpu.error}")
+@pytest.mark.skipif(not cpp.available(), reason=f"C++ kernels unavailable: {cpp.error}")
 @pytest.mark.parametrize("kind", ["lif", "ternary_lif", "ternary_guo"])
 def test_scratch_input_is_overwritten_only_when_marked(kind):
     from spikformers.kernels import mark_scratch
@@ -337,13 +338,13 @@ def test_scratch_input_is_overwritten_only_when_marked(kind):
 
 def test_units_write_spikes_over_their_norm_output_with_identical_logits(monkeypatch):
     from spikformers import create_model
-    from spikformers.kernels import fused, kernel_config
+    from spikformers.kernels import dispatch, kernel_config
 
     model = create_model("spikformer_2_64_cifar").eval()
     x = torch.randn(2, 3, 32, 32)
     taken = []
-    real = fused._take_scratch
-    monkeypatch.setattr(fused, "_take_scratch", lambda t: taken.append(real(t)) or taken[-1])
+    real = dispatch._take_scratch
+    monkeypatch.setattr(dispatch, "_take_scratch", lambda t: taken.append(real(t)) or taken[-1])
     with kernel_config(fused_bn_neuron=False), torch.no_grad():  # the separate norm + neuron path: fused units
         with_scratch = model(x)  # never have a scratch input
     assert any(taken)

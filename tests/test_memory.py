@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from helpers import check_checkpointing_saves_less, saved_bytes
 from spikformers import create_model, layers
 from spikformers.attention.psa import PSA
-from spikformers.kernels import cpu, kernel_config, spike_ops
+from spikformers.kernels import cpp, kernel_config, spike_ops
 from spikformers.memory import backbone_blocks, chunked_forward, recompute_bn_neurons
 from spikformers.models.hst import HST
 from spikformers.models.spikformer import Spikformer
@@ -21,7 +21,7 @@ from spikformers.neurons import LIF, TernaryNeuron
 from spikformers.neurons.state import carry_membrane, current_store
 
 TOL = {"atol": 1e-6, "rtol": 1e-6}
-BACKENDS = ["reference", "eager", pytest.param("cpp", marks=pytest.mark.skipif(not cpu.available(),
+BACKENDS = ["reference", "eager", pytest.param("cpp", marks=pytest.mark.skipif(not cpp.available(),
                                                                                 reason="no C++ kernels"))]
 
 
@@ -72,7 +72,7 @@ def test_pack_roundtrip(shape):
     assert spike_ops.pack_exact(binary).data is p.data  # shared between calls on the same tensor
 
 
-@pytest.mark.skipif(not cpu.available(), reason=f"C++ kernels unavailable: {cpu.error}")
+@pytest.mark.skipif(not cpp.available(), reason=f"C++ kernels unavailable: {cpp.error}")
 @pytest.mark.parametrize("n", [1, 7, 8, 513, 4096 + 3, 300_001])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_compiled_bit_packing_matches_torch(monkeypatch, n, dtype):
@@ -87,7 +87,7 @@ def test_compiled_bit_packing_matches_torch(monkeypatch, n, dtype):
     for bad in (0, n // 2, n - 1):  # one value that is not 0/1 anywhere: never packed as bits
         y = x.clone()
         y[bad] = 2.0
-        assert cpu.pack_bits(y) is None and spike_ops.pack_exact(y).form == "u8"
+        assert cpp.pack_bits(y) is None and spike_ops.pack_exact(y).form == "u8"
         y[bad] = float("nan")
         assert spike_ops.pack_exact(y).form == "raw"
 
@@ -120,14 +120,14 @@ def test_compact_ops_match_plain(scale):
     assert saved_bytes(lambda: spike_ops.spike_linear(x, w, b)) < saved_bytes(lambda: F.linear(x, w, b))
 
 
-@pytest.mark.skipif(not cpu.available(), reason=f"C++ kernels unavailable: {cpu.error}")
+@pytest.mark.skipif(not cpp.available(), reason=f"C++ kernels unavailable: {cpp.error}")
 @pytest.mark.parametrize("dtype,atol", [(torch.float32, 2e-5), (torch.float64, 1e-12)])
 @pytest.mark.parametrize("K,N", [(16, 70), (64, 128), (40, 3)])
 def test_event_driven_linear_matches_dense(monkeypatch, dtype, atol, K, N):
     calls = []
     for name in ("sparse_linear", "sparse_linear_wgrad"):
-        real = getattr(cpu, name)
-        monkeypatch.setattr(cpu, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+        real = getattr(cpp, name)
+        monkeypatch.setattr(cpp, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
     gen = torch.Generator().manual_seed(K * N)
     w = torch.randn(N, K, generator=gen, dtype=dtype, requires_grad=True)
     b = torch.randn(N, generator=gen, dtype=dtype, requires_grad=True)
@@ -185,14 +185,14 @@ def test_event_driven_input_gradient_product(monkeypatch):
     assert len(calls) == 3  # none of the calls after the first three went through oneDNN
 
 
-@pytest.mark.skipif(not cpu.available(), reason=f"C++ kernels unavailable: {cpu.error}")
+@pytest.mark.skipif(not cpp.available(), reason=f"C++ kernels unavailable: {cpp.error}")
 @pytest.mark.parametrize("dtype,atol", [(torch.float32, 2e-5), (torch.float64, 1e-12)])
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_event_driven_conv_matches_dense(monkeypatch, dtype, atol, with_bias):
     calls = []
     for name in ("sparse_conv3x3", "sparse_conv3x3_wgrad"):
-        real = getattr(cpu, name)
-        monkeypatch.setattr(cpu, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+        real = getattr(cpp, name)
+        monkeypatch.setattr(cpp, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
     gen = torch.Generator().manual_seed(7 + with_bias)
     B, Cin, Cout, H, W = 3, 5, 70, 7, 9  # odd sizes: 63 pixels a plane, a partial tile of output channels
     w = torch.randn(Cout, Cin, 3, 3, generator=gen, dtype=dtype, requires_grad=True)
@@ -229,15 +229,15 @@ def test_event_driven_conv_matches_dense(monkeypatch, dtype, atol, with_bias):
         assert torch.equal(spike_ops.spike_conv2d(x, w, b, 1, 1), F.conv2d(x, w, b, 1, 1)) and not calls
 
 
-@pytest.mark.skipif(not cpu.available(), reason=f"C++ kernels unavailable: {cpu.error}")
+@pytest.mark.skipif(not cpp.available(), reason=f"C++ kernels unavailable: {cpp.error}")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 # the last two are past pool.h's row masks (rows up to 64 wide, planes up to 256 tall)
 @pytest.mark.parametrize("H,W", [(1, 1), (2, 3), (7, 8), (16, 16), (9, 5), (5, 70), (260, 3)])
 def test_spike_max_pool_routes_gradients_like_torch(monkeypatch, dtype, H, W):
     calls = []
     for name in ("maxpool3s2", "maxpool3s2_backward"):
-        real = getattr(cpu, name)
-        monkeypatch.setattr(cpu, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+        real = getattr(cpp, name)
+        monkeypatch.setattr(cpp, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
     gen = torch.Generator().manual_seed(H * 31 + W)
     for rate in (0.0, 0.1, 0.5, 1.0):  # ties everywhere: all-zero and all-one windows included
         x = (torch.rand(2, 3, 4, H, W, generator=gen) < rate).to(dtype).requires_grad_()

@@ -245,7 +245,7 @@ def test_builder_options_keep_defaults_and_change_what_they_name() -> None:
     assert per_stage.stage1[0].attn.proj.linear.bias is None
     sdt = create_model("sdt_2_64_cifar", sps_form="sdt", sps_bias=True, head_neuron=True)
     assert count_parameters(sdt) - count_parameters(create_model("sdt_2_64_cifar")) == 8 + 16 + 32 + 64
-    assert isinstance(sdt.embed.stages[3].neuron, torch.nn.Identity) and sdt.head_neuron.v_th == 1.0
+    assert sdt.embed.stages[3].neuron is None and sdt.head_neuron.v_th == 1.0  # the last SPS stage: no neuron
     with pytest.raises(ValueError, match="one count or 3 counts"):
         create_model("qkformer_4_64", heads=(1, 2))
     with pytest.raises(ValueError, match="SPS pool must be 'spikes' or 'membrane'"):

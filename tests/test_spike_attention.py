@@ -9,9 +9,9 @@ from torch.autograd.graph import saved_tensors_hooks
 
 from spikformers.attention.base import attention_product, merge_heads, split_heads
 from spikformers.energy.counter import OpCounter
-from spikformers.kernels import cpu, kernel_config, spike_ops
+from spikformers.kernels import cpp, kernel_config, spike_ops
 
-pytestmark = pytest.mark.skipif(not cpu.available(), reason=f"C++ kernels unavailable: {cpu.error}")
+pytestmark = pytest.mark.skipif(not cpp.available(), reason=f"C++ kernels unavailable: {cpp.error}")
 
 
 def heads(shape, H, rate, dtype=torch.float32, seed=0, values=(1.0,)):
@@ -65,8 +65,8 @@ def test_no_head_copies_and_only_bits_saved():
 
 def test_only_needed_gradients(monkeypatch):
     seen = []
-    real = cpu.spike_attention_backward
-    monkeypatch.setattr(cpu, "spike_attention_backward", lambda *a: seen.append(a[-1]) or real(*a))
+    real = cpp.spike_attention_backward
+    monkeypatch.setattr(cpp, "spike_attention_backward", lambda *a: seen.append(a[-1]) or real(*a))
     leaves, (q, k, v) = heads((2, 2, 8, 16), 2, 0.4)
     out = attention_product(q.detach(), k, v, "kv_first")
     out.sum().backward()
@@ -99,8 +99,8 @@ def test_spikformer_training_step_takes_it(monkeypatch):
     from spikformers import create_model
 
     calls = []
-    real = cpu.spike_attention
-    monkeypatch.setattr(cpu, "spike_attention", lambda *a: calls.append(a[-2]) or real(*a))
+    real = cpp.spike_attention
+    monkeypatch.setattr(cpp, "spike_attention", lambda *a: calls.append(a[-2]) or real(*a))
     torch.manual_seed(0)
     model = create_model("spikformer_4_384_cifar", depth=1)
     out = model(torch.randn(2, 3, 32, 32))

@@ -242,7 +242,7 @@ def test_ema_mixup_bf16_run_is_reproduced_by_eval(tmp_path: Path, capsys: pytest
     (["train.amp=fp8"], r"'train.amp': expected one of \['none', 'bf16', 'fp16'\]"),
     (["mixup.mixup_alpha=0.5", "data.batch_size=33"], "mixup needs an even batch"),
     (["train.neuron_saved=q8"], r"'train.neuron_saved': expected one of \['auto', 'exact', 'recompute'"),
-    (["train.neuron_backend=cuda"], r"'train.neuron_backend': expected one of \['auto', 'fused', 'cpp'"),
+    (["train.neuron_backend=cuda"], r"'train.neuron_backend': expected one of \['auto', 'cpp', 'triton'"),
 ])
 def test_bad_loop_settings_are_rejected_before_training(overrides: list[str], message: str, tmp_path: Path) -> None:
     from spikformers.train.engine import train

@@ -30,9 +30,10 @@ from spikformers.viz import (
 
 UNIFORM_CMAPS = {"viridis", "magma", "cividis", "inferno", "plasma"}
 
-METRICS = (
+METRICS = (  # the best test accuracy is not the last epoch's
     "epoch,lr,train_loss,train_acc,test_loss,test_acc,images_per_s,seconds\n"
     "1,0.001,2.1,20.0,1.9,25.0,100,1.0\n2,0.002,1.5,45.0,1.4,50.0,110,2.0\n3,0.001,1.1,60.0,1.2,58.0,105,3.0\n"
+    "4,0.0005,1.0,62.0,1.3,56.5,104,4.0\n"
 )
 
 
@@ -160,7 +161,13 @@ def test_raster_says_what_a_mark_means(tiny_run, digits_batch) -> None:
     _assert_legends_cover_no_axes(fig)
     _close(fig)
     ternary = record_spikes(model, x, ["blocks.0.attn.v.neuron"])  # A2OS2A's V is ternary
-    assert ternary["blocks.0.attn.v.neuron"].shape[0] == 2  # [T, N, C] of the first image
+    alone = {}  # the first image's spikes are those of a forward of that image alone (eval: per-image norms)
+    hook = model.blocks[0].attn.v.neuron.register_forward_hook(lambda m, a, y: alone.update(v=y[:, 0]))
+    with torch.no_grad():
+        model.eval()(x[:1])
+    hook.remove()
+    assert not torch.equal(x[0], x[1]) and ternary["blocks.0.attn.v.neuron"].shape[0] == 2  # [T, N, C], T = 2
+    assert torch.equal(ternary["blocks.0.attn.v.neuron"], alone["v"]) and alone["v"].abs().sum() > 0
     fig = raster_figure(ternary)
     texts = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
     assert "negative spike (-1)" in texts
@@ -179,6 +186,31 @@ def test_curves_figure_labels_and_legend_outside(tmp_path) -> None:
     assert texts == ["train", "test", "best test 58.00% (epoch 3)"]
     _assert_legends_cover_no_axes(fig)
     _close(fig)
+
+
+def test_attention_maps_are_firing_rates_and_qk_row_sums(tiny_run, digits_batch) -> None:
+    """Output maps: the fraction of the attention output that is not zero per token, over T and channels; QK
+    maps: the row sums of ``Q K^T`` per token, averaged over T. Both counted here by loops over tokens."""
+    _, model = tiny_run
+    x = digits_batch[0][:2]
+    attn = model.blocks[0].attn
+    seen: dict = {}
+    hooks = [attn.register_forward_hook(lambda m, a, y: seen.update(out=y)),
+             attn.q.register_forward_hook(lambda m, a, y: seen.update(q=y)),
+             attn.k.register_forward_hook(lambda m, a, y: seen.update(k=y))]
+    with torch.no_grad():
+        model.eval()(x)
+    for h in hooks:
+        h.remove()
+    out, q, k = seen["out"], seen["q"], seen["k"]  # [T, B, N, C] spikes
+    T, B, N, C = out.shape
+    rates = torch.tensor([[float((out[:, b, n] != 0).sum()) / (T * C) for n in range(N)] for b in range(B)])
+    qk = torch.tensor([[sum(float((q[t, b, n][None, :] * k[t, b]).sum()) for t in range(T)) / T for n in range(N)]
+                       for b in range(B)])
+    side = int(N**0.5)
+    got, got_qk = attention_maps(model, x, "output")["blocks.0.attn"], attention_maps(model, x, "qk")["blocks.0.attn"]
+    assert 0 < rates.max() < 1 and torch.allclose(got, rates.view(B, side, side), atol=1e-6)
+    assert qk.max() > 0 and torch.allclose(got_qk, qk.view(B, side, side), atol=1e-4)
 
 
 def test_attention_maps_on_hierarchical_model(digits_batch) -> None:

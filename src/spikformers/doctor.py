@@ -25,7 +25,7 @@ from types import ModuleType
 import torch
 
 from .cli import command
-from .kernels import calibration, cpu, eager, selfcheck
+from .kernels import calibration, cpp, eager, selfcheck
 from .kernels.common import triton_importable, triton_interpret
 
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
@@ -85,13 +85,13 @@ def _cpp_line() -> tuple[str, str | None]:
     """The C++ kernels' state (building them if needed) and the problem, if any."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # reported here instead
-        built = cpu.available()
+        built = cpp.available()
     if built:
-        flags = " ".join(f for f in cpu.build_flags or [] if f.startswith("-march=") or f == "-fopenmp")
-        return f"built, {cpu.threading_model} ({flags or 'portable flags'}): {cpu.library_path}", None
-    if cpu.error == "disabled by SPIKFORMERS_NO_CPP":
-        return f"not built: {cpu.error} (eager torch on the CPU)", None
-    return f"NOT BUILT: {cpu.error}", f"the C++ kernels did not build ({(cpu.error or '').splitlines()[0][:200]})"
+        flags = " ".join(f for f in cpp.build_flags or [] if f.startswith("-march=") or f == "-fopenmp")
+        return f"built, {cpp.threading_model} ({flags or 'portable flags'}): {cpp.library_path}", None
+    if cpp.error == "disabled by SPIKFORMERS_NO_CPP":
+        return f"not built: {cpp.error} (eager torch on the CPU)", None
+    return f"NOT BUILT: {cpp.error}", f"the C++ kernels did not build ({(cpp.error or '').splitlines()[0][:200]})"
 
 
 def _calibration_line(recalibrate: bool) -> str:
@@ -129,18 +129,18 @@ def _compile_line(arch: int) -> tuple[str, list[str]]:
     try:
         from triton import knobs
 
-        from .kernels import gpu
+        from .kernels import triton as triton_kernels
 
         missing = [t for t in (knobs.nvidia.ptxas.path,) if not os.path.exists(t)]
         if missing:
             return f"not compiled: Triton's ptxas is missing ({missing[0]})", []
-        names = list(gpu.cuda_variants())
+        names = list(triton_kernels.cuda_variants())
     except Exception as exc:  # noqa: BLE001 - no CUDA toolchain in this Triton: say so
         return f"not compiled: Triton has no CUDA toolchain here ({exc})", []
     failed = []
     for name in names:
         try:
-            gpu.compile_for_cuda(arch, [name])
+            triton_kernels.compile_for_cuda(arch, [name])
         except Exception as exc:  # noqa: BLE001 - a variant that does not compile is the finding
             failed.append(f"Triton kernel {name} does not compile for sm_{arch}: {str(exc).strip()[:200]}")
     return f"{len(names) - len(failed)}/{len(names)} variants compiled for sm_{arch} (Triton's ptxas, no GPU)", failed
@@ -171,7 +171,7 @@ def doctor(cuda_arch: int = 90, compile_kernels: bool = True, verbose: bool = Fa
         _line("triton", "not importable")
         if devices:
             problems.append("CUDA devices but triton is not importable: neurons run on the slower eager path")
-    compiler = cpu.find_compiler()
+    compiler = cpp.find_compiler()
     _line("c++ compiler", f"{compiler}: {_first_line([compiler, '--version'])}" if compiler else
           "none found ($CXX, g++, clang++, c++)")
     _line("openmp", _openmp_line())
@@ -181,23 +181,23 @@ def doctor(cuda_arch: int = 90, compile_kernels: bool = True, verbose: bool = Fa
     cpp_text, cpp_problem = _cpp_line()
     _line("cpu kernels", cpp_text)
     problems += [cpp_problem] if cpp_problem else []
-    if cpu.available():
+    if cpp.available():
         _line("cpu calibration", _calibration_line(recalibrate))
 
     groups: list[tuple[str, ModuleType, str, str]] = []
-    if cpu.available():
-        groups += [("cpp", cpu, "cpu", "float32"), ("cpp", cpu, "cpu", "float64")]
+    if cpp.available():
+        groups += [("cpp", cpp, "cpu", "float32"), ("cpp", cpp, "cpu", "float64")]
     groups += [("eager", eager, "cpu", "float32"), ("eager", eager, "cpu", "float64")]
     if triton_ok and devices:
-        from .kernels import gpu
+        from .kernels import triton as triton_kernels
 
         for dev in devices:
-            groups += [("triton", gpu, dev, "float32"), ("eager", eager, dev, "float32")]
+            groups += [("triton", triton_kernels, dev, "float32"), ("eager", eager, dev, "float32")]
         _line("triton kernels", f"built and checked by the self-checks below on {', '.join(devices)}")
     elif triton_ok and triton_interpret():
-        from .kernels import gpu
+        from .kernels import triton as triton_kernels
 
-        groups.append(("triton", gpu, "cpu", "float32"))
+        groups.append(("triton", triton_kernels, "cpu", "float32"))
         _line("triton kernels", "no CUDA device: checked under Triton's interpreter (TRITON_INTERPRET=1)")
     elif devices:
         _line("triton kernels", "triton is not importable: Triton kernels not checked")

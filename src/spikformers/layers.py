@@ -3,6 +3,10 @@
 Convs, linears and batch norms do not care about time, so they run on ``[T*B, ...]``; neurons get ``[T, B, ...]``.
 Their products go through :mod:`spikformers.kernels.spike_ops`, which keeps spike inputs compactly for backward and, on
 the CPU, computes sparse spike inputs event-driven.
+
+A unit (projection + batch norm + neuron) decides itself whether its norm and neuron run as one fused kernel or as
+their modules. It calls its modules whenever someone watches (:func:`watched`): under
+``kernel_config(observable=True)`` (what the energy counter sets) or when a hook sits on one of them.
 """
 
 from __future__ import annotations
@@ -12,12 +16,36 @@ from typing import Any
 import torch
 from torch import nn
 
-from .kernels import mark_scratch
-from .kernels.bn_lif import bn_lif, fused_params, hooked, takes
+from .kernels import get_kernel_config, mark_scratch
+from .kernels.bn_lif import bn_lif, fused_params, takes
 from .kernels.common import NeuronParams
 from .kernels.spike_ops import spike_conv2d, spike_linear, spike_max_pool
 from .memory import recompute_in_backward
 from .neurons import Neuron, create_neuron
+
+
+def _hooked(m: nn.Module) -> bool:
+    """Whether ``m`` has a forward or backward hook of its own."""
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
+
+
+def _global_hooks() -> bool:
+    """Whether a hook is registered for every module (``torch.nn.modules.module.register_module_forward_hook``)."""
+    g = nn.modules.module
+    return bool(g._global_forward_hooks or g._global_forward_pre_hooks or g._global_backward_hooks
+                or g._global_backward_pre_hooks)
+
+
+def watched(*parts: nn.Module) -> bool:
+    """Whether a unit must call ``parts`` as modules on their real inputs rather than fuse them: someone watches
+    the model from outside (the ``observable`` switch of :mod:`spikformers.kernels.config`, which the energy
+    counter sets), or a hook sits on one of the parts or on every module."""
+    return get_kernel_config().observable or _global_hooks() or any(_hooked(m) for m in parts)
+
+
+def _fusable(bn: nn.Module, neuron: nn.Module) -> NeuronParams | None:
+    """The neuron's parameters when a unit's ``neuron(bn(.))`` may run as one fused kernel, else None."""
+    return None if watched(bn, neuron) else fused_params(bn, neuron)
 
 
 def bn_neuron(y: torch.Tensor, bn: nn.Module, neuron: Neuron, T: int, per_channel: int, pool: bool = False,
@@ -25,10 +53,10 @@ def bn_neuron(y: torch.Tensor, bn: nn.Module, neuron: Neuron, T: int, per_channe
     """``neuron(bn(y))`` as one fused batch-norm + LIF call (:mod:`spikformers.kernels.bn_lif`) when it
     applies, else None. ``y``: the projection's fresh output, ``T`` steps first, channels followed by
     ``per_channel`` positions (1 for tokens, H*W for conv planes). ``pool``: conv planes whose spikes are
-    max-pooled (:func:`max_pool`) in the same call. ``params``: :func:`fused_params` of the modules, if taken
+    max-pooled (:func:`max_pool`) in the same call. ``params``: the fused parameters of the modules, if taken
     already; ``pre_bias``: the projection's bias, left out of ``y`` (see
     :func:`~spikformers.kernels.bn_lif.bn_lif`)."""
-    params = fused_params(bn, neuron) if params is None else params
+    params = _fusable(bn, neuron) if params is None else params
     if params is None or not takes(y):
         return None
     C = bn.num_features
@@ -57,9 +85,9 @@ class LinearBN(nn.Module):
         self.linear = nn.Linear(in_features, out_features, bias=bias)
         self.bn = nn.BatchNorm1d(out_features)
 
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        """The linear alone: ``[..., C_in] -> [..., C_out]``."""
-        return spike_linear(x, self.linear.weight, self.linear.bias)
+    def project(self, x: torch.Tensor, bias: bool = True) -> torch.Tensor:
+        """The linear alone: ``[..., C_in] -> [..., C_out]``; ``bias=False`` leaves its bias out (``x W^T``)."""
+        return spike_linear(x, self.linear.weight, self.linear.bias if bias else None)
 
     def normalize(self, y: torch.Tensor) -> torch.Tensor:
         """The batch norm alone, over channels pooled across all other dimensions."""
@@ -70,7 +98,12 @@ class LinearBN(nn.Module):
 
 
 class LinearBNSpike(LinearBN):
-    """``neuron(BN(Linear(x)))`` on ``[T, B, N, C_in] -> [T, B, N, C_out]``: the papers' "CBL" unit."""
+    """``neuron(BN(Linear(x)))`` on ``[T, B, N, C_in] -> [T, B, N, C_out]``: the papers' "CBL" unit.
+
+    ``forward(x, added=z)`` adds ``z`` (``[..., C_out]``) to the linear's output before the norm:
+    ``neuron(BN(Linear(x) + z))``. SpiLiFormer's FB-LiDiff adds its feedback through the same weights that way
+    (``z = unit.project(F, bias=False)``).
+    """
 
     def __init__(
         self,
@@ -84,17 +117,19 @@ class LinearBNSpike(LinearBN):
         self.neuron = create_neuron(neuron, **neuron_kwargs)
         self.recompute_bn_neuron = False  # spikformers.memory.recompute_bn_neurons: norm + neuron redone in backward
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        params = fused_params(self.bn, self.neuron)
+    def forward(self, x: torch.Tensor, added: torch.Tensor | None = None) -> torch.Tensor:
+        params = _fusable(self.bn, self.neuron)
         if params is not None:  # fused: the linear's bias goes into the norm (no add, no column sum in backward)
             bias = self.linear.bias
             y = spike_linear(x, self.linear.weight)
+            y = y if added is None else y + added
             spikes = bn_neuron(y, self.bn, self.neuron, x.shape[0], 1, params=params, pre_bias=bias)
             if spikes is not None:
                 return spikes  # keeps y alone, like the recompute below
             y = y if bias is None else y + bias.to(y.dtype)  # a y the kernels do not take (autocast, other dtypes)
         else:
             y = self.project(x)
+            y = y if added is None else y + added
         if self.recompute_bn_neuron and torch.is_grad_enabled():
             return recompute_in_backward(self, lambda y: self.neuron(self.normalize(y)), y)
         # the norm's output is the neuron's scratch
@@ -116,9 +151,9 @@ class ConvBN(nn.Module):
         c = self.conv
         if c.padding_mode != "zeros" or c.dilation != (1, 1) or c.groups != 1:  # pragma: no cover - not built here
             return c(fold(x))
-        if x.shape[0] > 1 and x.stride(0) == 0 and torch._C._len_torch_function_stack() == 0:
+        if x.shape[0] > 1 and x.stride(0) == 0 and not get_kernel_config().observable:
             # a static image repeated over T (time_input's expand): convolve it once, repeat the result; autograd
-            # sums the gradient over T first. Not under a TorchFunctionMode (the energy counter counts T convs).
+            # sums the gradient over T first. Not when observed (the energy counter counts T convs).
             y = spike_conv2d(x[0], c.weight, c.bias, c.stride[0], c.padding[0])
             return y.unsqueeze(0).expand(x.shape[0], *y.shape).reshape(-1, *y.shape[1:])
         return spike_conv2d(fold(x), c.weight, c.bias, c.stride[0], c.padding[0])
@@ -126,6 +161,11 @@ class ConvBN(nn.Module):
     def normalize(self, y: torch.Tensor, T: int) -> torch.Tensor:
         """The batch norm alone, ``[T*B, C, H, W] -> [T, B, C, H, W]``."""
         return unfold(self.bn(y), T)
+
+    def fire(self, y: torch.Tensor, neuron: Neuron, T: int, pool: bool = False) -> torch.Tensor | None:
+        """``neuron`` on the batch norm of ``y`` (:meth:`project`'s fresh output) as one fused call, max-pooled in
+        the same call when ``pool``: ``[T*B, C, H', W']`` spikes, or None where the fused kernel does not apply."""
+        return bn_neuron(y, self.bn, neuron, T, y.shape[-2] * y.shape[-1], pool=pool)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.normalize(self.project(x), x.shape[0])
@@ -141,29 +181,33 @@ class ConvBNSpike(nn.Module):
 
     ``pool_membrane``: pool the batch norm's output before the neuron instead (``Conv -> BN -> MaxPool ->
     neuron``, spikingjelly's Spikformer stem); the official Spikformer pools the spikes (the default).
-    ``bias``: a bias on the conv (none by default).
+    ``bias``: a bias on the conv (none by default). ``neuron=None``: no neuron, the unit returns the norm's
+    output (max-pooled when ``pool``): Spike-driven Transformer's real-valued last SPS stage.
     """
 
     def __init__(
-        self, in_chans: int, out_chans: int, pool: bool = False, neuron: str | type[Neuron] = "lif",
+        self, in_chans: int, out_chans: int, pool: bool = False, neuron: str | type[Neuron] | None = "lif",
         pool_membrane: bool = False, bias: bool = False,
     ) -> None:
         super().__init__()
         self.conv = ConvBN(in_chans, out_chans, 3, bias=bias)
-        self.neuron = create_neuron(neuron)
+        self.neuron = None if neuron is None else create_neuron(neuron)
         self.pool = pool
         self.pool_membrane = pool_membrane
         self.recompute_bn_neuron = False  # spikformers.memory.recompute_bn_neurons: norm + neuron redone in backward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T = x.shape[0]
+        if self.neuron is None:  # the norm's output, pooled
+            x = self.conv(x)
+            return max_pool(x) if self.pool else x
         if self.pool and self.pool_membrane:  # max over the norm's output, then the neuron
             return self.neuron(max_pool(self.conv(x)))
-        if hooked(self.conv):  # whoever hooks the conv + norm module sees it called
+        if watched(self.conv):  # whoever watches the conv + norm module sees it called
             x = self.neuron(mark_scratch(self.conv(x)))
         else:
             y = self.conv.project(x)
-            spikes = bn_neuron(y, self.conv.bn, self.neuron, T, y.shape[-2] * y.shape[-1], pool=self.pool)
+            spikes = self.conv.fire(y, self.neuron, T, pool=self.pool)
             if spikes is not None:  # pooled in the same call when self.pool
                 return unfold(spikes, T)
             if self.recompute_bn_neuron and torch.is_grad_enabled():

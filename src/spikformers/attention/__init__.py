@@ -21,6 +21,20 @@ ATTENTIONS.update({"psa": PSA, "a2os2a": A2OS2A, "sdsa": SDSA})
 ATTENTIONS.update({"ff_lidiff": FFLiDiff, "fb_lidiff": FBLiDiff})
 
 
+def attention_class(attn: str | type[nn.Module]) -> type[nn.Module]:
+    """The class of an attention mechanism given by name (see :data:`ATTENTIONS`) or as a class."""
+    if isinstance(attn, str):
+        if attn not in ATTENTIONS:
+            raise ValueError(f"unknown attention {attn!r}; expected one of {sorted(ATTENTIONS)}")
+        return ATTENTIONS[attn]
+    return attn
+
+
+def takes_option(attn: str | type[nn.Module], name: str) -> bool:
+    """Whether the mechanism's constructor has an option called ``name``."""
+    return name in inspect.signature(attention_class(attn).__init__).parameters
+
+
 def create_attention(
     attn: str | type[nn.Module], dim: int, heads: int, defaults: dict[str, Any] | None = None, **opts: Any
 ) -> nn.Module:
@@ -29,15 +43,11 @@ def create_attention(
     ``opts`` are passed as given (an option the mechanism lacks is an error). ``defaults`` are a backbone
     variant's soft defaults (e.g. the DVS code's ``scale=0.25``), passed only to mechanisms that take them.
     """
-    if isinstance(attn, str):
-        if attn not in ATTENTIONS:
-            raise ValueError(f"unknown attention {attn!r}; expected one of {sorted(ATTENTIONS)}")
-        attn = ATTENTIONS[attn]
-    accepted = inspect.signature(attn.__init__).parameters
-    soft = {k: v for k, v in (defaults or {}).items() if k in accepted and k not in opts}
-    return attn(dim, heads, **soft, **opts)
+    cls = attention_class(attn)
+    soft = {k: v for k, v in (defaults or {}).items() if takes_option(cls, k) and k not in opts}
+    return cls(dim, heads, **soft, **opts)
 
 
-__all__ = ["ATTENTIONS", "SSA", "create_attention"]
+__all__ = ["ATTENTIONS", "SSA", "attention_class", "create_attention", "takes_option"]
 __all__ += ["PSA", "A2OS2A", "SDSA"]
 __all__ += ["FFLiDiff", "FBLiDiff"]

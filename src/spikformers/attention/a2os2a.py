@@ -20,7 +20,7 @@ from torch import nn
 
 from ..layers import LinearBNSpike
 from ..neurons import LIF
-from .base import attention_product, merge_heads, split_heads
+from .base import attention_product, merge_heads, output_projection, split_heads
 
 
 class A2OS2A(nn.Module):
@@ -32,6 +32,8 @@ class A2OS2A(nn.Module):
         attn_v_th: threshold of the LIF neuron SN after the product (0.5, our choice).
         ternary_form: form of V's ternary neuron, ``"guo"`` (default) or ``"lif"`` (see :class:`TernaryNeuron`).
         order: product order, ``"kv_first"`` (the equation's ``Q (K^T V)``) or as :func:`attention_product`.
+        proj_neuron: end with the output projection's LIF; False leaves it out, so the output is the projection's
+            batch-norm output (the membrane-shortcut block asks for that, :func:`~.base.output_projection`).
     """
 
     def __init__(
@@ -42,6 +44,7 @@ class A2OS2A(nn.Module):
         attn_v_th: float = 0.5,
         ternary_form: str = "guo",
         order: str = "kv_first",
+        proj_neuron: bool = True,
     ) -> None:
         super().__init__()
         if dim % heads:
@@ -51,7 +54,7 @@ class A2OS2A(nn.Module):
         self.k = LinearBNSpike(dim, dim, bias=qkv_bias, neuron="relu")
         self.v = LinearBNSpike(dim, dim, bias=qkv_bias, neuron="ternary", form=ternary_form)
         self.attn_neuron = LIF(v_th=attn_v_th)
-        self.proj = LinearBNSpike(dim, dim, bias=True)
+        self.proj = output_projection(dim, True, proj_neuron)
 
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Binary Q, real non-negative K, ternary V, split into heads, each ``[T, B, heads, N, d]``."""

@@ -5,6 +5,15 @@ from __future__ import annotations
 import torch
 
 from ..kernels.spike_ops import spike_attention, spike_matmul
+from ..layers import LinearBN, LinearBNSpike
+
+
+def output_projection(dim: int, bias: bool = True, neuron: bool = True) -> LinearBN:
+    """An attention's output unit ``[..., dim] -> [..., dim]``: linear, batch norm and LIF
+    (:class:`~spikformers.layers.LinearBNSpike`), or with ``neuron=False`` linear and batch norm only
+    (:class:`~spikformers.layers.LinearBN`, the same weights): the membrane input that a membrane-shortcut block
+    (:class:`~spikformers.models.blocks.MembraneBlock`) adds to its residual stream."""
+    return LinearBNSpike(dim, dim, bias=bias) if neuron else LinearBN(dim, dim, bias=bias)
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:

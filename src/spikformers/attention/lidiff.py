@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..layers import LinearBN, LinearBNSpike
 from ..neurons import LIF
-from .base import attention_product, merge_heads, split_heads
+from .base import attention_product, merge_heads, output_projection, split_heads
 
 
 class FFLiDiff(nn.Module):
@@ -36,13 +35,15 @@ class FFLiDiff(nn.Module):
         qkv_bias: bias on the Q/K projections (False in the official code).
         attn_v_th: threshold of the token-mask neuron.
         proj_bias: bias on the output projection (True in the official code; spikingjelly's QKFormer has none).
+        proj_neuron: end with the output projection's LIF; False leaves it out, so the output is the projection's
+            batch-norm output (the membrane-shortcut block asks for that, :func:`~.base.output_projection`).
 
     Parameters: ``3 C^2 + 7 C`` (no bias on Q/K).
     """
 
     def __init__(
         self, dim: int, heads: int = 8, q_split: bool = True, qkv_bias: bool = False, attn_v_th: float = 0.5,
-        proj_bias: bool = True,
+        proj_bias: bool = True, proj_neuron: bool = True,
     ) -> None:
         super().__init__()
         if dim % heads:
@@ -53,7 +54,7 @@ class FFLiDiff(nn.Module):
         self.q = LinearBNSpike(dim, dim, bias=qkv_bias)
         self.k = LinearBNSpike(dim, dim, bias=qkv_bias)
         self.attn_neuron = LIF(v_th=attn_v_th)
-        self.proj = LinearBNSpike(dim, dim, bias=proj_bias)
+        self.proj = output_projection(dim, proj_bias, proj_neuron)
 
     def token_scores(self, q: torch.Tensor) -> torch.Tensor:
         """Per-head token scores from Q spikes: ``[T, B, N, C] -> [T, B, N, heads]``."""
@@ -112,14 +113,14 @@ class FBLiDiff(nn.Module):
         self.proj_neuron = LIF()
 
     def value(self, x: torch.Tensor, feedback: torch.Tensor | None = None) -> torch.Tensor:
-        """V spikes ``[T, B, N, kv_dim]``: ``LIF(BN(X W_v + F W_v))``, the feedback sharing the value weights."""
-        y = self.v.linear(x)
-        if feedback is not None:
-            if feedback.shape != x.shape:
-                raise ValueError(f"feedback must have the input's shape {tuple(x.shape)}, got {tuple(feedback.shape)}")
-            y = y + F.linear(feedback, self.v.linear.weight)
-        y = self.v.bn(y.reshape(-1, y.shape[-1])).view_as(y)
-        return self.v.neuron(y)
+        """V spikes ``[T, B, N, kv_dim]``: ``LIF(BN(X W_v + b_v + F W_v))``, the feedback sharing the value weights
+        without the bias (equal to ``W_v (X + F) + b_v``). ``F W_v`` stays a product of its own, so the energy
+        counter counts the feedback's spikes apart from the input's (``stage3.0.attn.linear1``)."""
+        if feedback is None:
+            return self.v(x)
+        if feedback.shape != x.shape:
+            raise ValueError(f"feedback must have the input's shape {tuple(x.shape)}, got {tuple(feedback.shape)}")
+        return self.v(x, added=self.v.project(feedback, bias=False))
 
     def forward(self, x: torch.Tensor, feedback: torch.Tensor | None = None) -> torch.Tensor:
         q = split_heads(self.q(x), self.heads)  # [T, B, h, N, d]

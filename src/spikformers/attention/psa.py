@@ -50,6 +50,8 @@ class PSA(SSA):
         mode: ``"random"`` (Bernoulli masks on Q, K and the attention map) or ``"structured"`` (fixed channel
             subset of Q and K per head; exact, countable savings).
         seed: seed of the evaluation-mode masks in ``"random"`` mode.
+        proj_neuron: end with the output projection's LIF; False leaves it out, so the output is the projection's
+            batch-norm output (the membrane-shortcut block asks for that, :class:`SSA`).
     """
 
     def __init__(
@@ -63,8 +65,9 @@ class PSA(SSA):
         ratio: float = 0.5,
         mode: str = "random",
         seed: int = 0,
+        proj_neuron: bool = True,
     ) -> None:
-        super().__init__(dim, heads, qkv_bias, scale, attn_v_th, order)
+        super().__init__(dim, heads, qkv_bias, scale, attn_v_th, order, proj_neuron=proj_neuron)
         if mode not in PSA_MODES:
             raise ValueError(f"PSA mode must be one of {PSA_MODES}, got {mode!r}")
         if not 0.0 <= ratio < 1.0:

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..layers import LinearBNSpike
 from ..neurons import LIF
+from .base import output_projection
 
 
 class SDSA(nn.Module):
@@ -26,9 +27,12 @@ class SDSA(nn.Module):
         dim: channels D; heads: number of heads (no effect on the result; D must be divisible by it).
         qkv_bias: bias on the Q/K/V projections (SDT's convs have none; our CIFAR variant's do).
         attn_v_th: threshold of the channel-mask neuron (SDT's ``talking_heads_lif``, 0.5).
+        proj_neuron: end with the output projection's LIF; False leaves it out, so the output is the projection's
+            batch-norm output (the membrane-shortcut block asks for that, :func:`~.base.output_projection`).
     """
 
-    def __init__(self, dim: int, heads: int = 8, qkv_bias: bool = False, attn_v_th: float = 0.5) -> None:
+    def __init__(self, dim: int, heads: int = 8, qkv_bias: bool = False, attn_v_th: float = 0.5,
+                 proj_neuron: bool = True) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"attention dim {dim} is not divisible by heads={heads}")
@@ -37,7 +41,7 @@ class SDSA(nn.Module):
         self.k = LinearBNSpike(dim, dim, bias=qkv_bias)
         self.v = LinearBNSpike(dim, dim, bias=qkv_bias)
         self.attn_neuron = LIF(v_th=attn_v_th)
-        self.proj = LinearBNSpike(dim, dim, bias=True)
+        self.proj = output_projection(dim, True, proj_neuron)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.q(x), self.k(x), self.v(x)

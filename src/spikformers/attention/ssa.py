@@ -14,7 +14,7 @@ from torch import nn
 
 from ..layers import LinearBNSpike
 from ..neurons import LIF
-from .base import attention_product, merge_heads, split_heads
+from .base import attention_product, merge_heads, output_projection, split_heads
 
 
 class SSA(nn.Module):
@@ -26,6 +26,8 @@ class SSA(nn.Module):
         scale: multiplier of the attention product; attn_v_th: threshold of the neuron after the product.
         order: product order, see :func:`attention_product`.
         proj_bias: bias on the output projection (True in the official code; spikingjelly's SSA has none).
+        proj_neuron: end with the output projection's LIF; False leaves it out, so the output is the projection's
+            batch-norm output (the membrane-shortcut block asks for that, :func:`~.base.output_projection`).
     """
 
     def __init__(
@@ -37,6 +39,7 @@ class SSA(nn.Module):
         attn_v_th: float = 0.5,
         order: str = "auto",
         proj_bias: bool = True,
+        proj_neuron: bool = True,
     ) -> None:
         super().__init__()
         if dim % heads:
@@ -46,7 +49,7 @@ class SSA(nn.Module):
         self.k = LinearBNSpike(dim, dim, bias=qkv_bias)
         self.v = LinearBNSpike(dim, dim, bias=qkv_bias)
         self.attn_neuron = LIF(v_th=attn_v_th)
-        self.proj = LinearBNSpike(dim, dim, bias=proj_bias)
+        self.proj = output_projection(dim, proj_bias, proj_neuron)
 
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Q, K, V spikes split into heads, each ``[T, B, heads, N, d]``."""

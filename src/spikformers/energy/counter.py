@@ -7,7 +7,11 @@ The counter watches a model from outside, without any change to model code:
 * forward pre/post hooks on every submodule keep the path of the module that is running, so each operation is
   named by module path (``blocks.0.attn.q.linear``; a wrapper applying its child layer's weight functionally is
   named after that child; other products called directly in a module's ``forward`` get the op name and call
-  index: ``blocks.0.attn.matmul1``, FB-LiDiff's feedback ``F W_v``: ``stage3.0.attn.linear1``).
+  index: ``blocks.0.attn.matmul1``, FB-LiDiff's feedback ``F W_v``: ``stage3.0.attn.linear1``);
+* while it is active, ``kernel_config(observable=True)`` is in force (:mod:`spikformers.kernels.config`): every
+  unit runs its plain path, so each product is one ``F.linear`` / ``F.conv2d`` / ``matmul`` call the mode sees
+  with its real operands (no event-driven or fused kernel hides one, no image is convolved once for all T steps).
+  That switch is how the kernels let themselves be watched; they do not know the counter.
 
 Conventions (the papers' own; docs/energy.md):
 
@@ -42,6 +46,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
+
+from ..kernels.config import kernel_config
 
 __all__ = ["LayerCount", "OpCounter", "count_ops", "operand_kind", "spike_like", "all_ones_firing"]
 
@@ -203,6 +209,23 @@ class OpCounter(TorchFunctionMode):
         self._calls: list[dict[str, int]] = []
         self._T, self._B = 1, 1
         self._handles: list[Any] = []
+        self._observing: list[Any] = []  # the kernel_config(observable=True) blocks entered, innermost last
+
+    def __enter__(self) -> OpCounter:
+        observing = kernel_config(observable=True)
+        observing.__enter__()
+        self._observing.append(observing)
+        try:
+            return super().__enter__()
+        except BaseException:
+            self._observing.pop().__exit__(None, None, None)
+            raise
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            super().__exit__(*exc)
+        finally:
+            self._observing.pop().__exit__(None, None, None)
 
     # ----- module stack -------------------------------------------------------------------------------------
     def _pre(self, module: nn.Module, args: Any) -> None:

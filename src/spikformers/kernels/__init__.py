@@ -4,10 +4,10 @@ It imports nothing from the rest of the package; neurons, layers and attention c
 
 Modules, from the bottom: :mod:`.common` (neuron parameters, kinds, saved-state formats), :mod:`.surrogate` (the
 surrogate gradients), :mod:`.reference` (the plain per-step loops: the oracle every fast path is tested against),
-:mod:`.cpu` with ``csrc/`` (the C++ library: neurons, batch norm + LIF, spike packing, event-driven products,
-built on first use), :mod:`.gpu` (the Triton neuron kernels, imported only when first needed), :mod:`.eager` (the
-neuron algorithm in torch ops, the fallback), :mod:`.node` (one autograd node per multi-step neuron call),
-:mod:`.selfcheck` (each Triton variant checked against the reference before first use), :mod:`.fused` (which
+:mod:`.cpp` with ``csrc/`` (the C++ library: neurons, batch norm + LIF, spike packing, event-driven products,
+built on first use), :mod:`.triton` (the Triton neuron kernels, imported only when first needed), :mod:`.eager`
+(the neuron algorithm in torch ops, the fallback), :mod:`.node` (one autograd node per multi-step neuron call),
+:mod:`.selfcheck` (each Triton variant checked against the reference before first use), :mod:`.dispatch` (which
 implementation runs a neuron call, and the call), :mod:`.bn_lif` (a unit's batch norm fused with its LIF) and
 :mod:`.spike_ops` (linear, conv, pool and attention products on spikes: compact saving, event-driven on the CPU).
 :mod:`.config` is the switchboard: one typed :class:`KernelConfig` of every switch among these paths, set for a
@@ -16,13 +16,16 @@ block of code with ``with kernel_config(event_driven=False, ...):``.
 ``lif_multistep`` / ``ternary_multistep`` pick the fastest neuron path for the device (all give the same spikes
 and, to 1e-6, the same gradients as the loops in :mod:`.reference`):
 
+Each backend's implementation is the module of its name (:mod:`.cpp`, :mod:`.triton`, :mod:`.eager`,
+:mod:`.reference`):
+
 | backend     | where                          | what                                                          |
 |-------------|--------------------------------|---------------------------------------------------------------|
 | "cpp"       | CPU, float32/float64           | C++ kernel built on first use with the system compiler        |
 | "triton"    | CUDA (or TRITON_INTERPRET=1)   | Triton kernels, imported lazily                                |
 | "eager"     | anywhere                       | the same algorithm in torch ops; fallback when nothing else   |
 | "reference" | anywhere                       | the plain per-step autograd loop (the oracle)                  |
-| "auto"      | -                              | triton on CUDA, else cpp, else eager (``"fused"`` is an alias) |
+| "auto"      | -                              | triton on CUDA, else cpp, else eager                           |
 
 Each Triton variant is run against the reference loop on its first call in a process (:mod:`.selfcheck`): one that
 differs, or fails to compile or launch, gives a :class:`KernelCheckWarning` and is replaced by the eager path.
@@ -39,10 +42,10 @@ from __future__ import annotations
 
 import torch
 
-from . import cpu
+from . import cpp
 from .common import NeuronParams, choose_save, triton_importable, triton_interpret
 from .config import KernelConfig, get_kernel_config, kernel_config, set_kernel_config
-from .fused import BACKENDS, lif_fused, mark_scratch, run_neuron, select_impl
+from .dispatch import BACKENDS, lif_fused, mark_scratch, run_neuron, select_impl
 from .reference import lif_reference, ternary_lif_reference, ternary_reference
 from .selfcheck import KernelCheckWarning
 
@@ -126,7 +129,7 @@ def available_backends(device: str | torch.device = "cpu") -> list[str]:
     """The backends that can run on ``device`` here (``"reference"`` and ``"eager"`` always can)."""
     dev = torch.device(device)
     found = ["reference", "eager"]
-    if dev.type == "cpu" and cpu.available():
+    if dev.type == "cpu" and cpp.available():
         found.append("cpp")
     if triton_importable() and (dev.type == "cuda" or triton_interpret()):
         found.append("triton")

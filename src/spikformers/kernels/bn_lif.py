@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import cpu
+from . import cpp
 from .common import NeuronParams
 from .config import get_kernel_config
 
@@ -51,7 +51,7 @@ def _statistics(y: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, dims: Dims
     count = dims[0] * dims[1] * dims[3]
     if count <= 1:
         raise ValueError(f"batch norm over {count} value per channel in training: expected more than 1 value")
-    total, squares = cpu.bn_stats(y, dims)
+    total, squares = cpp.bn_stats(y, dims)
     mean = total / count
     var = (squares / count - mean * mean).clamp_(min=0.0)
     if bn.training and bn.track_running_stats and bn.running_mean is not None:
@@ -86,7 +86,7 @@ class BNLIFFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y, weight, bias, pre_bias, mean, invstd, batch_stats, dims, params, private, pool_w):  # type: ignore[override]
         scale, shift = _affine(mean, invstd, weight, bias, y.dtype)
-        out = cpu.bn_lif_forward(y, scale, shift, dims, params, _output(y, pool_w), pool_w)
+        out = cpp.bn_lif_forward(y, scale, shift, dims, params, _output(y, pool_w), pool_w)
         ctx.save_for_backward(y, weight, scale, shift, mean, invstd)
         ctx.meta = (batch_stats, dims, params, private, pool_w)
         ctx.spent = False
@@ -104,7 +104,7 @@ class BNLIFFunction(torch.autograd.Function):
         grad = grad.contiguous()
         mean_y = mean.to(y.dtype)
         gz = _scratch_like(y) if ctx.needs_input_grad[0] else None  # dL/d(norm's output), from pass 1
-        sum_g, sum_gc = cpu.bn_lif_sums(grad, y, scale, shift, mean_y, dims, params, pool_w, gz)
+        sum_g, sum_gc = cpp.bn_lif_sums(grad, y, scale, shift, mean_y, dims, params, pool_w, gz)
         gy = gw = gb = gpb = None
         gamma = torch.ones_like(invstd) if weight is None else weight.detach().to(torch.float64)
         k1 = gamma * invstd
@@ -117,7 +117,7 @@ class BNLIFFunction(torch.autograd.Function):
             else:
                 k = torch.stack([k1, torch.zeros_like(k1), torch.zeros_like(k1)])
             ctx.spent = private
-            gy = cpu.bn_apply_grad(gz, y, mean_y, k.to(y.dtype), dims, y if private else gz)
+            gy = cpp.bn_apply_grad(gz, y, mean_y, k.to(y.dtype), dims, y if private else gz)
             if private:  # gz's buffer is free again
                 _SCRATCH[:] = [gz]
         if weight is not None and ctx.needs_input_grad[1]:
@@ -137,7 +137,7 @@ def _scratch_like(y: torch.Tensor) -> torch.Tensor:
 
 def _output(y: torch.Tensor, pool_w: int) -> torch.Tensor:
     """The spikes' tensor: like ``y``, or with its last two sides pooled (3x3, stride 2, padding 1) when pooling."""
-    return y.new_empty(cpu.pooled_shape(tuple(y.shape))) if pool_w else torch.empty_like(y)
+    return y.new_empty(cpp.pooled_shape(tuple(y.shape))) if pool_w else torch.empty_like(y)
 
 
 def bn_lif(y: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, params: NeuronParams, dims: Dims,
@@ -160,34 +160,22 @@ def bn_lif(y: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, params: NeuronP
                                    pool_w)
     scale, shift = _affine(mean, invstd, bn.weight, bn.bias, y.dtype)
     out = y if overwrite and not pool else _output(y, pool_w)
-    return cpu.bn_lif_forward(y, scale, shift, dims, params, out, pool_w)
-
-
-def hooked(m: nn.Module) -> bool:
-    """Whether ``m`` has a forward or backward hook of its own."""
-    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
-
-
-def _global_hooks() -> bool:
-    g = nn.modules.module
-    return bool(g._global_forward_hooks or g._global_forward_pre_hooks or g._global_backward_hooks
-                or g._global_backward_pre_hooks)
+    return cpp.bn_lif_forward(y, scale, shift, dims, params, out, pool_w)
 
 
 def fused_params(bn: nn.Module, neuron: nn.Module) -> NeuronParams | None:
-    """The neuron's parameters when ``neuron(bn(.))`` may run as one :func:`bn_lif` call as far as the modules go,
-    else None: the ``fused_bn_neuron`` switch on (:mod:`.config`), a plain LIF on a fused backend
-    (``neuron.unit_params()``), a batch norm, and no hook on either module (hooks such as the energy counter's
-    must see the real intermediate tensors)."""
-    if not get_kernel_config().fused_bn_neuron:
+    """The neuron's parameters when ``neuron(bn(.))`` may run as one :func:`bn_lif` call as far as the modules and the
+    switchboard go, else None: the ``fused_bn_neuron`` switch on and ``observable`` off (:mod:`.config`), a batch
+    norm, and a plain LIF on a fused backend (``neuron.unit_params()``). Whether the unit's own modules must be
+    called instead (a hook on them) is the unit's decision."""
+    cfg = get_kernel_config()
+    if not cfg.fused_bn_neuron or cfg.observable:
         return None
     if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or not hasattr(neuron, "unit_params"):
-        return None
-    if hooked(bn) or hooked(neuron) or _global_hooks():
         return None
     return neuron.unit_params()
 
 
 def takes(y: torch.Tensor) -> bool:
     """Whether the fused kernels take ``y``: a non-empty contiguous CPU float tensor (float32 or float64)."""
-    return y.is_contiguous() and y.numel() > 0 and cpu.supports(y)
+    return y.is_contiguous() and y.numel() > 0 and cpp.supports(y)

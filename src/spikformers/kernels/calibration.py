@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from . import cpu
+from . import cpp
 from .config import get_kernel_config
 
 __all__ = ["Calibration", "break_even", "current", "faster", "recalibrate", "using_calibration"]
@@ -70,7 +70,7 @@ def machine_key() -> dict[str, Any]:
         import platform
 
         model = platform.processor()
-    library = cpu.library_path.name if cpu.available() and cpu.library_path is not None else "none"
+    library = cpp.library_path.name if cpp.available() and cpp.library_path is not None else "none"
     return {"cpu": model, "flags_sha": hashlib.sha256(flags.encode()).hexdigest()[:12],
             "threads": torch.get_num_threads(), "library": library, "torch": torch.__version__}
 
@@ -155,7 +155,7 @@ class Calibration:
 def _default() -> Calibration:
     name = hashlib.sha256(json.dumps(machine_key(), sort_keys=True).encode()).hexdigest()[:16]
     fresh = os.environ.get("SPIKFORMERS_RECALIBRATE", "") not in ("", "0")
-    return Calibration(cpu.cache_dir() / f"calibration_{name}.json", fresh=fresh)
+    return Calibration(cpp.cache_dir() / f"calibration_{name}.json", fresh=fresh)
 
 
 _by_threads: dict[int, Calibration] = {}  # the machine's calibration per thread count, built on first use

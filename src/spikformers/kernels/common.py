@@ -1,18 +1,21 @@
 """Shared definitions of the fused neuron kernels: parameters, kinds and formats of the state saved for backward.
 
-Saved-state formats (``save``), chosen by :func:`choose_save`:
+Saved-state formats (``save``), chosen by :func:`choose_save` from a neuron's ``saved`` option (one of
+:data:`SAVED_CHOICES`; each format but ``"code"`` has the name of the choice that asks for it):
 
-| save   | bytes/element/step | content                                               | surrogate error   |
-|--------|--------------------|-------------------------------------------------------|-------------------|
-| "q24"  | 3                  | surrogate, 23-bit fixed point, + spike/reset bit      | <= 1.2e-7 alpha/4 |
-| "q16"  | 2                  | surrogate, 15-bit fixed point, + spike/reset bit      | <= 3.1e-5 alpha/4 |
-| "h"    | dtype size         | membrane before firing; surrogate recomputed          | exact             |
-| "code" | 1                  | ternary "guo": straight-through mask bit, reset bit   | exact             |
-| "x"    | 0 new (the input)  | nothing: backward re-runs the charge from the input   | exact             |
+| save        | bytes/element/step | content                                               | surrogate error   |
+|-------------|--------------------|-------------------------------------------------------|-------------------|
+| "q24"       | 3                  | surrogate, 23-bit fixed point, + spike/reset bit      | <= 1.2e-7 alpha/4 |
+| "q16"       | 2                  | surrogate, 15-bit fixed point, + spike/reset bit      | <= 3.1e-5 alpha/4 |
+| "exact"     | dtype size         | membrane before firing; surrogate recomputed          | exact             |
+| "code"      | 1                  | ternary "guo": straight-through mask bit, reset bit   | exact             |
+| "recompute" | 0 new (the input)  | nothing: backward re-runs the charge from the input   | exact             |
 
-``"x"`` (``saved="recompute"``) keeps a reference to the input instead of new state: free when something else
-holds the input anyway, 4 bytes per element and step when nothing does. Backward recomputes the membrane
-with the forward's own arithmetic, so gradients equal ``"h"``'s bit for bit.
+``"recompute"`` keeps a reference to the input instead of new state: free when something else holds the input
+anyway, 4 bytes per element and step when nothing does. Backward recomputes the membrane with the forward's own
+arithmetic, so gradients equal ``"exact"``'s bit for bit. :data:`SAVED_IDS` gives each format the number
+``csrc/neurons.cpp`` and the Triton kernels know it by (there ``"exact"`` is ``SAVE_H``, ``"recompute"``
+``SAVE_X``).
 
 The spike bit is all the reset needs and the surrogate value all the charge needs, so nothing else is kept.
 """
@@ -25,8 +28,8 @@ from typing import NamedTuple
 import torch
 
 KIND_IDS = {"lif": 0, "ternary_lif": 1, "ternary_guo": 2}
-SAVE_IDS = {"none": 0, "code": 1, "q16": 2, "q24": 3, "h": 4, "x": 5}
-SAVED_CHOICES = ("auto", "exact", "recompute", "q24", "q16")
+SAVED_CHOICES = ("auto", "exact", "recompute", "q24", "q16")  # a neuron's ``saved`` option
+SAVED_IDS = {"none": 0, "code": 1, "q16": 2, "q24": 3, "exact": 4, "recompute": 5}  # formats ("none": inference)
 Q_MAX = {"q16": (1 << 15) - 1, "q24": (1 << 23) - 1}
 
 
@@ -49,27 +52,27 @@ def surrogate_scale(kind: str, alpha: float) -> float:
 def choose_save(kind: str, dtype: torch.dtype, detach_reset: bool, saved: str = "auto") -> str:
     """Pick the saved-state format: the smallest one whose gradient stays within 1e-6 of the reference loop.
 
-    ``saved="auto"``: ``q24`` for float32 (and lower), ``h`` (exact) for float64 or when the reset is not
-    detached (its gradient needs the membrane itself); ``"exact"`` forces ``h``; ``"recompute"`` saves no new
-    state (``x``: the input is kept and the membrane rebuilt in backward); ``"q16"`` trades gradient precision
-    (about 3e-5) for 2 bytes per element and step.
+    ``saved="auto"``: ``"q24"`` for float32 (and lower), ``"exact"`` for float64 or when the reset is not
+    detached (its gradient needs the membrane itself); ``"exact"`` keeps the membrane; ``"recompute"`` saves no
+    new state (the input is kept and the membrane rebuilt in backward); ``"q16"`` trades gradient precision
+    (about 3e-5) for 2 bytes per element and step. The ternary "guo" form always saves ``"code"``.
     """
     if saved not in SAVED_CHOICES:
         raise ValueError(f"saved must be one of {SAVED_CHOICES}, got {saved!r}")
     if kind == "ternary_guo":
         return "code"
     if saved == "recompute":
-        return "x"
+        return "recompute"
     if saved == "exact" or (kind == "lif" and not detach_reset):
-        return "h"
+        return "exact"
     if saved == "auto":
-        return "h" if dtype == torch.float64 else "q24"
+        return "exact" if dtype == torch.float64 else "q24"
     return saved
 
 
 def saved_shape(save: str, x: torch.Tensor) -> tuple[tuple[int, ...], torch.dtype]:
     """Shape and dtype of the saved-state tensor for input ``x`` in format ``save``."""
-    if save == "h":
+    if save == "exact":
         return tuple(x.shape), x.dtype
     if save == "code":
         return (x.numel(),), torch.uint8

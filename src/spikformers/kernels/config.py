@@ -10,6 +10,11 @@ puts the previous setting back on exit, also on an error), or for the rest of th
         logits = model(x)  # dense products, batch norm and neuron as separate modules
 
 The setting is one for the whole process (every thread sees it), as torch's own backend flags are.
+
+Watching a model from outside: under ``kernel_config(observable=True)`` every unit runs its plain path, the one a
+``TorchFunctionMode`` and module hooks see whole (see :class:`KernelConfig`). It is the one way in which the
+kernels let themselves be watched: an observer puts it in force while it watches, and no kernel looks for any
+particular observer.
 """
 
 from __future__ import annotations
@@ -34,13 +39,18 @@ class KernelConfig:
         fused_bn_neuron: on the CPU, a unit's batch norm and LIF run as one kernel (:mod:`.bn_lif`;
             ``train.fused_bn_neuron``).
         overwrite_scratch: at inference, the compiled CPU neuron writes its spikes over an input marked as
-            scratch (:func:`~.fused.mark_scratch`: a unit's batch-norm output) instead of into a new tensor; off,
+            scratch (:func:`~.dispatch.mark_scratch`: a unit's batch-norm output) instead of into a new tensor; off,
             a forward hook that keeps that output sees it, not the spikes written over it.
         calibrate: choose between event-driven and dense kernels (and between two dense input-gradient products) by
             a timed trial per shape class on this machine, cached (:mod:`.calibration`); off: the fixed density
             thresholds of :mod:`.spike_ops`.
         kernel_check: check each Triton kernel variant against the reference loop before its first use
             (:mod:`.selfcheck`); None leaves it to ``$SPIKFORMERS_KERNEL_CHECK`` (default on).
+        observable: someone watches from outside (off by default). Every product is then one ``F.linear`` /
+            ``F.conv2d`` / ``matmul`` call over all its operands (no event-driven kernel, no image convolved once
+            for all T steps), every batch norm and neuron is called as its module (no fused batch norm + LIF),
+            and no kernel writes over an input (as ``overwrite_scratch=False``). The numbers are those of the
+            plain paths; only the speed differs.
     """
 
     compact_spikes: bool = True
@@ -49,6 +59,7 @@ class KernelConfig:
     overwrite_scratch: bool = True
     calibrate: bool = True
     kernel_check: bool | None = None
+    observable: bool = False
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(KernelConfig)}

@@ -82,7 +82,7 @@ def forward(
             v = torch.where(fired, zero, h)
             if save in ("q16", "q24"):
                 _pack(state, t, n, sigmoid_grad(up, p.alpha) + sigmoid_grad(un, p.alpha), fired, save, to_q)
-        if save == "h":
+        if save == "exact":
             state[t] = h
     if v_final is not None:
         v_final.view_as(v).copy_(v)
@@ -106,7 +106,7 @@ def backward(grad: torch.Tensor, state: torch.Tensor, kind: str, p: NeuronParams
             gv = p.decay * gu
             continue
         g_spike = grad[t]
-        if save == "h":
+        if save == "exact":
             h = state[t]
             if kind == "lif":
                 u = h - p.v_th

@@ -2,8 +2,8 @@
 
 Forward runs all T steps in one kernel and saves only the compact state of :mod:`.common` through
 ``ctx.save_for_backward``; backward walks the steps in reverse from that state. An implementation is a module
-with ``forward(x, kind, params, save, ...)`` and ``backward(grad, state, kind, params, save)`` (:mod:`.cpu`,
-:mod:`.gpu`, :mod:`.eager`); one whose backward rebuilds the membrane from the input itself sets
+with ``forward(x, kind, params, save, ...)`` and ``backward(grad, state, kind, params, save)`` (:mod:`.cpp`,
+:mod:`.triton`, :mod:`.eager`); one whose backward rebuilds the membrane from the input itself sets
 ``RECOMPUTES = True``.
 """
 
@@ -17,7 +17,7 @@ class NeuronFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, kind, params, save, impl):  # type: ignore[override]
-        if save == "x":  # keep the input itself; backward rebuilds the membrane from it
+        if save == "recompute":  # keep the input itself; backward rebuilds the membrane from it
             spikes, state = impl.forward(x, kind, params, "none")[0], x
         else:
             spikes, state = impl.forward(x, kind, params, save)
@@ -29,6 +29,6 @@ class NeuronFunction(torch.autograd.Function):
     def backward(ctx, grad):  # type: ignore[override]
         (state,) = ctx.saved_tensors
         kind, params, save, impl = ctx.meta
-        if save == "x" and not getattr(impl, "RECOMPUTES", False):  # generic: re-run forward keeping h
-            state, save = impl.forward(state, kind, params, "h")[1], "h"
+        if save == "recompute" and not getattr(impl, "RECOMPUTES", False):  # generic: rerun forward keeping h
+            state, save = impl.forward(state, kind, params, "exact")[1], "exact"
         return impl.backward(grad.contiguous(), state, kind, params, save), None, None, None, None

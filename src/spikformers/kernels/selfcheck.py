@@ -45,7 +45,7 @@ from .node import NeuronFunction
 from .reference import lif_reference, ternary_lif_reference, ternary_reference
 
 ENV = "SPIKFORMERS_KERNEL_CHECK"
-_TRITON_MODULE = f"{__package__}.gpu"
+_TRITON_MODULE = f"{__package__}.triton"
 
 
 class KernelCheckWarning(RuntimeWarning):
@@ -201,7 +201,7 @@ def check_inputs(key: KernelKey) -> tuple[torch.Tensor, torch.Tensor | None, tor
 
 
 def check(impl: ModuleType, key: KernelKey) -> CheckResult:
-    """Run the kernels of ``impl`` (:mod:`.gpu`, :mod:`.cpu` or :mod:`.eager`) for ``key`` on a small input and
+    """Run the kernels of ``impl`` (:mod:`.triton`, :mod:`.cpp` or :mod:`.eager`) for ``key`` on a small input and
     compare with the reference loop on the same device: forward only for ``save == "none"``, else forward and
     backward through the autograd node the library uses. Never raises for the kernel's own errors."""
     x, v0, g, p = check_inputs(key)
@@ -301,7 +301,8 @@ def variant_keys(backend: str, device: str, dtype: str, T: str = "any", N: str =
     keys = []
     for kind in KIND_IDS:
         for detach in (True, False) if kind == "lif" else (True,):
-            saves = ["code"] if kind == "ternary_guo" else ["q24", "q16", "h", "x"] if detach else ["h", "x"]
+            full = ["exact", "recompute"]  # the formats that keep the membrane or rebuild it
+            saves = ["code"] if kind == "ternary_guo" else ["q24", "q16", *full] if detach else full
             keys += [KernelKey(backend, device, dtype, kind, s, detach, False, False, T, N, aligned) for s in saves]
         keys += [KernelKey(backend, device, dtype, kind, "none", True, v0, vT, T, N, aligned)
                  for v0, vT in ((False, False), (True, True), (False, True))]

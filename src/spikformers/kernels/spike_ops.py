@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
 from . import calibration
-from . import cpu as _cpu_kernels
+from . import cpp as _cpu_kernels
 from .config import get_kernel_config
 
 # Fixed thresholds, used with calibration off: the non-zero fraction up to which the event-driven path runs
@@ -127,12 +127,12 @@ def _load(ctx: Any, saved: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
 
 
 def _event_driven_allowed(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """What the event-driven CPU linear and conv both need of ``x``: switched on, a contiguous CPU float32/64 input of
-    the weight's dtype, no autocast, and no ``TorchFunctionMode`` active (the energy counter and ``FlopCounterMode``
-    watch ``F.linear`` / ``F.conv2d``)."""
-    return (get_kernel_config().event_driven and _fast(x.dtype, x.device) and x.is_contiguous()
-            and weight.dtype == x.dtype and not torch.is_autocast_enabled("cpu")
-            and torch._C._len_torch_function_stack() == 0)
+    """What the event-driven CPU linear and conv both need of ``x``: switched on and nobody observing (the
+    ``event_driven`` and ``observable`` switches of :mod:`.config`), a contiguous CPU float32/64 input of the
+    weight's dtype, no autocast."""
+    cfg = get_kernel_config()
+    return (cfg.event_driven and not cfg.observable and _fast(x.dtype, x.device) and x.is_contiguous()
+            and weight.dtype == x.dtype and not torch.is_autocast_enabled("cpu"))
 
 
 def _rate(x: torch.Tensor, px: Packed | None) -> float:
@@ -446,22 +446,23 @@ def spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
     """``Q (K^T V)`` per head for binary spike heads ``[..., H, N, d]`` on the CPU, event-driven; None where it does
     not apply (then use :func:`spike_matmul`).
 
-    It applies when event-driven layers are on (the ``event_driven`` switch of :mod:`.config`), ``q``, ``k`` and
-    ``v`` are float32/64 head splits of contiguous ``[..., N, H * d]`` tensors (as the attention mechanisms' head
-    split makes them) holding only 0/1, ``d`` is a multiple of 8 up to 64, and no autocast or ``TorchFunctionMode``
-    (the energy counter) is active. The result is a head split of a contiguous ``[..., N, H * d]`` tensor, so
+    It applies when event-driven layers are on and nobody observes (the ``event_driven`` and ``observable``
+    switches of :mod:`.config`), ``q``, ``k`` and ``v`` are float32/64 head splits of contiguous ``[..., N, H * d]``
+    tensors (as the attention mechanisms' head split makes them) holding only 0/1, ``d`` is a multiple of 8 up to
+    64, and autocast is off. The result is a head split of a contiguous ``[..., N, H * d]`` tensor, so
     merging the heads needs no copy; the heads are never copied either. Backward keeps the three inputs as bits.
     The forward equals the dense product exactly (sums of spikes are integers); gradients equal it up to the order
     of float sums.
     """
-    if not get_kernel_config().event_driven:
+    cfg = get_kernel_config()
+    if not cfg.event_driven or cfg.observable:
         return None
     if not (q.shape == k.shape == v.shape and q.dim() >= 3 and q.dtype == k.dtype == v.dtype):
         return None
     H, N, d = q.shape[-3:]
     if d not in _cpu_kernels.ATTENTION_HEAD_SIZES or q.numel() == 0 or not _fast(q.dtype, q.device):
         return None
-    if torch.is_autocast_enabled("cpu") or torch._C._len_torch_function_stack() != 0:
+    if torch.is_autocast_enabled("cpu"):
         return None
     merged = [_merged(t) for t in (q, k, v)]
     if any(t is None for t in merged):

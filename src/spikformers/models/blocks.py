@@ -8,8 +8,8 @@ each branch:
     x = x + BN(Linear(LIF(BN(Linear(LIF(x))))))
 
 Same parameters as the Spikformer block; ``drop_path`` applies stochastic depth to both branches.
-Any attention whose output projection is a :class:`~spikformers.layers.LinearBNSpike` named ``proj`` (SSA,
-PSA, A2OS2A, SDSA) fits: the block replaces that projection's neuron by the identity.
+Any attention that can end without its output neuron (option ``proj_neuron``: SSA, PSA, A2OS2A, SDSA,
+FF-LiDiff) fits: the block builds it with ``proj_neuron=False``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attention import create_attention
-from ..layers import DropPath, LinearBN, LinearBNSpike
+from ..attention import attention_class, create_attention, takes_option
+from ..layers import DropPath, LinearBN
 from ..neurons import LIF
 
 
@@ -55,14 +55,13 @@ class MembraneBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.shortcut_neuron = LIF()
-        self.attn = create_attention(attn, dim, heads, defaults=attn_defaults, **attn_kwargs)
-        proj = getattr(self.attn, "proj", None)
-        if not isinstance(proj, LinearBNSpike):
-            raise ValueError(
-                f"block='membrane' needs an attention whose output projection `proj` is a LinearBNSpike; "
-                f"{type(self.attn).__name__} has {type(proj).__name__}"
-            )
-        proj.neuron = nn.Identity()  # the residual adds membrane input, not spikes
+        if not takes_option(attn, "proj_neuron"):
+            raise ValueError(f"block='membrane' needs an attention that can end without its output neuron (option "
+                             f"proj_neuron); {attention_class(attn).__name__} has no such option")
+        if attn_kwargs.get("proj_neuron", False):
+            raise ValueError("block='membrane' builds its attention with proj_neuron=False; drop proj_neuron=True")
+        # the residual adds membrane input, not spikes
+        self.attn = create_attention(attn, dim, heads, defaults=attn_defaults, **{**attn_kwargs, "proj_neuron": False})
         self.mlp = MembraneMLP(dim, mlp_ratio, bias=mlp_bias)
         self.drop_path = DropPath(drop_path)
 

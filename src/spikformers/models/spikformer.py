@@ -53,13 +53,12 @@ class SPS(nn.Module):
             raise ValueError(f"SPS form must be 'spikformer' or 'sdt', got {form!r}")
         widths = [in_chans, dim // 8, dim // 4, dim // 2, dim]
         self.form = form
-        self.stages = nn.Sequential(
-            *(ConvBNSpike(widths[i], widths[i + 1], pool=p, pool_membrane=pool == "membrane", bias=bias)
+        last = len(widths) - 2
+        self.stages = nn.Sequential(  # form "sdt": the last stage has no neuron and keeps the norm's (pooled) output
+            *(ConvBNSpike(widths[i], widths[i + 1], pool=p, pool_membrane=pool == "membrane", bias=bias,
+                          neuron=None if form == "sdt" and i == last else "lif")
               for i, p in enumerate(SPS_POOLS[variant]))
         )
-        if form == "sdt":  # the last stage keeps the norm's (pooled) output
-            self.stages[-1].neuron = nn.Identity()
-            self.stages[-1].pool_membrane = True
         self.rpe = ConvBN(dim, dim, 3)
         self.rpe_neuron = LIF()
         self.downsample = 2 ** sum(SPS_POOLS[variant])

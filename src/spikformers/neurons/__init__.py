@@ -51,7 +51,7 @@ class LIF(Neuron):
         alpha: steepness of the sigmoid surrogate gradient.
         detach_reset: do not back-propagate through the reset's dependence on the spike.
         backend: ``"auto"`` (fastest for the device: Triton on CUDA, the C++ kernel on CPU, else eager torch),
-            ``"fused"`` (same), ``"cpp"``, ``"triton"``, ``"eager"`` or ``"reference"`` (plain per-step loop).
+            ``"cpp"``, ``"triton"``, ``"eager"`` or ``"reference"`` (plain per-step loop).
         saved: what the fused backends keep for backward: ``"recompute"`` (nothing new: the input is kept and
             the membrane rebuilt), ``"q24"`` (23-bit surrogate + spike bit, 3 bytes per element and step),
             ``"exact"`` (the membrane), ``"q16"`` (2 bytes, gradients off by ~3e-5) or ``"auto"`` (recompute
@@ -101,7 +101,7 @@ class LIF(Neuron):
         """This LIF's parameters when a unit may fuse it with the batch norm before it
         (:mod:`spikformers.kernels.bn_lif`): a plain LIF on a fused backend, an exact saved state, no membrane carried
         between calls; else None."""
-        if (type(self) is not LIF or "forward" in vars(self) or self.backend not in ("auto", "fused", "cpp")
+        if (type(self) is not LIF or "forward" in vars(self) or self.backend not in ("auto", "cpp")
                 or self.saved not in ("auto", "recompute", "exact") or current_store() is not None):
             return None
         return NeuronParams(self.tau, self.v_th, self.v_reset, self.alpha, 0.25, self.detach_reset)

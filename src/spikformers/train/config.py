@@ -9,6 +9,7 @@ import dataclasses
 import math
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -84,7 +85,7 @@ class LoopConfig:
     save_every: int = 1  # write the resume state every N epochs (always at the last)
     save_every_steps: int | None = None  # also every N optimisation steps, inside epochs (None or 0: off)
     # speed and memory (docs/training.md, "Speed and memory")
-    neuron_backend: str = "auto"  # auto | cpp | triton | eager | reference
+    neuron_backend: str = "auto"  # auto | cpp | triton | eager | reference (see RENAMED_VALUES for old words)
     neuron_saved: str = "auto"  # what neurons keep for backward: auto | recompute | q24 | exact | q16
     grad_checkpointing: bool = False  # recompute each block in backward (Spikformer / HST backbones)
     recompute_bn_neuron: bool = False  # recompute batch norm + neuron of each linear/conv unit in backward
@@ -118,6 +119,23 @@ class TrainConfig:
 
 class ConfigError(ValueError):
     """A configuration key is unknown or its value has the wrong type."""
+
+
+# Values renamed since a release that configs may still name: key -> {old word: new word}. A config with the old
+# word loads as if it said the new one, with a FutureWarning saying so (saved run folders keep resuming).
+RENAMED_VALUES: dict[str, dict[str, str]] = {
+    "train.neuron_backend": {"fused": "auto"},  # "fused" was a second name of "auto"
+}
+
+
+def _renamed(key: str, value: Any) -> Any:
+    """``value``, or its new word where :data:`RENAMED_VALUES` has one for ``key`` (with a deprecation note)."""
+    new = RENAMED_VALUES.get(key, {}).get(value) if isinstance(value, str) else None
+    if new is None:
+        return value
+    warnings.warn(f"config key {key!r}: {value!r} is the old name of {new!r} and is read as {new!r}; "
+                  f"write {new!r}", FutureWarning, stacklevel=2)
+    return new
 
 
 def _check_type(key: str, value: Any, tp: Any) -> Any:
@@ -182,7 +200,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "", errors: list[str] 
         tp = hints[name]
         try:
             kwargs[name] = (_build(tp, value, f"{prefix}{name}.", errors) if dataclasses.is_dataclass(tp)
-                            else _check_type(prefix + name, value, tp))
+                            else _renamed(prefix + name, _check_type(prefix + name, value, tp)))
         except ConfigError as e:
             errors.append(str(e))
     obj = cls(**kwargs)  # from the valid keys only (the rest keep their defaults), so range checks still run

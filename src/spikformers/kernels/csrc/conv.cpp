@@ -1,7 +1,7 @@
 // Event-driven 3x3 convolutions (stride 1, padding 1, one group) for inputs that are mostly zeros: spikes packed
 // as bits, or small spike counts packed as bytes (the formats of spikes.cpp). Only the non-zero inputs cost work.
 //
-// Built together with neurons.cpp and spikes.cpp by spikformers/kernels/cpu.py. x is [B, Cin, H, W]
+// Built together with neurons.cpp and spikes.cpp by spikformers/kernels/cpp.py. x is [B, Cin, H, W]
 // (NCHW, flattened in that order before packing), the weight [Cout, Cin, 3, 3], the output [B, Cout, H, W].
 //
 // Forward (output-stationary): a per-pixel list of the channels that fired (CSR); for each output pixel and tile

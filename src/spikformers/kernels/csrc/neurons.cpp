@@ -1,6 +1,6 @@
 // Fused multi-step spiking neurons for the CPU: one pass over all T steps per element, forward and backward.
 //
-// Built at first use by spikformers/kernels/cpu.py with the system C++ compiler (no torch headers,
+// Built at first use by spikformers/kernels/cpp.py with the system C++ compiler (no torch headers,
 // so it compiles in about a second) and called through ctypes. Layout: x, spikes, grads are [T, N]
 // contiguous; the saved state for backward is either
 //   SAVE_Q16 / SAVE_Q24: byte planes [nbytes][T*N]; the top bit of the last plane is the spike (or "did

@@ -2,7 +2,7 @@
 // input is mostly zeros (spikes, or the small integer spike counts of a residual stream): each output row adds
 // the weight columns of the inputs that are not zero, instead of a dense product.
 //
-// Built together with neurons.cpp by spikformers/kernels/cpu.py. All arrays are contiguous row-major.
+// Built together with neurons.cpp by spikformers/kernels/cpp.py. All arrays are contiguous row-major.
 // Packed bits: byte b holds elements 8b..8b+7, element 8b+j in bit j (the layout torch code in spike_ops.py uses).
 // Packed bytes ("u8"): one byte per element, for inputs that are integers in [0, 255].
 

@@ -2,7 +2,7 @@
 
 Imported only when first needed (``import spikformers`` never imports triton). Runs on CUDA tensors, or on
 CPU tensors through Triton's interpreter when ``TRITON_INTERPRET=1`` (how the test suite checks it without a
-GPU). Saved state and arithmetic follow :mod:`.cpu` and the reference loops; on CUDA the charge uses
+GPU). Saved state and arithmetic follow :mod:`.cpp` and the reference loops; on CUDA the charge uses
 round-to-nearest multiply/add intrinsics (never contracted into an FMA) and the reciprocal of tau, because
 that is what torch's CUDA ops compute for ``x / tau``, so spikes stay bit-identical to the reference there too.
 Triton links those intrinsics with flush-to-zero on by default; CUDA launches turn it off (``enable_reflect_ftz``,
@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from . import eager
-from .common import KIND_IDS, Q_MAX, SAVE_IDS, NeuronParams, saved_shape, surrogate_scale, triton_interpret
+from .common import KIND_IDS, Q_MAX, SAVED_IDS, NeuronParams, saved_shape, surrogate_scale, triton_interpret
 
 BLOCK = 1024
 
@@ -198,28 +198,28 @@ def cuda_options() -> dict[str, Any]:
 
 def _forward_consts(kind: str, save: str, rn: bool, has_v0: bool = False, store_v: bool = False) -> dict[str, Any]:
     """The forward kernel's compile-time arguments for one launch."""
-    return dict(KIND=KIND_IDS[kind], SAVE=SAVE_IDS[save], QMAX=Q_MAX.get(save, 1), RN=rn, HAS_V0=has_v0,
+    return dict(KIND=KIND_IDS[kind], SAVE=SAVED_IDS[save], QMAX=Q_MAX.get(save, 1), RN=rn, HAS_V0=has_v0,
                 STORE_V=store_v, BLOCK=BLOCK)
 
 
 def _backward_consts(kind: str, save: str, detach: bool, rn: bool) -> dict[str, Any]:
     """The backward kernel's compile-time arguments for one launch."""
-    return dict(KIND=KIND_IDS[kind], SAVE=SAVE_IDS[save], DETACH=detach, RN=rn, BLOCK=BLOCK)
+    return dict(KIND=KIND_IDS[kind], SAVE=SAVED_IDS[save], DETACH=detach, RN=rn, BLOCK=BLOCK)
 
 
 def cuda_variants() -> dict[str, tuple[str, dict[str, Any]]]:
     """Every kernel variant :func:`forward` and :func:`backward` launch on CUDA (float32 compute), by name:
     ``(kernel, compile-time arguments)`` with kernel ``"forward"`` or ``"backward"``. (Launches with the reset
-    attached differ from these only for the LIF's ``"h"`` backward, the one place ``DETACH`` is read.)"""
+    attached differ from these only for the LIF's ``"exact"`` backward, the one place ``DETACH`` is read.)"""
     out: dict[str, tuple[str, dict[str, Any]]] = {}
     for kind in KIND_IDS:
-        saves = ["code"] if kind == "ternary_guo" else ["q16", "q24", "h"]
+        saves = ["code"] if kind == "ternary_guo" else ["q16", "q24", "exact"]
         for save in ["none", *saves]:
             out[f"forward/{kind}/{save}"] = ("forward", _forward_consts(kind, save, True))
         out[f"forward/{kind}/carry"] = ("forward", _forward_consts(kind, "none", True, has_v0=True, store_v=True))
         for save in saves:
             out[f"backward/{kind}/{save}"] = ("backward", _backward_consts(kind, save, True, True))
-    out["backward/lif/h/reset-attached"] = ("backward", _backward_consts("lif", "h", False, True))
+    out["backward/lif/exact/reset-attached"] = ("backward", _backward_consts("lif", "exact", False, True))
     return out
 
 
@@ -302,7 +302,7 @@ def forward(
     if save != "none":
         shape, dtype = saved_shape(save, x)
         state = torch.empty(shape, dtype=dtype, device=x.device)
-        if save == "h":
+        if save == "exact":
             hsave = state
         else:
             planes = state
@@ -323,7 +323,7 @@ def backward(grad: torch.Tensor, state: torch.Tensor, kind: str, p: NeuronParams
     T = grad.shape[0]
     N = grad.numel() // T
     grad_x = torch.empty_like(grad)
-    planes, hsave = (grad, state) if save == "h" else (state, grad)
+    planes, hsave = (grad, state) if save == "exact" else (state, grad)
     grid = (triton.cdiv(N, BLOCK),)
     bwd[grid](grad, grad_x, planes, hsave, _params(kind, p, save, grad.dtype, grad.device), T, N,
               **_backward_consts(kind, save, bool(p.detach_reset), grad.is_cuda),

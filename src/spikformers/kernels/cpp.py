@@ -26,14 +26,14 @@ from pathlib import Path
 
 import torch
 
-from .common import KIND_IDS, SAVE_IDS, NeuronParams, saved_shape
+from .common import KIND_IDS, SAVED_IDS, NeuronParams, saved_shape
 
 CSRC = Path(__file__).with_name("csrc")
 SOURCES = (CSRC / "neurons.cpp", CSRC / "bn_neuron.cpp", CSRC / "spikes.cpp", CSRC / "conv.cpp",
            CSRC / "attention.cpp")  # one library
 # shared by the sources
 HEADERS = (CSRC / "bits.h", CSRC / "parallel.h", CSRC / "vec.h", CSRC / "lif.h", CSRC / "pool.h")
-RECOMPUTES = True  # backward takes the input itself (save "x") and rebuilds the membrane natively
+RECOMPUTES = True  # backward takes the input itself (save "recompute") and rebuilds the membrane natively
 OVERWRITES = True  # forward(..., overwrite=True) writes the spikes over its input
 BASE_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno", "-fno-trapping-math",
               "-ffp-contract=off"]
@@ -227,14 +227,14 @@ def forward(
     if save != "none":
         shape, dtype = saved_shape(save, x)
         saved = torch.empty(shape, dtype=dtype)
-        if save == "h":
+        if save == "exact":
             hsave = saved
         else:
             planes = saved
     rc = lib.spk_forward(
         int(x.dtype == torch.float64), _ptr(x), _ptr(out), _ptr(planes), _ptr(hsave), _ptr(v_init), _ptr(v_final),
         T, N, KIND_IDS[kind],
-        SAVE_IDS[save], p.tau, p.v_th, p.v_reset, p.alpha, p.decay, int(p.detach_reset), torch.get_num_threads(),
+        SAVED_IDS[save], p.tau, p.v_th, p.v_reset, p.alpha, p.decay, int(p.detach_reset), torch.get_num_threads(),
     )
     if rc != 0:
         raise RuntimeError(f"spk_forward: unsupported kind/save combination {kind!r}/{save!r}")
@@ -247,10 +247,10 @@ def backward(grad: torch.Tensor, saved: torch.Tensor, kind: str, p: NeuronParams
     T = grad.shape[0]
     N = grad.numel() // max(T, 1)
     grad_x = torch.empty_like(grad)
-    planes, hsave = (None, saved) if save in ("h", "x") else (saved, None)
+    planes, hsave = (None, saved) if save in ("exact", "recompute") else (saved, None)
     rc = lib.spk_backward(
         int(grad.dtype == torch.float64), _ptr(grad), _ptr(grad_x), _ptr(planes), _ptr(hsave), T, N,
-        KIND_IDS[kind], SAVE_IDS[save], p.tau, p.v_th, p.v_reset, p.alpha, p.decay, int(p.detach_reset),
+        KIND_IDS[kind], SAVED_IDS[save], p.tau, p.v_th, p.v_reset, p.alpha, p.decay, int(p.detach_reset),
         torch.get_num_threads(),
     )
     if rc != 0:

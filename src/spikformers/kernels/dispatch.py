@@ -15,35 +15,35 @@ from types import ModuleType
 
 import torch
 
-from . import cpu, eager, selfcheck
+from . import cpp, eager, selfcheck
 from .common import NeuronParams, choose_save, triton_importable, triton_interpret
 from .config import get_kernel_config
 from .node import NeuronFunction
 
-BACKENDS = ("auto", "fused", "cpp", "triton", "eager", "reference")
+BACKENDS = ("auto", "cpp", "triton", "eager", "reference")
 
 
 def _triton_impl() -> ModuleType:
-    from . import gpu
+    from . import triton
 
-    return gpu
+    return triton
 
 
 def select_impl(x: torch.Tensor, backend: str) -> ModuleType:
-    """The implementation module that runs ``backend`` for tensor ``x`` (``auto``/``fused``: best for its device)."""
-    if backend in ("auto", "fused"):
+    """The implementation module that runs ``backend`` for tensor ``x`` (``auto``: the best for its device)."""
+    if backend == "auto":
         if x.is_cuda and x.dtype != torch.float64 and triton_importable():
             return _triton_impl()
-        if cpu.supports(x):
-            return cpu
+        if cpp.supports(x):
+            return cpp
         return eager
     if backend == "cpp":
-        if not cpu.supports(x):
+        if not cpp.supports(x):
             raise RuntimeError(
                 f"backend 'cpp' needs a CPU float32/float64 tensor and a built library; got {x.device}/{x.dtype}"
-                + (f" ({cpu.error})" if cpu.error else "")
+                + (f" ({cpp.error})" if cpp.error else "")
             )
-        return cpu
+        return cpp
     if backend == "triton":
         if not triton_importable():
             raise RuntimeError("backend 'triton' needs the triton package")
@@ -68,10 +68,11 @@ def mark_scratch(x: torch.Tensor) -> torch.Tensor:
 
 def _take_scratch(x: torch.Tensor) -> bool:
     """Whether ``x`` is the tensor :func:`mark_scratch` marked (and the ``overwrite_scratch`` switch of
-    :mod:`.config` is on); clears the mark either way."""
+    :mod:`.config` is on, ``observable`` off); clears the mark either way."""
     ref = getattr(_scratch, "ref", None)
     _scratch.ref = None
-    return get_kernel_config().overwrite_scratch and ref is not None and ref() is x
+    cfg = get_kernel_config()
+    return cfg.overwrite_scratch and not cfg.observable and ref is not None and ref() is x
 
 
 def run_neuron(
