@@ -25,9 +25,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	@mkdir -p runs/bench
-	$(PY) benchmarks/bench_lif.py --json runs/bench/lif.json
-	$(PY) benchmarks/bench_model.py --json runs/bench/model.json
-	$(PY) benchmarks/plot_bench.py --lif runs/bench/lif.json --model runs/bench/model.json --out runs/bench/bench.png
+	$(PY) benchmarks/bench_cpu.py --builds native x86-64-v3 --repeats 3 --json-dir runs/bench/cpu \
+		--state-dir runs/bench/states --out runs/bench/cpu.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

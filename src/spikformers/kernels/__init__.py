@@ -8,8 +8,9 @@ surrogate gradients), :mod:`.reference` (the plain per-step loops: the oracle ev
 built on first use), :mod:`.triton` (the Triton neuron kernels, imported only when first needed), :mod:`.eager`
 (the neuron algorithm in torch ops, the fallback), :mod:`.node` (one autograd node per multi-step neuron call),
 :mod:`.selfcheck` (each Triton variant checked against the reference before first use), :mod:`.dispatch` (which
-implementation runs a neuron call, and the call), :mod:`.bn_lif` (a unit's batch norm fused with its LIF) and
-:mod:`.spike_ops` (linear, conv, pool and attention products on spikes: compact saving, event-driven on the CPU).
+implementation runs a neuron call, and the call), :mod:`.bn_lif` (a unit's batch norm fused with its LIF),
+:mod:`.spike_ops` (linear, conv, pool and attention products on spikes: compact saving, event-driven on the CPU),
+:mod:`.calibration` (whether event-driven or dense is faster for a layer shape on this machine, timed once, cached).
 :mod:`.config` is the switchboard: one typed :class:`KernelConfig` of every switch among these paths, set for a
 block of code with ``with kernel_config(event_driven=False, ...):``.
 
