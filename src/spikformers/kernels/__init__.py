@@ -46,7 +46,7 @@ import torch
 from . import cpp
 from .common import NeuronParams, choose_save, triton_importable, triton_interpret
 from .config import KernelConfig, get_kernel_config, kernel_config, set_kernel_config
-from .dispatch import BACKENDS, lif_fused, mark_scratch, run_neuron, select_impl
+from .dispatch import BACKENDS, mark_scratch, run_neuron, select_impl
 from .reference import lif_reference, ternary_lif_reference, ternary_reference
 from .selfcheck import KernelCheckWarning
 
@@ -61,7 +61,6 @@ __all__ = [
     "kernel_config",
     "lif_multistep",
     "mark_scratch",
-    "lif_fused",
     "lif_reference",
     "run_neuron",
     "select_impl",

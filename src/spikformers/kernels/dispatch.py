@@ -121,14 +121,3 @@ def run_neuron(
     out = out if out.dtype == x.dtype else out.to(x.dtype)
     return (out, v_final) if return_v else out
 
-
-def lif_fused(
-    x: torch.Tensor,
-    tau: float = 2.0,
-    v_th: float = 1.0,
-    v_reset: float = 0.0,
-    alpha: float = 4.0,
-    detach_reset: bool = True,
-) -> torch.Tensor:
-    """Fused multi-step LIF over ``x: [T, ...]`` on the best path for the device (see :func:`run_neuron`)."""
-    return run_neuron(x, "lif", NeuronParams(tau, v_th, v_reset, alpha, 0.25, detach_reset))
