@@ -10,16 +10,18 @@ from torch.overrides import TorchFunctionMode
 
 from spikformers.kernels import KernelConfig, get_kernel_config, kernel_config, set_kernel_config, spike_ops
 
+SUITE = KernelConfig(calibrate=False)  # the defaults, with the fixed thresholds the suite runs under (conftest.py)
+
 
 def test_kernel_config_sets_a_block_and_puts_back_the_previous_switches() -> None:
     before = get_kernel_config()
-    assert before == KernelConfig()  # nothing else in the suite leaves a switch changed
+    assert before == SUITE  # nothing else in the suite leaves a switch changed
     with kernel_config(event_driven=False, overwrite_scratch=False) as inside:
         assert get_kernel_config() is inside
         assert (inside.event_driven, inside.overwrite_scratch) == (False, False)
         assert (inside.compact_spikes, inside.fused_bn_neuron, inside.kernel_check) == (True, True, None)
         with kernel_config(event_driven=True, kernel_check=False):  # nested: the outer block's switches return
-            assert get_kernel_config() == KernelConfig(overwrite_scratch=False, kernel_check=False)
+            assert get_kernel_config() == KernelConfig(overwrite_scratch=False, kernel_check=False, calibrate=False)
         assert get_kernel_config() == inside
     assert get_kernel_config() == before
     with pytest.raises(RuntimeError, match="inside"), kernel_config(compact_spikes=False):
@@ -32,7 +34,7 @@ def test_set_kernel_config_returns_what_it_replaced() -> None:
     try:
         previous = set_kernel_config(fused_bn_neuron=False)
         assert previous == before and not get_kernel_config().fused_bn_neuron
-        assert set_kernel_config(previous) == KernelConfig(fused_bn_neuron=False)
+        assert set_kernel_config(previous) == KernelConfig(fused_bn_neuron=False, calibrate=False)
         assert get_kernel_config() == before
     finally:
         set_kernel_config(before)
