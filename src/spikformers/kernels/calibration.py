@@ -137,9 +137,9 @@ class Calibration:
     def break_even(self, key: str, trial: Trial) -> float:
         """The density up to which ``trial``'s fast path beats its dense one, for shape class ``key``."""
         def measure() -> float:
-            dense = self.timer(trial(TRIAL_RATES[0])[0])
-            fast = tuple(self.timer(trial(r)[1]) for r in TRIAL_RATES)
-            return break_even_from(dense, fast)  # type: ignore[arg-type]
+            calls = [trial(r) for r in TRIAL_RATES]  # the dense path is timed on the first density's inputs
+            fast = tuple(self.timer(fast_call) for _, fast_call in calls)
+            return break_even_from(self.timer(calls[0][0]), fast)  # type: ignore[arg-type]
 
         return float(self._settle(key, measure))
 

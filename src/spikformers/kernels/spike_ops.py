@@ -153,9 +153,9 @@ def _trial_input(shape: tuple[int, ...], rate: float, form: str, dtype: torch.dt
     return x * torch.randint(1, 4, shape).to(dtype) if form == "u8" else x
 
 
-def _linear_limits(x: torch.Tensor, px: Packed, weight: torch.Tensor) -> tuple[float, float]:
-    """Densities up to which the event-driven linear's forward and weight gradient beat the dense ones for ``x``'s
-    shape class (calibrated per machine, :mod:`.calibration`)."""
+def _linear_limits(x: torch.Tensor, px: Packed, weight: torch.Tensor, wgrad: bool) -> tuple[float, float]:
+    """Densities up to which the event-driven linear's forward and (``wgrad``: it is needed, else 0) weight gradient
+    beat the dense ones for ``x``'s shape class (calibrated per machine, :mod:`.calibration`)."""
     N, K = weight.shape
     M = x.numel() // K
     rows, dtype, form = min(M, TRIAL_ROWS), x.dtype, px.form
@@ -166,14 +166,14 @@ def _linear_limits(x: torch.Tensor, px: Packed, weight: torch.Tensor) -> tuple[f
         pt = _pack_compiled(xt)
         return (lambda: F.linear(xt, w)), (lambda: _sparse_linear(pt, w, None))
 
-    def wgrad(rate: float):  # noqa: ANN202
+    def backward(rate: float):  # noqa: ANN202
         g, xt = torch.randn(rows, N, dtype=dtype), _trial_input((rows, K), rate, form, dtype)
         pt = _pack_compiled(xt)
         return ((lambda: g.t().mm(unpack_exact(pt.data, pt.form, pt.shape, dtype))),
                 (lambda: _cpu_kernels.sparse_linear_wgrad(pt.data, pt.form, g, K)))
 
-    return (calibration.break_even(key, forward, SPARSE_MAX_RATE),
-            calibration.break_even(key + "/wgrad", wgrad, SPARSE_WGRAD_MAX_RATE))
+    limit = calibration.break_even(key, forward, SPARSE_MAX_RATE)
+    return limit, calibration.break_even(key + "/wgrad", backward, SPARSE_WGRAD_MAX_RATE) if wgrad else 0.0
 
 
 def _event_driven_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -187,8 +187,8 @@ def _linear_paths(x: torch.Tensor, px: Packed | None, weight: torch.Tensor, wgra
     rate = _rate(x, px)
     if rate >= 1.0 or not _event_driven_ok(x, weight):
         return False, False
-    forward, backward = _linear_limits(x, px, weight)
-    return rate <= forward, wgrad and rate <= backward
+    limit, limit_wgrad = _linear_limits(x, px, weight, wgrad)
+    return rate <= limit, wgrad and rate <= limit_wgrad
 
 
 def _sparse_linear(px: Packed, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
