@@ -261,8 +261,8 @@ def backward(grad: torch.Tensor, saved: torch.Tensor, kind: str, p: NeuronParams
 def _pack(x: torch.Tensor, fn: str, size: int) -> tuple[torch.Tensor, int] | None:
     lib = _loaded()
     out = torch.empty(size, dtype=torch.uint8)
-    nonzero = getattr(lib, fn)(int(x.dtype == torch.float64), _ptr(x), x.numel(), _ptr(out), torch.get_num_threads())
-    return None if nonzero < 0 else (out, nonzero)
+    events = getattr(lib, fn)(int(x.dtype == torch.float64), _ptr(x), x.numel(), _ptr(out), torch.get_num_threads())
+    return None if events < 0 else (out, events)
 
 
 def pack_bits(x: torch.Tensor) -> tuple[torch.Tensor, int] | None:
@@ -272,8 +272,8 @@ def pack_bits(x: torch.Tensor) -> tuple[torch.Tensor, int] | None:
 
 
 def pack_u8(x: torch.Tensor) -> tuple[torch.Tensor, int] | None:
-    """Bytes of contiguous CPU float ``x`` and how many are not zero; None if not every value is an integer in
-    [0, 255]."""
+    """Bytes of contiguous CPU float ``x`` and how many bits of its values are set (the additions
+    :func:`sparse_linear` makes per output column); None if not every value is an integer in [0, 255]."""
     return _pack(x, "spk_pack_u8", x.numel())
 
 
@@ -290,8 +290,9 @@ def sparse_linear(data: torch.Tensor, form: str, M: int, weight_t: torch.Tensor,
     """``x @ weight_t + bias`` (``[M, N]``) for ``x: [M, K]`` that is mostly zeros, packed as ``"bits"`` (K a
     multiple of 8) or ``"u8"`` (:func:`pack_bits`, :func:`pack_u8`); ``weight_t: [K, N]`` contiguous.
 
-    Each output row adds the rows of ``weight_t`` where ``x`` is not zero (times that value), so it costs the
-    fraction of non-zeros times the dense product.
+    Each output row adds the rows of ``weight_t`` where ``x`` is not zero; for counts, bit plane by bit plane
+    (``sum_p 2^p`` times the rows whose count has bit ``p`` set), so it costs the set bits per element
+    (:func:`pack_u8`) times the dense product, with no multiplication.
     """
     lib = _loaded()
     K, N = weight_t.shape

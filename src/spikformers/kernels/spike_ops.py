@@ -29,7 +29,8 @@ from . import calibration
 from . import cpp as _cpu_kernels
 from .config import get_kernel_config
 
-# Fixed thresholds, used with calibration off: the non-zero fraction up to which the event-driven path runs
+# Fixed thresholds, used with calibration off: the events per element (the firing rate of spikes) up to which the
+# event-driven path runs
 SPARSE_MAX_RATE = 0.3  # linear, forward
 SPARSE_WGRAD_MAX_RATE = 0.3  # linear, weight gradient
 SPARSE_CONV_MAX_RATE = 0.3  # 3x3 conv, forward and weight gradient
@@ -46,7 +47,7 @@ class Packed(NamedTuple):
     form: str
     shape: tuple[int, ...]
     dtype: torch.dtype
-    nonzero: int = -1  # how many elements are not zero, where packing counted them (the C++ path)
+    events: int = -1  # spikes (bits) or set bits of the counts (bytes), where packing counted them (the C++ path)
 
 
 def _weights(device: torch.device) -> torch.Tensor:
@@ -62,7 +63,7 @@ def _fast(dtype: torch.dtype, device: torch.device) -> bool:
 
 
 def _pack_compiled(x: torch.Tensor) -> Packed | None:
-    """``x`` as bits, else as bytes, each tried in one C++ pass that also counts the non-zeros; None if neither fits.
+    """``x`` as bits, else as bytes, each tried in one C++ pass that also counts the events; None if neither fits.
 
     Needs ``_fast`` and a contiguous ``x``. Caches nothing (works on inference-mode tensors too).
     """
@@ -76,10 +77,12 @@ def _pack_compiled(x: torch.Tensor) -> Packed | None:
 def pack_exact(x: torch.Tensor) -> Packed:
     """Compact copy of ``x``: 1 bit per element if all values are 0/1, 1 byte if integers in [0, 255], else ``x``.
 
-    Calls on the same tensor object (e.g. Q, K and V projections of one input) share one packed copy.
+    Calls on the same tensor object (e.g. Q, K and V projections of one input) share one packed copy, unless it is
+    an inference-mode tensor (those keep no version counter, so a change in place could not be told).
     """
     raw = Packed(x, "raw", tuple(x.shape), x.dtype)
-    hit = _pack_cache.get(x)
+    cached = not x.is_inference()
+    hit = _pack_cache.get(x) if cached else None
     if hit is not None and hit[0] == x._version:
         return raw if hit[1] is None else hit[1]
     packed = raw
@@ -97,7 +100,8 @@ def pack_exact(x: torch.Tensor) -> Packed:
                 packed = Packed(bits, "bits", tuple(x.shape), x.dtype)
             else:
                 packed = Packed(u, "u8", tuple(x.shape), x.dtype)
-    _pack_cache[x] = (x._version, None if packed is raw else packed)  # never hold x itself: the key is weak
+    if cached:
+        _pack_cache[x] = (x._version, None if packed is raw else packed)  # never hold x itself: the key is weak
     return packed
 
 
@@ -136,10 +140,11 @@ def _event_driven_allowed(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def _rate(x: torch.Tensor, px: Packed | None) -> float:
-    """The non-zero fraction of ``x`` that packing ``px`` counted; 1 when it was not packed as bits or bytes."""
-    if px is None or px.form not in ("bits", "u8") or px.nonzero < 0 or x.numel() == 0:
+    """Events per element of ``x`` as packing ``px`` counted them: the firing rate of spikes; for counts, their set
+    bits over the size (the event-driven linear adds bit plane by bit plane). 1 when not packed as bits or bytes."""
+    if px is None or px.form not in ("bits", "u8") or px.events < 0 or x.numel() == 0:
         return 1.0
-    return px.nonzero / x.numel()
+    return px.events / x.numel()
 
 
 def _bucket(n: int) -> int:
@@ -148,9 +153,11 @@ def _bucket(n: int) -> int:
 
 
 def _trial_input(shape: tuple[int, ...], rate: float, form: str, dtype: torch.dtype) -> torch.Tensor:
-    """Random spikes (``"bits"``) or small spike counts (``"u8"``) of density ``rate``, for calibration trials."""
-    x = (torch.rand(shape) < rate).to(dtype)
-    return x * torch.randint(1, 4, shape).to(dtype) if form == "u8" else x
+    """Random spikes (``"bits"``) or small spike counts 1-3 (``"u8"``, 4/3 set bits each on average) of ``rate``
+    events per element (see :func:`_rate`), for calibration trials."""
+    if form != "u8":
+        return (torch.rand(shape) < rate).to(dtype)
+    return (torch.rand(shape) < rate * 0.75).to(dtype) * torch.randint(1, 4, shape).to(dtype)
 
 
 def _linear_limits(x: torch.Tensor, px: Packed, weight: torch.Tensor, wgrad: bool) -> tuple[float, float]:
@@ -388,7 +395,7 @@ def spike_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     if _compact(x, weight, bias):
         return _SpikeLinear.apply(x, weight, bias)
     if not _needs_grad(x, weight, bias) and _event_driven_ok(x, weight):  # inference: count the spikes, then pick
-        px = _pack_compiled(x)
+        px = pack_exact(x)
         if _linear_paths(x, px, weight, False)[0]:
             return _sparse_linear(px, weight, bias)
     return F.linear(x, weight, bias)

@@ -1,9 +1,14 @@
-// The set bits of packed spikes (element e in bit e % 8 of byte e / 8), shared by the event-driven kernels: a
-// table of the set-bit positions of every byte value, for lists written without a branch per bit, and a walk over
-// the set bits of a range, for callbacks.
+// The set bits of packed spikes (element e in bit e % 8 of byte e / 8) and the non-zero entries of spike counts
+// packed as bytes, shared by the event-driven kernels: a table of the set-bit positions of every byte value, for
+// lists written without a branch per bit, and walks over the events of a range, for callbacks.
 #pragma once
 
 #include <cstdint>
+#include <cstring>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 namespace spk {
 
@@ -30,6 +35,36 @@ inline void for_set_bits(const uint8_t* bits, int64_t start, int64_t end, F fn) 
         if (8 * b + 8 > end) byte &= (1u << (end - 8 * b)) - 1u;
         for (; byte; byte &= byte - 1) fn(8 * b + __builtin_ctz(byte));
     }
+}
+
+// The set bits of n bytes, n a multiple of 8.
+inline int64_t popcount_bytes(const uint8_t* p, int64_t n) {
+    int64_t count = 0;
+    for (int64_t i = 0; i < n; i += 8) {
+        uint64_t word;
+        std::memcpy(&word, p + i, 8);
+        count += __builtin_popcountll(word);
+    }
+    return count;
+}
+
+// Calls fn(k, value) for each non-zero byte k in [start, end) of bytes, in order: 16 bytes tested at a time, so the
+// cost follows the non-zeros, not the length.
+template <typename F>
+inline void for_nonzero_bytes(const uint8_t* bytes, int64_t start, int64_t end, F fn) {
+    int64_t k = start;
+#if defined(__SSE2__)
+    for (; k + 16 <= end; k += 16) {
+        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes + k));
+        uint32_t mask = ~static_cast<uint32_t>(_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_setzero_si128()))) & 0xFFFFu;
+        for (; mask; mask &= mask - 1) {
+            const int64_t at = k + __builtin_ctz(mask);
+            fn(at, bytes[at]);
+        }
+    }
+#endif
+    for (; k < end; ++k)
+        if (bytes[k]) fn(k, bytes[k]);
 }
 
 }  // namespace spk

@@ -14,6 +14,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+
 #include "bits.h"
 #include "parallel.h"
 #include "pool.h"
@@ -23,8 +27,52 @@ namespace {
 
 // ---------------------------------------------------------------------------------------------- packing
 // Packing checks in the same pass that every value fits the format and gives up at the first chunk that does not,
-// so a tensor of another kind costs little. It also counts the non-zero values (the firing rate).
+// so a tensor of another kind costs little. It also counts the events, the work of an event-driven linear: the
+// spikes (bits), or the set bits of the counts (bytes).
 constexpr int64_t PACK_CHUNK = 64;  // bytes of bits per chunk: 512 elements
+
+// Eight float32 values at a time where the CPU has AVX (one compare and movemask per byte of bits; 32 values to 32
+// bytes for u8), the plain loop otherwise and for float64.
+#if defined(__AVX__)
+// Bits of the values equal to 1 among 8 floats, and whether all 8 are 0 or 1.
+inline uint32_t pack_byte8(const float* x, int32_t& ok) {
+    const __m256 v = _mm256_loadu_ps(x);
+    const __m256 one = _mm256_cmp_ps(v, _mm256_set1_ps(1.f), _CMP_EQ_OQ);
+    const __m256 zero = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_EQ_OQ);
+    ok &= _mm256_movemask_ps(_mm256_or_ps(one, zero)) == 0xFF;
+    return static_cast<uint32_t>(_mm256_movemask_ps(one));
+}
+
+// 8 floats to ints, with whether each is an integer in [0, 255] (NaN is not) and whether each is not zero, as masks.
+inline __m256i to_int8x(const float* x, uint32_t& fits, uint32_t& nonzero) {
+    const __m256 v = _mm256_loadu_ps(x);
+    const __m256i i = _mm256_cvttps_epi32(v);
+    const __m256 exact = _mm256_cmp_ps(_mm256_cvtepi32_ps(i), v, _CMP_EQ_OQ);
+    const __m256 range = _mm256_and_ps(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GE_OQ),
+                                       _mm256_cmp_ps(v, _mm256_set1_ps(255.f), _CMP_LE_OQ));
+    fits = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_and_ps(exact, range)));
+    nonzero = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_NEQ_UQ)));
+    return i;
+}
+
+// 32 floats to 32 bytes; returns whether all fit, adds their set bits to `events`.
+inline bool pack_u8_32(const float* x, uint8_t* out, int64_t& events) {
+    uint32_t fits = 0xFF, nz = 0, f, z;
+    __m256i i[4];
+    for (int k = 0; k < 4; ++k) {
+        i[k] = to_int8x(x + 8 * k, f, z);
+        fits &= f;
+        nz |= z;
+    }
+    // packs interleave the two 128-bit lanes: put the 4-byte groups back in order
+    const __m256i b = _mm256_permutevar8x32_epi32(
+        _mm256_packus_epi16(_mm256_packus_epi32(i[0], i[1]), _mm256_packus_epi32(i[2], i[3])),
+        _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), b);
+    if (nz) events += spk::popcount_bytes(out, 32);
+    return fits == 0xFF;
+}
+#endif
 
 template <typename S>
 void pack_bits_range(const S* __restrict x, int64_t n, uint8_t* __restrict bits, int64_t begin, int64_t end,
@@ -34,7 +82,17 @@ void pack_bits_range(const S* __restrict x, int64_t n, uint8_t* __restrict bits,
         if (bad.load(std::memory_order_relaxed)) break;
         const int64_t c1 = c0 + PACK_CHUNK < end ? c0 + PACK_CHUNK : end;
         int32_t ok = 1;
-        for (int64_t b = c0; b < c1; ++b) {
+        int64_t b = c0;
+#if defined(__AVX__)
+        if constexpr (std::is_same_v<S, float>) {
+            for (; b < c1 && 8 * b + 8 <= n; ++b) {
+                const uint32_t byte = pack_byte8(x + 8 * b, ok);
+                bits[b] = static_cast<uint8_t>(byte);
+                count += __builtin_popcount(byte);
+            }
+        }
+#endif
+        for (; b < c1; ++b) {
             const int64_t jn = 8 * b + 8 <= n ? 8 : n - 8 * b;
             uint32_t byte = 0;
             for (int64_t j = 0; j < jn; ++j) {
@@ -50,25 +108,32 @@ void pack_bits_range(const S* __restrict x, int64_t n, uint8_t* __restrict bits,
     nonzero.fetch_add(count, std::memory_order_relaxed);
 }
 
+// Bytes of integer values in [0, 255]; `events` gets their set bits (the additions of the event-driven linear, which
+// adds the rows of each bit plane: see Csr).
 template <typename S>
 void pack_u8_range(const S* __restrict x, uint8_t* __restrict out, int64_t begin, int64_t end, std::atomic<int>& bad,
-                   std::atomic<int64_t>& nonzero) {
+                   std::atomic<int64_t>& events) {
     int64_t count = 0;
     for (int64_t c0 = begin; c0 < end; c0 += 8 * PACK_CHUNK) {
         if (bad.load(std::memory_order_relaxed)) break;
         const int64_t c1 = c0 + 8 * PACK_CHUNK < end ? c0 + 8 * PACK_CHUNK : end;
         int32_t ok = 1;
-        for (int64_t i = c0; i < c1; ++i) {
+        int64_t i = c0;
+#if defined(__AVX__)
+        if constexpr (std::is_same_v<S, float>)
+            for (; i + 32 <= c1; i += 32) ok &= pack_u8_32(x + i, out + i, count);
+#endif
+        for (; i < c1; ++i) {
             S v = x[i];
             S c = v < S(0) ? S(0) : (v > S(255) ? S(255) : v);  // NaN fails the equality below
             uint8_t u = static_cast<uint8_t>(c);
             ok &= static_cast<S>(u) == v;
             out[i] = u;
-            count += u != 0;
+            count += __builtin_popcount(u);
         }
         if (!ok) bad.store(1, std::memory_order_relaxed);
     }
-    nonzero.fetch_add(count, std::memory_order_relaxed);
+    events.fetch_add(count, std::memory_order_relaxed);
 }
 
 template <typename S>
@@ -88,45 +153,59 @@ using spk::vload;
 using spk::vstore;
 constexpr int VECS = spk::kTileVecs;  // vectors per tile: 64 float or 32 double columns (32 / 16 on SSE)
 
-// The non-zero entries of rows [row0, row1) of a [M, K] matrix packed as bits (BITS, K a multiple of 8) or bytes,
-// as CSR: offsets (one per row, plus the end), column indices and, for bytes, values (bits are all 1). Rows are
-// counted first, so the entries are written in place; both passes are branch-free (bits through spk::kBits; the
-// lists carry 8 spare entries for the writes past the end).
-template <typename S, bool BITS>
+// The events of rows [row0, row1) of a [M, K] matrix packed as bits (BITS, K a multiple of 8) or bytes, as CSR:
+// per row, the column indices of its non-zero entries. Bytes are listed by bit plane: plane p lists the columns
+// whose count has bit p set, so that the kernels only add (the sum is sum over p of 2^p times plane p's sum, by
+// Horner; a multiply and an add cost twice the latency of an add). Bits are one plane. Entries of row m in plane
+// p: idx[p][off[p][m] .. off[p][m + 1]). Rows are counted first, then listed in order without a branch per entry,
+// each list carrying 8 spare entries at its end for the writes past it: bits through spk::kBits, bytes by their
+// non-zero entries (spk::for_nonzero_bytes), each written to every plane and kept where its bit is set.
+template <bool BITS>
 struct Csr {
-    std::vector<int64_t> off;
-    std::vector<int32_t> idx;
-    std::vector<S> val;
-    int64_t m0 = 0;  // first row
+    std::vector<int64_t> off[8];
+    std::vector<int32_t> idx[8];
+    int planes = 1;
 
     void build(const uint8_t* data, int64_t row0, int64_t row1, int64_t K) {
-        m0 = row0;
         const int64_t rows = row1 - row0, bytes = BITS ? K / 8 : K;
-        off.assign(rows + 1, 0);
-        for (int64_t m = 0; m < rows; ++m) {
-            const uint8_t* row = data + (row0 + m) * bytes;
-            int64_t n = 0;
-            if (BITS)
-                for (int64_t b = 0; b < bytes; ++b) n += __builtin_popcount(row[b]);
-            else
-                for (int64_t k = 0; k < bytes; ++k) n += row[k] != 0;
-            off[m + 1] = off[m] + n;
+        const uint8_t* block = data + row0 * bytes;
+        planes = 1;
+        if (!BITS) {
+            uint32_t top = 0;
+            for (int64_t i = 0; i < rows * bytes; ++i) top |= block[i];
+            planes = top ? 32 - __builtin_clz(top) : 1;
         }
-        idx.resize(off[rows] + 8);
-        if (!BITS) val.resize(off[rows] + 8);
+        for (int p = 0; p < planes; ++p) off[p].assign(rows + 1, 0);
         for (int64_t m = 0; m < rows; ++m) {
-            const uint8_t* row = data + (row0 + m) * bytes;
-            int64_t at = off[m];
-            for (int64_t b = 0; b < bytes; ++b) {
-                if (BITS) {
+            const uint8_t* row = block + m * bytes;
+            for (int p = 0; p < planes; ++p) {
+                int64_t n = 0;
+                if (BITS)
+                    for (int64_t b = 0; b < bytes; ++b) n += __builtin_popcount(row[b]);
+                else
+                    for (int64_t k = 0; k < bytes; ++k) n += (row[k] >> p) & 1;
+                off[p][m + 1] = off[p][m] + n;
+            }
+        }
+        for (int p = 0; p < planes; ++p) idx[p].resize(off[p][rows] + 8);
+        for (int64_t m = 0; m < rows; ++m) {
+            const uint8_t* row = block + m * bytes;
+            if (BITS) {
+                int32_t* out = idx[0].data() + off[0][m];
+                for (int64_t b = 0; b < bytes; ++b) {
                     const uint8_t* pos = spk::kBits.at[row[b]];
-                    for (int j = 0; j < 8; ++j) idx[at + j] = static_cast<int32_t>(8 * b + pos[j]);
-                    at += __builtin_popcount(row[b]);
-                } else {
-                    idx[at] = static_cast<int32_t>(b);
-                    val[at] = static_cast<S>(row[b]);
-                    at += row[b] != 0;
+                    for (int j = 0; j < 8; ++j) out[j] = static_cast<int32_t>(8 * b + pos[j]);
+                    out += __builtin_popcount(row[b]);
                 }
+            } else {
+                int32_t* out[8];
+                for (int p = 0; p < planes; ++p) out[p] = idx[p].data() + off[p][m];
+                spk::for_nonzero_bytes(row, 0, bytes, [&](int64_t k, uint32_t c) {
+                    for (int p = 0; p < planes; ++p) {
+                        *out[p] = static_cast<int32_t>(k);
+                        out[p] += (c >> p) & 1u;
+                    }
+                });
             }
         }
     }
@@ -152,45 +231,48 @@ std::vector<S> panels(const S* wt, int64_t K, int64_t N, int64_t tile) {
     return out;
 }
 
-// acc[v] += (value of entry e) * row[v * L ...] over VECS vectors: a plain add for bits.
-template <typename S, bool BITS, typename V>
-inline void add_row(V* acc, const S* row, const std::vector<S>& val, int64_t e) {
+// acc[v] += row[v * L ...] over VECS vectors.
+template <typename S, typename V>
+inline void add_row(V* acc, const S* row) {
     constexpr int64_t L = Vec<S>::lanes;
-    if (BITS) {
-        for (int v = 0; v < VECS; ++v) acc[v] += vload(row + v * L);
-    } else {
-        const S s = val[e];
-        for (int v = 0; v < VECS; ++v) acc[v] += s * vload(row + v * L);
-    }
+    for (int v = 0; v < VECS; ++v) acc[v] += vload(row + v * L);
 }
 
-// y[m, :] = bias + sum over the non-zero x[m, k] of x[m, k] * wt[k, :], for rows [m0, m1) of x packed (see Csr).
+// y[m, :] = bias + sum over k of x[m, k] wt[k, :], for rows [m0, m1) of x packed (see Csr): additions only.
 // wt: the weight transposed, [K, N]; panel: its full tiles (see panels()).
 template <typename S, bool BITS>
 void sparse_linear_rows(const uint8_t* data, const S* wt, const S* panel, const S* bias, S* y, int64_t K, int64_t N,
-                        int64_t m0, int64_t m1, Csr<S, BITS>& a) {
+                        int64_t m0, int64_t m1, Csr<BITS>& a) {
     using V = typename Vec<S>::type;
     constexpr int64_t L = Vec<S>::lanes, TILE = VECS * L;
     a.build(data, m0, m1, K);
+    const int P = a.planes;
     const int64_t n_full = N / TILE * TILE;
     for (int64_t n0 = 0; n0 < n_full; n0 += TILE) {
         const S* tile = panel + n0 * K;  // [K, TILE]
-        V b[VECS];
-        for (int v = 0; v < VECS; ++v) b[v] = bias ? vload(bias + n0 + v * L) : V{};
         for (int64_t m = m0; m < m1; ++m) {
-            V acc[VECS];
-            for (int v = 0; v < VECS; ++v) acc[v] = b[v];
-            for (int64_t e = a.off[m - m0]; e < a.off[m - m0 + 1]; ++e)
-                add_row<S, BITS>(acc, tile + static_cast<int64_t>(a.idx[e]) * TILE, a.val, e);
+            V acc[VECS] = {};
+            for (int p = P - 1; p >= 0; --p) {  // Horner over the bit planes: acc = 2 acc + plane p's rows
+                if (p < P - 1)
+                    for (int v = 0; v < VECS; ++v) acc[v] += acc[v];
+                const int32_t* idx = a.idx[p].data();
+                for (int64_t e = a.off[p][m - m0]; e < a.off[p][m - m0 + 1]; ++e)
+                    add_row<S>(acc, tile + static_cast<int64_t>(idx[e]) * TILE);
+            }
+            if (bias)
+                for (int v = 0; v < VECS; ++v) acc[v] += vload(bias + n0 + v * L);
             for (int v = 0; v < VECS; ++v) vstore(y + m * N + n0 + v * L, acc[v]);
         }
     }
     for (int64_t m = m0; m < m1 && n_full < N; ++m) {  // the last columns, fewer than a tile
         for (int64_t j = n_full; j < N; ++j) {
-            S acc = bias ? bias[j] : S(0);
-            for (int64_t e = a.off[m - m0]; e < a.off[m - m0 + 1]; ++e)
-                acc += (BITS ? S(1) : a.val[e]) * wt[static_cast<int64_t>(a.idx[e]) * N + j];
-            y[m * N + j] = acc;
+            S acc = 0;
+            for (int p = P - 1; p >= 0; --p) {
+                acc += acc;
+                for (int64_t e = a.off[p][m - m0]; e < a.off[p][m - m0 + 1]; ++e)
+                    acc += wt[static_cast<int64_t>(a.idx[p][e]) * N + j];
+            }
+            y[m * N + j] = bias ? acc + bias[j] : acc;
         }
     }
 }
@@ -204,14 +286,14 @@ void sparse_linear(int form, const uint8_t* data, const S* wt, const S* bias, S*
     constexpr int64_t ROWS = 64;
     with_form(form, [&](auto bits) {
         // one per thread, reused across blocks
-        std::vector<Csr<S, decltype(bits)::value>> scratch(nthreads > 1 ? nthreads : 1);
+        std::vector<Csr<decltype(bits)::value>> scratch(nthreads > 1 ? nthreads : 1);
         spk::deal_blocks(M, ROWS, ROWS * (K / 8 + N), nthreads, [&](int64_t m0, int64_t m1, int64_t k) {
             sparse_linear_rows(data, wt, panel.data(), bias, y, K, N, m0, m1, scratch[k]);
         });
     });
 }
 
-// The weight gradient, transposed: gwt[k, :] = sum over the non-zero x[m, k] of x[m, k] * g[m, :]. Each thread
+// The weight gradient, transposed: gwt[k, :] = sum over the events of x[m, k] of g[m, :] (a count c adds it c times). Each thread
 // owns rows [k0, k1) of gwt. Rows of x come in blocks of GRAD_ROWS, whose gradient rows (one tile of columns at a
 // time) stay in L2; per block, a column list per k (which rows m fired, CSC) is built, and each gwt row tile adds
 // the gradient rows of its list in registers.
@@ -224,38 +306,32 @@ void sparse_linear_wgrad_range(const uint8_t* data, const S* g, S* gwt, int64_t 
     constexpr int64_t L = Vec<S>::lanes, TILE = VECS * L;
     const int64_t nk = k1 - k0, bytes = BITS ? K / 8 : K, n_full = N / TILE * TILE;
     std::vector<int64_t> start(nk + 1), cursor(nk);
-    std::vector<int32_t> rows;  // per k: the rows of the block where x[m, k] is not zero (offsets in the block)
-    std::vector<S> vals;
+    std::vector<int32_t> rows;  // per k: the rows of the block where x[m, k] fired, a count c listed c times
     for (int64_t k = k0; k < k1; ++k) std::memset(gwt + k * N, 0, N * sizeof(S));
     for (int64_t mb = 0; mb < M; mb += GRAD_ROWS) {
         const int64_t me = mb + GRAD_ROWS < M ? mb + GRAD_ROWS : M;
-        // count per k, then fill. Bytes: branch-free, each k's list having one spare entry for the write past it.
-        // Bits: by the set bits of each non-zero byte (spk::for_set_bits), so the cost follows the spikes, not M * K.
+        // count per k, then fill, by the events only (spk::for_set_bits, spk::for_nonzero_bytes): the cost follows
+        // the spikes, not M * K
         std::fill(start.begin(), start.end(), 0);
         for (int64_t m = mb; m < me; ++m) {
             const uint8_t* row = data + m * bytes;
             if (BITS)
                 spk::for_set_bits(row, k0, k1, [&](int64_t k) { ++start[k - k0 + 1]; });
             else
-                for (int64_t k = k0; k < k1; ++k) start[k - k0 + 1] += row[k] != 0;
+                for (int64_t k = k0; k < k1; ++k) start[k - k0 + 1] += row[k];
         }
-        for (int64_t j = 0; j < nk; ++j) start[j + 1] += start[j] + 1;
+        for (int64_t j = 0; j < nk; ++j) start[j + 1] += start[j];
         rows.resize(start[nk]);
-        if (!BITS) vals.resize(start[nk]);
         for (int64_t j = 0; j < nk; ++j) cursor[j] = start[j];
         for (int64_t m = mb; m < me; ++m) {
             const uint8_t* row = data + m * bytes;
             const int32_t r = static_cast<int32_t>(m - mb);
-            if (BITS) {
+            if (BITS)
                 spk::for_set_bits(row, k0, k1, [&](int64_t k) { rows[cursor[k - k0]++] = r; });
-            } else {
-                for (int64_t k = k0; k < k1; ++k) {
-                    int64_t& at = cursor[k - k0];
-                    rows[at] = r;
-                    vals[at] = static_cast<S>(row[k]);
-                    at += row[k] != 0;
-                }
-            }
+            else
+                spk::for_nonzero_bytes(row, k0, k1, [&](int64_t k, uint32_t c) {
+                    for (int64_t& at = cursor[k - k0]; c; --c) rows[at++] = r;
+                });
         }
         const S* gb = g + mb * N;
         for (int64_t c0 = 0; c0 < n_full; c0 += TILE)
@@ -264,15 +340,14 @@ void sparse_linear_wgrad_range(const uint8_t* data, const S* g, S* gwt, int64_t 
                 V acc[VECS];
                 for (int v = 0; v < VECS; ++v) acc[v] = vload(out + v * L);
                 for (int64_t e = start[j]; e < cursor[j]; ++e)
-                    add_row<S, BITS>(acc, gb + static_cast<int64_t>(rows[e]) * N + c0, vals, e);
+                    add_row<S>(acc, gb + static_cast<int64_t>(rows[e]) * N + c0);
                 for (int v = 0; v < VECS; ++v) vstore(out + v * L, acc[v]);
             }
         for (int64_t j = 0; j < nk && n_full < N; ++j)  // the last columns, fewer than a tile
             for (int64_t e = start[j]; e < cursor[j]; ++e) {
-                const S s = BITS ? S(1) : vals[e];
                 const S* gr = gb + static_cast<int64_t>(rows[e]) * N;
                 S* out = gwt + (k0 + j) * N;
-                for (int64_t c = n_full; c < N; ++c) out[c] += s * gr[c];
+                for (int64_t c = n_full; c < N; ++c) out[c] += gr[c];
             }
     }
 }
@@ -346,18 +421,18 @@ int64_t spk_pack_bits(int is_double, const void* x, int64_t n, uint8_t* bits, in
     return bad.load() ? -1 : nonzero.load();
 }
 
-// x: n contiguous values; out: n bytes. Returns how many values are not zero when every value is an integer in
-// [0, 255] (out then holds them), -1 if not.
+// x: n contiguous values; out: n bytes. Returns how many bits of the values are set when every value is an integer
+// in [0, 255] (out then holds them), -1 if not.
 int64_t spk_pack_u8(int is_double, const void* x, int64_t n, uint8_t* out, int nthreads) {
     std::atomic<int> bad{0};
-    std::atomic<int64_t> nonzero{0};
+    std::atomic<int64_t> events{0};
     spk::parallel(n, 1, nthreads, [&](int64_t b, int64_t e) {
         if (is_double)
-            pack_u8_range<double>(static_cast<const double*>(x), out, b, e, bad, nonzero);
+            pack_u8_range<double>(static_cast<const double*>(x), out, b, e, bad, events);
         else
-            pack_u8_range<float>(static_cast<const float*>(x), out, b, e, bad, nonzero);
+            pack_u8_range<float>(static_cast<const float*>(x), out, b, e, bad, events);
     });
-    return bad.load() ? -1 : nonzero.load();
+    return bad.load() ? -1 : events.load();
 }
 
 // Inverse of spk_pack_bits: out gets n values 0 or 1.
