@@ -63,6 +63,7 @@ from spikformers.kernels import kernel_config
 from spikformers.memory import chunked_forward, recompute_bn_neurons
 from spikformers.neurons import LIF, TernaryNeuron
 from spikformers.registry import model_config
+from spikformers.train.runtime import keep_freed_memory
 
 MODEL = "spikformer_4_384_cifar"  # the model the targets name; --model picks another
 INPUTS = ("uniform", "normal", "digits")
@@ -678,6 +679,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--infer-T", type=_positive, default=16, help="time steps of the chunked-inference comparison")
     ap.add_argument("--chunk", type=_positive, default=4, help="chunk length of chunked inference")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--keep-freed-memory", action="store_true",
+                    help="CPU: spikformers.train.runtime.keep_freed_memory() before timing (malloc reuses blocks over "
+                         "32 MB instead of mapping them afresh: what `spikformers train` does), for every contender "
+                         "alike; the peak-RSS processes leave malloc as it is")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     try:
@@ -711,6 +716,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     args = parse_args(argv)
     dev = args.device
+    kept = keep_freed_memory() if args.keep_freed_memory and dev == "cpu" else False
     names = [SJ] * (args.sj is not None) + list(TIMED) + list(args.extra)
     contenders = [contender(k, dev, args.model, args.sj, args.seed, args.lr) for k in names]
     sides = {"ours": next(c for c in contenders if c.name == "fused")}
@@ -721,7 +727,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {
         "model": args.model, "T": sides["ours"].model.T, "device": dev, "threads": torch.get_num_threads(),
         "torch": torch.__version__, "repeats": args.repeats, "batches": args.batch, "inputs": args.inputs,
-        "states": args.states, "lr": args.lr, "seed": args.seed,
+        "states": args.states, "lr": args.lr, "seed": args.seed, "keep_freed_memory": kept,
         "params": {side: sum(p.numel() for p in c.model.parameters()) for side, c in sides.items()},
         "sj": {"status": args.sj_status, "config": args.sj, "label": sj_label(args.sj) if args.sj else None},
     }
@@ -734,6 +740,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{report['threads']} threads; SpikingJelly: "
           + (f"{report['sj']['label']} ({report['params']['sj'] / 1e6:.2f} M parameters)" if args.sj else
              args.sj_status))
+    if args.keep_freed_memory:
+        print(f"malloc keeps freed blocks (keep_freed_memory), for every contender: "
+              f"{'applied' if kept else 'not available here'}")
     if "trained" in args.states:
         states["trained"], report["training"] = trained_states(fresh, args)
     order = random.Random(args.seed)

@@ -293,10 +293,10 @@ void sparse_linear(int form, const uint8_t* data, const S* wt, const S* bias, S*
     });
 }
 
-// The weight gradient, transposed: gwt[k, :] = sum over the events of x[m, k] of g[m, :] (a count c adds it c times). Each thread
-// owns rows [k0, k1) of gwt. Rows of x come in blocks of GRAD_ROWS, whose gradient rows (one tile of columns at a
-// time) stay in L2; per block, a column list per k (which rows m fired, CSC) is built, and each gwt row tile adds
-// the gradient rows of its list in registers.
+// The weight gradient, transposed: gwt[k, :] = sum over m of x[m, k] g[m, :]. Each thread owns rows [k0, k1) of gwt.
+// Rows of x come in blocks of GRAD_ROWS, whose gradient rows (one tile of columns at a time) stay in L2; per block, a
+// list per k and bit plane (as Csr: bytes by plane, bits one plane) of the rows m that fired is built, and each gwt
+// row tile adds the gradient rows of its lists in registers, plane by plane (Horner).
 constexpr int64_t GRAD_ROWS = 1024;
 
 template <typename S, bool BITS>
@@ -305,24 +305,33 @@ void sparse_linear_wgrad_range(const uint8_t* data, const S* g, S* gwt, int64_t 
     using V = typename Vec<S>::type;
     constexpr int64_t L = Vec<S>::lanes, TILE = VECS * L;
     const int64_t nk = k1 - k0, bytes = BITS ? K / 8 : K, n_full = N / TILE * TILE;
-    std::vector<int64_t> start(nk + 1), cursor(nk);
-    std::vector<int32_t> rows;  // per k: the rows of the block where x[m, k] fired, a count c listed c times
+    int P = 1;  // bit planes
+    if (!BITS) {
+        uint32_t top = 0;
+        for (int64_t m = 0; m < M; ++m)
+            for (int64_t k = k0; k < k1; ++k) top |= data[m * bytes + k];
+        P = top ? 32 - __builtin_clz(top) : 1;
+    }
+    std::vector<int64_t> start(nk * P + 1), cursor(nk * P);  // list (k, p) at j = (k - k0) * P + p
+    std::vector<int32_t> rows;  // per list: the rows of the block (offsets in it)
     for (int64_t k = k0; k < k1; ++k) std::memset(gwt + k * N, 0, N * sizeof(S));
     for (int64_t mb = 0; mb < M; mb += GRAD_ROWS) {
         const int64_t me = mb + GRAD_ROWS < M ? mb + GRAD_ROWS : M;
-        // count per k, then fill, by the events only (spk::for_set_bits, spk::for_nonzero_bytes): the cost follows
-        // the spikes, not M * K
+        // count per list, then fill, by the events only (spk::for_set_bits, spk::for_nonzero_bytes): the cost
+        // follows the spikes, not M * K
         std::fill(start.begin(), start.end(), 0);
         for (int64_t m = mb; m < me; ++m) {
             const uint8_t* row = data + m * bytes;
             if (BITS)
                 spk::for_set_bits(row, k0, k1, [&](int64_t k) { ++start[k - k0 + 1]; });
             else
-                for (int64_t k = k0; k < k1; ++k) start[k - k0 + 1] += row[k];
+                spk::for_nonzero_bytes(row, k0, k1, [&](int64_t k, uint32_t c) {
+                    for (int p = 0; p < P; ++p) start[(k - k0) * P + p + 1] += (c >> p) & 1u;
+                });
         }
-        for (int64_t j = 0; j < nk; ++j) start[j + 1] += start[j];
-        rows.resize(start[nk]);
-        for (int64_t j = 0; j < nk; ++j) cursor[j] = start[j];
+        for (int64_t j = 0; j < nk * P; ++j) start[j + 1] += start[j];
+        rows.resize(start[nk * P]);
+        for (int64_t j = 0; j < nk * P; ++j) cursor[j] = start[j];
         for (int64_t m = mb; m < me; ++m) {
             const uint8_t* row = data + m * bytes;
             const int32_t r = static_cast<int32_t>(m - mb);
@@ -330,7 +339,8 @@ void sparse_linear_wgrad_range(const uint8_t* data, const S* g, S* gwt, int64_t 
                 spk::for_set_bits(row, k0, k1, [&](int64_t k) { rows[cursor[k - k0]++] = r; });
             else
                 spk::for_nonzero_bytes(row, k0, k1, [&](int64_t k, uint32_t c) {
-                    for (int64_t& at = cursor[k - k0]; c; --c) rows[at++] = r;
+                    for (int p = 0; p < P; ++p)
+                        if ((c >> p) & 1u) rows[cursor[(k - k0) * P + p]++] = r;
                 });
         }
         const S* gb = g + mb * N;
@@ -338,17 +348,29 @@ void sparse_linear_wgrad_range(const uint8_t* data, const S* g, S* gwt, int64_t 
             for (int64_t j = 0; j < nk; ++j) {
                 S* out = gwt + (k0 + j) * N + c0;
                 V acc[VECS];
-                for (int v = 0; v < VECS; ++v) acc[v] = vload(out + v * L);
-                for (int64_t e = start[j]; e < cursor[j]; ++e)
-                    add_row<S>(acc, gb + static_cast<int64_t>(rows[e]) * N + c0);
+                for (int v = 0; v < VECS; ++v) acc[v] = P == 1 ? vload(out + v * L) : V{};
+                for (int p = P - 1; p >= 0; --p) {
+                    if (p < P - 1)
+                        for (int v = 0; v < VECS; ++v) acc[v] += acc[v];
+                    for (int64_t e = start[j * P + p]; e < cursor[j * P + p]; ++e)
+                        add_row<S>(acc, gb + static_cast<int64_t>(rows[e]) * N + c0);
+                }
+                if (P > 1)
+                    for (int v = 0; v < VECS; ++v) acc[v] += vload(out + v * L);
                 for (int v = 0; v < VECS; ++v) vstore(out + v * L, acc[v]);
             }
-        for (int64_t j = 0; j < nk && n_full < N; ++j)  // the last columns, fewer than a tile
-            for (int64_t e = start[j]; e < cursor[j]; ++e) {
-                const S* gr = gb + static_cast<int64_t>(rows[e]) * N;
-                S* out = gwt + (k0 + j) * N;
-                for (int64_t c = n_full; c < N; ++c) out[c] += gr[c];
+        for (int64_t j = 0; j < nk && n_full < N; ++j) {  // the last columns, fewer than a tile
+            S* out = gwt + (k0 + j) * N;
+            for (int64_t c = n_full; c < N; ++c) {
+                S acc = 0;
+                for (int p = P - 1; p >= 0; --p) {
+                    acc += acc;
+                    for (int64_t e = start[j * P + p]; e < cursor[j * P + p]; ++e)
+                        acc += gb[static_cast<int64_t>(rows[e]) * N + c];
+                }
+                out[c] += acc;
             }
+        }
     }
 }
 
