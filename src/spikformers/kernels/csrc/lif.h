@@ -18,21 +18,31 @@ namespace spk {
 
 enum Kind { LIF = 0, TERNARY_LIF = 1, TERNARY_GUO = 2 };
 
+// a * b + c, in one rounding where the instruction set has FMA: for the surrogate gradient's arithmetic, which no
+// spike depends on (the charge and the threshold test keep separate roundings, so spikes stay bit-identical).
+inline float madd(float a, float b, float c) {
+#if defined(__FMA__)
+    return __builtin_fmaf(a, b, c);
+#else
+    return a * b + c;
+#endif
+}
+
 // exp(x) for x <= 0, branch-free so that the compiler vectorises the loops that call it (Cephes expf,
 // about 1 ulp). Needs -fno-trapping-math to vectorise; that flag changes no result.
 inline float exp_neg(float x) {
     x = x < -87.0f ? -87.0f : x;
     int32_t ni = static_cast<int32_t>(x * 1.44269504088896341f - 0.5f);  // nearest integer (x <= 0)
     float n = static_cast<float>(ni);
-    float r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
+    float r = madd(n, -0.693359375f, x);
+    r = madd(n, 2.12194440e-4f, r);
     float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    float y = p * r * r + r + 1.0f;
+    p = madd(p, r, 1.3981999507e-3f);
+    p = madd(p, r, 8.3334519073e-3f);
+    p = madd(p, r, 4.1665795894e-2f);
+    p = madd(p, r, 1.6666665459e-1f);
+    p = madd(p, r, 5.0000001201e-1f);
+    float y = madd(p, r * r, r) + 1.0f;
     int32_t bits = (ni + 127) << 23;
     float scale;
     std::memcpy(&scale, &bits, sizeof(scale));

@@ -76,7 +76,7 @@ inline bool pack_u8_32(const float* x, uint8_t* out, int64_t& events) {
 
 template <typename S>
 void pack_bits_range(const S* __restrict x, int64_t n, uint8_t* __restrict bits, int64_t begin, int64_t end,
-                     std::atomic<int>& bad, std::atomic<int64_t>& nonzero) {
+                     std::atomic<int>& bad, std::atomic<int64_t>& events) {
     int64_t count = 0;
     for (int64_t c0 = begin; c0 < end; c0 += PACK_CHUNK) {
         if (bad.load(std::memory_order_relaxed)) break;
@@ -105,7 +105,7 @@ void pack_bits_range(const S* __restrict x, int64_t n, uint8_t* __restrict bits,
         }
         if (!ok) bad.store(1, std::memory_order_relaxed);
     }
-    nonzero.fetch_add(count, std::memory_order_relaxed);
+    events.fetch_add(count, std::memory_order_relaxed);
 }
 
 // Bytes of integer values in [0, 255]; `events` gets their set bits (the additions of the event-driven linear, which
@@ -433,14 +433,14 @@ void spk_maxpool3s2_backward(int is_double, const uint8_t* bits, const void* gy,
 // (bits then hold them), -1 if not.
 int64_t spk_pack_bits(int is_double, const void* x, int64_t n, uint8_t* bits, int nthreads) {
     std::atomic<int> bad{0};
-    std::atomic<int64_t> nonzero{0};
+    std::atomic<int64_t> events{0};
     spk::parallel((n + 7) / 8, 8, nthreads, [&](int64_t b, int64_t e) {
         if (is_double)
-            pack_bits_range<double>(static_cast<const double*>(x), n, bits, b, e, bad, nonzero);
+            pack_bits_range<double>(static_cast<const double*>(x), n, bits, b, e, bad, events);
         else
-            pack_bits_range<float>(static_cast<const float*>(x), n, bits, b, e, bad, nonzero);
+            pack_bits_range<float>(static_cast<const float*>(x), n, bits, b, e, bad, events);
     });
-    return bad.load() ? -1 : nonzero.load();
+    return bad.load() ? -1 : events.load();
 }
 
 // x: n contiguous values; out: n bytes. Returns how many bits of the values are set when every value is an integer
