@@ -272,8 +272,8 @@ def pack_bits(x: torch.Tensor) -> tuple[torch.Tensor, int] | None:
 
 
 def pack_u8(x: torch.Tensor) -> tuple[torch.Tensor, int] | None:
-    """Bytes of contiguous CPU float ``x`` and how many bits of its values are set (the additions
-    :func:`sparse_linear` makes per output column); None if not every value is an integer in [0, 255]."""
+    """Bytes of contiguous CPU float ``x`` and how many are not zero; None if not every value is an integer in
+    [0, 255]."""
     return _pack(x, "spk_pack_u8", x.numel())
 
 
@@ -290,9 +290,8 @@ def sparse_linear(data: torch.Tensor, form: str, M: int, weight_t: torch.Tensor,
     """``x @ weight_t + bias`` (``[M, N]``) for ``x: [M, K]`` that is mostly zeros, packed as ``"bits"`` (K a
     multiple of 8) or ``"u8"`` (:func:`pack_bits`, :func:`pack_u8`); ``weight_t: [K, N]`` contiguous.
 
-    Each output row adds the rows of ``weight_t`` where ``x`` is not zero; for counts, bit plane by bit plane
-    (``sum_p 2^p`` times the rows whose count has bit ``p`` set), so it costs the set bits per element
-    (:func:`pack_u8`) times the dense product, with no multiplication.
+    Each output row adds the rows of ``weight_t`` where ``x`` is not zero (times that value), so it costs the
+    fraction of non-zeros times the dense product.
     """
     lib = _loaded()
     K, N = weight_t.shape

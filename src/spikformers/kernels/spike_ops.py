@@ -29,7 +29,7 @@ from . import calibration
 from . import cpp as _cpu_kernels
 from .config import get_kernel_config
 
-# Fixed thresholds, used with calibration off: the events per element (the firing rate of spikes) up to which the
+# Fixed thresholds, used with calibration off: the non-zero fraction (the firing rate of spikes) up to which the
 # event-driven path runs
 SPARSE_MAX_RATE = 0.3  # linear, forward
 SPARSE_WGRAD_MAX_RATE = 0.3  # linear, weight gradient
@@ -47,7 +47,7 @@ class Packed(NamedTuple):
     form: str
     shape: tuple[int, ...]
     dtype: torch.dtype
-    events: int = -1  # spikes (bits) or set bits of the counts (bytes), where packing counted them (the C++ path)
+    events: int = -1  # elements that are not zero, where packing counted them (the C++ path)
 
 
 def _weights(device: torch.device) -> torch.Tensor:
@@ -140,8 +140,8 @@ def _event_driven_allowed(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def _rate(x: torch.Tensor, px: Packed | None) -> float:
-    """Events per element of ``x`` as packing ``px`` counted them: the firing rate of spikes; for counts, their set
-    bits over the size (the event-driven linear adds bit plane by bit plane). 1 when not packed as bits or bytes."""
+    """The non-zero fraction of ``x`` that packing ``px`` counted (the firing rate of spikes; for counts, the
+    entries the event-driven kernels visit); 1 when it was not packed as bits or bytes."""
     if px is None or px.form not in ("bits", "u8") or px.events < 0 or x.numel() == 0:
         return 1.0
     return px.events / x.numel()
@@ -153,11 +153,9 @@ def _bucket(n: int) -> int:
 
 
 def _trial_input(shape: tuple[int, ...], rate: float, form: str, dtype: torch.dtype) -> torch.Tensor:
-    """Random spikes (``"bits"``) or small spike counts 1-3 (``"u8"``, 4/3 set bits each on average) of ``rate``
-    events per element (see :func:`_rate`), for calibration trials."""
-    if form != "u8":
-        return (torch.rand(shape) < rate).to(dtype)
-    return (torch.rand(shape) < rate * 0.75).to(dtype) * torch.randint(1, 4, shape).to(dtype)
+    """Random spikes (``"bits"``) or small spike counts 1-3 (``"u8"``) of density ``rate``, for calibration trials."""
+    x = (torch.rand(shape) < rate).to(dtype)
+    return x * torch.randint(1, 4, shape).to(dtype) if form == "u8" else x
 
 
 def _linear_limits(x: torch.Tensor, px: Packed, weight: torch.Tensor, wgrad: bool) -> tuple[float, float]:

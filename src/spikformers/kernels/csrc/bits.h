@@ -4,7 +4,6 @@
 #pragma once
 
 #include <cstdint>
-#include <cstring>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -35,17 +34,6 @@ inline void for_set_bits(const uint8_t* bits, int64_t start, int64_t end, F fn) 
         if (8 * b + 8 > end) byte &= (1u << (end - 8 * b)) - 1u;
         for (; byte; byte &= byte - 1) fn(8 * b + __builtin_ctz(byte));
     }
-}
-
-// The set bits of n bytes, n a multiple of 8.
-inline int64_t popcount_bytes(const uint8_t* p, int64_t n) {
-    int64_t count = 0;
-    for (int64_t i = 0; i < n; i += 8) {
-        uint64_t word;
-        std::memcpy(&word, p + i, 8);
-        count += __builtin_popcountll(word);
-    }
-    return count;
 }
 
 // Calls fn(k, value) for each non-zero byte k in [start, end) of bytes, in order: 16 bytes tested at a time, so the

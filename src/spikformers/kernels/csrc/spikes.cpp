@@ -28,7 +28,7 @@ namespace {
 // ---------------------------------------------------------------------------------------------- packing
 // Packing checks in the same pass that every value fits the format and gives up at the first chunk that does not,
 // so a tensor of another kind costs little. It also counts the events, the work of an event-driven linear: the
-// spikes (bits), or the set bits of the counts (bytes).
+// values that are not zero.
 constexpr int64_t PACK_CHUNK = 64;  // bytes of bits per chunk: 512 elements
 
 // Eight float32 values at a time where the CPU has AVX (one compare and movemask per byte of bits; 32 values to 32
@@ -55,21 +55,22 @@ inline __m256i to_int8x(const float* x, uint32_t& fits, uint32_t& nonzero) {
     return i;
 }
 
-// 32 floats to 32 bytes; returns whether all fit, adds their set bits to `events`.
+// 32 floats to 32 bytes; returns whether all fit, adds how many are not zero to `events`.
 inline bool pack_u8_32(const float* x, uint8_t* out, int64_t& events) {
-    uint32_t fits = 0xFF, nz = 0, f, z;
+    uint32_t fits = 0xFF, f, z;
+    int64_t nz = 0;
     __m256i i[4];
     for (int k = 0; k < 4; ++k) {
         i[k] = to_int8x(x + 8 * k, f, z);
         fits &= f;
-        nz |= z;
+        nz += __builtin_popcount(z);
     }
     // packs interleave the two 128-bit lanes: put the 4-byte groups back in order
     const __m256i b = _mm256_permutevar8x32_epi32(
         _mm256_packus_epi16(_mm256_packus_epi32(i[0], i[1]), _mm256_packus_epi32(i[2], i[3])),
         _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), b);
-    if (nz) events += spk::popcount_bytes(out, 32);
+    events += nz;
     return fits == 0xFF;
 }
 #endif
@@ -108,8 +109,7 @@ void pack_bits_range(const S* __restrict x, int64_t n, uint8_t* __restrict bits,
     events.fetch_add(count, std::memory_order_relaxed);
 }
 
-// Bytes of integer values in [0, 255]; `events` gets their set bits (the additions of the event-driven linear, which
-// adds the rows of each bit plane: see Csr).
+// Bytes of integer values in [0, 255]; `events` gets how many are not zero.
 template <typename S>
 void pack_u8_range(const S* __restrict x, uint8_t* __restrict out, int64_t begin, int64_t end, std::atomic<int>& bad,
                    std::atomic<int64_t>& events) {
@@ -129,7 +129,7 @@ void pack_u8_range(const S* __restrict x, uint8_t* __restrict out, int64_t begin
             uint8_t u = static_cast<uint8_t>(c);
             ok &= static_cast<S>(u) == v;
             out[i] = u;
-            count += __builtin_popcount(u);
+            count += u != 0;
         }
         if (!ok) bad.store(1, std::memory_order_relaxed);
     }
@@ -153,58 +153,44 @@ using spk::vload;
 using spk::vstore;
 constexpr int VECS = spk::kTileVecs;  // vectors per tile: 64 float or 32 double columns (32 / 16 on SSE)
 
-// The events of rows [row0, row1) of a [M, K] matrix packed as bits (BITS, K a multiple of 8) or bytes, as CSR:
-// per row, the column indices of its non-zero entries. Bytes are listed by bit plane: plane p lists the columns
-// whose count has bit p set, so that the kernels only add (the sum is sum over p of 2^p times plane p's sum, by
-// Horner; a multiply and an add cost twice the latency of an add). Bits are one plane. Entries of row m in plane
-// p: idx[p][off[p][m] .. off[p][m + 1]). Rows are counted first, then listed in order without a branch per entry,
-// each list carrying 8 spare entries at its end for the writes past it: bits through spk::kBits, bytes by their
-// non-zero entries (spk::for_nonzero_bytes), each written to every plane and kept where its bit is set.
-template <bool BITS>
+// The non-zero entries of rows [row0, row1) of a [M, K] matrix packed as bits (BITS, K a multiple of 8) or bytes,
+// as CSR: offsets (one per row, plus the end), column indices and, for bytes, values (bits are all 1). Rows are
+// counted first, so the entries are written in place without a branch per entry: bits through spk::kBits (the
+// list carries 8 spare entries for the writes past the end), bytes by their non-zero entries
+// (spk::for_nonzero_bytes, 16 bytes tested at a time).
+template <typename S, bool BITS>
 struct Csr {
-    std::vector<int64_t> off[8];
-    std::vector<int32_t> idx[8];
-    int planes = 1;
+    std::vector<int64_t> off;
+    std::vector<int32_t> idx;
+    std::vector<S> val;
 
     void build(const uint8_t* data, int64_t row0, int64_t row1, int64_t K) {
         const int64_t rows = row1 - row0, bytes = BITS ? K / 8 : K;
-        const uint8_t* block = data + row0 * bytes;
-        planes = 1;
-        if (!BITS) {
-            uint32_t top = 0;
-            for (int64_t i = 0; i < rows * bytes; ++i) top |= block[i];
-            planes = top ? 32 - __builtin_clz(top) : 1;
-        }
-        for (int p = 0; p < planes; ++p) off[p].assign(rows + 1, 0);
+        off.assign(rows + 1, 0);
         for (int64_t m = 0; m < rows; ++m) {
-            const uint8_t* row = block + m * bytes;
-            for (int p = 0; p < planes; ++p) {
-                int64_t n = 0;
-                if (BITS)
-                    for (int64_t b = 0; b < bytes; ++b) n += __builtin_popcount(row[b]);
-                else
-                    for (int64_t k = 0; k < bytes; ++k) n += (row[k] >> p) & 1;
-                off[p][m + 1] = off[p][m] + n;
-            }
+            const uint8_t* row = data + (row0 + m) * bytes;
+            int64_t n = 0;
+            if (BITS)
+                for (int64_t b = 0; b < bytes; ++b) n += __builtin_popcount(row[b]);
+            else
+                for (int64_t k = 0; k < bytes; ++k) n += row[k] != 0;
+            off[m + 1] = off[m] + n;
         }
-        for (int p = 0; p < planes; ++p) idx[p].resize(off[p][rows] + 8);
+        idx.resize(off[rows] + 8);
+        if (!BITS) val.resize(off[rows]);
         for (int64_t m = 0; m < rows; ++m) {
-            const uint8_t* row = block + m * bytes;
+            const uint8_t* row = data + (row0 + m) * bytes;
+            int64_t at = off[m];
             if (BITS) {
-                int32_t* out = idx[0].data() + off[0][m];
                 for (int64_t b = 0; b < bytes; ++b) {
                     const uint8_t* pos = spk::kBits.at[row[b]];
-                    for (int j = 0; j < 8; ++j) out[j] = static_cast<int32_t>(8 * b + pos[j]);
-                    out += __builtin_popcount(row[b]);
+                    for (int j = 0; j < 8; ++j) idx[at + j] = static_cast<int32_t>(8 * b + pos[j]);
+                    at += __builtin_popcount(row[b]);
                 }
             } else {
-                int32_t* out[8];
-                for (int p = 0; p < planes; ++p) out[p] = idx[p].data() + off[p][m];
                 spk::for_nonzero_bytes(row, 0, bytes, [&](int64_t k, uint32_t c) {
-                    for (int p = 0; p < planes; ++p) {
-                        *out[p] = static_cast<int32_t>(k);
-                        out[p] += (c >> p) & 1u;
-                    }
+                    idx[at] = static_cast<int32_t>(k);
+                    val[at++] = static_cast<S>(c);
                 });
             }
         }
@@ -231,48 +217,47 @@ std::vector<S> panels(const S* wt, int64_t K, int64_t N, int64_t tile) {
     return out;
 }
 
-// acc[v] += row[v * L ...] over VECS vectors.
-template <typename S, typename V>
-inline void add_row(V* acc, const S* row) {
+// acc[v] += (value of entry e) * row[v * L ...] over VECS vectors: a plain add for bits. (The kernels wait on the
+// loads of the rows, not on the arithmetic: a count costs about what a spike does.)
+template <typename S, bool BITS, typename V>
+inline void add_row(V* acc, const S* row, const S* val, int64_t e) {
     constexpr int64_t L = Vec<S>::lanes;
-    for (int v = 0; v < VECS; ++v) acc[v] += vload(row + v * L);
+    if (BITS) {
+        for (int v = 0; v < VECS; ++v) acc[v] += vload(row + v * L);
+    } else {
+        const S s = val[e];
+        for (int v = 0; v < VECS; ++v) acc[v] += s * vload(row + v * L);
+    }
 }
 
-// y[m, :] = bias + sum over k of x[m, k] wt[k, :], for rows [m0, m1) of x packed (see Csr): additions only.
+// y[m, :] = bias + sum over the non-zero x[m, k] of x[m, k] * wt[k, :], for rows [m0, m1) of x packed (see Csr).
 // wt: the weight transposed, [K, N]; panel: its full tiles (see panels()).
 template <typename S, bool BITS>
 void sparse_linear_rows(const uint8_t* data, const S* wt, const S* panel, const S* bias, S* y, int64_t K, int64_t N,
-                        int64_t m0, int64_t m1, Csr<BITS>& a) {
+                        int64_t m0, int64_t m1, Csr<S, BITS>& a) {
     using V = typename Vec<S>::type;
     constexpr int64_t L = Vec<S>::lanes, TILE = VECS * L;
     a.build(data, m0, m1, K);
-    const int P = a.planes;
     const int64_t n_full = N / TILE * TILE;
+    const S* val = a.val.data();  // empty for bits
     for (int64_t n0 = 0; n0 < n_full; n0 += TILE) {
         const S* tile = panel + n0 * K;  // [K, TILE]
+        V b[VECS];
+        for (int v = 0; v < VECS; ++v) b[v] = bias ? vload(bias + n0 + v * L) : V{};
         for (int64_t m = m0; m < m1; ++m) {
-            V acc[VECS] = {};
-            for (int p = P - 1; p >= 0; --p) {  // Horner over the bit planes: acc = 2 acc + plane p's rows
-                if (p < P - 1)
-                    for (int v = 0; v < VECS; ++v) acc[v] += acc[v];
-                const int32_t* idx = a.idx[p].data();
-                for (int64_t e = a.off[p][m - m0]; e < a.off[p][m - m0 + 1]; ++e)
-                    add_row<S>(acc, tile + static_cast<int64_t>(idx[e]) * TILE);
-            }
-            if (bias)
-                for (int v = 0; v < VECS; ++v) acc[v] += vload(bias + n0 + v * L);
+            V acc[VECS];
+            for (int v = 0; v < VECS; ++v) acc[v] = b[v];
+            for (int64_t e = a.off[m - m0]; e < a.off[m - m0 + 1]; ++e)
+                add_row<S, BITS>(acc, tile + static_cast<int64_t>(a.idx[e]) * TILE, val, e);
             for (int v = 0; v < VECS; ++v) vstore(y + m * N + n0 + v * L, acc[v]);
         }
     }
     for (int64_t m = m0; m < m1 && n_full < N; ++m) {  // the last columns, fewer than a tile
         for (int64_t j = n_full; j < N; ++j) {
-            S acc = 0;
-            for (int p = P - 1; p >= 0; --p) {
-                acc += acc;
-                for (int64_t e = a.off[p][m - m0]; e < a.off[p][m - m0 + 1]; ++e)
-                    acc += wt[static_cast<int64_t>(a.idx[p][e]) * N + j];
-            }
-            y[m * N + j] = bias ? acc + bias[j] : acc;
+            S acc = bias ? bias[j] : S(0);
+            for (int64_t e = a.off[m - m0]; e < a.off[m - m0 + 1]; ++e)
+                acc += (BITS ? S(1) : val[e]) * wt[static_cast<int64_t>(a.idx[e]) * N + j];
+            y[m * N + j] = acc;
         }
     }
 }
@@ -286,17 +271,17 @@ void sparse_linear(int form, const uint8_t* data, const S* wt, const S* bias, S*
     constexpr int64_t ROWS = 64;
     with_form(form, [&](auto bits) {
         // one per thread, reused across blocks
-        std::vector<Csr<decltype(bits)::value>> scratch(nthreads > 1 ? nthreads : 1);
+        std::vector<Csr<S, decltype(bits)::value>> scratch(nthreads > 1 ? nthreads : 1);
         spk::deal_blocks(M, ROWS, ROWS * (K / 8 + N), nthreads, [&](int64_t m0, int64_t m1, int64_t k) {
             sparse_linear_rows(data, wt, panel.data(), bias, y, K, N, m0, m1, scratch[k]);
         });
     });
 }
 
-// The weight gradient, transposed: gwt[k, :] = sum over m of x[m, k] g[m, :]. Each thread owns rows [k0, k1) of gwt.
-// Rows of x come in blocks of GRAD_ROWS, whose gradient rows (one tile of columns at a time) stay in L2; per block, a
-// list per k and bit plane (as Csr: bytes by plane, bits one plane) of the rows m that fired is built, and each gwt
-// row tile adds the gradient rows of its lists in registers, plane by plane (Horner).
+// The weight gradient, transposed: gwt[k, :] = sum over the non-zero x[m, k] of x[m, k] * g[m, :]. Each thread
+// owns rows [k0, k1) of gwt. Rows of x come in blocks of GRAD_ROWS, whose gradient rows (one tile of columns at a
+// time) stay in L2; per block, a column list per k (which rows m fired, CSC, with the values for bytes) is built,
+// and each gwt row tile adds the gradient rows of its list in registers.
 constexpr int64_t GRAD_ROWS = 1024;
 
 template <typename S, bool BITS>
@@ -305,72 +290,57 @@ void sparse_linear_wgrad_range(const uint8_t* data, const S* g, S* gwt, int64_t 
     using V = typename Vec<S>::type;
     constexpr int64_t L = Vec<S>::lanes, TILE = VECS * L;
     const int64_t nk = k1 - k0, bytes = BITS ? K / 8 : K, n_full = N / TILE * TILE;
-    int P = 1;  // bit planes
-    if (!BITS) {
-        uint32_t top = 0;
-        for (int64_t m = 0; m < M; ++m)
-            for (int64_t k = k0; k < k1; ++k) top |= data[m * bytes + k];
-        P = top ? 32 - __builtin_clz(top) : 1;
-    }
-    std::vector<int64_t> start(nk * P + 1), cursor(nk * P);  // list (k, p) at j = (k - k0) * P + p
-    std::vector<int32_t> rows;  // per list: the rows of the block (offsets in it)
+    std::vector<int64_t> start(nk + 1), cursor(nk);
+    std::vector<int32_t> rows;  // per k: the rows of the block where x[m, k] is not zero (offsets in the block)
+    std::vector<S> vals;
     for (int64_t k = k0; k < k1; ++k) std::memset(gwt + k * N, 0, N * sizeof(S));
     for (int64_t mb = 0; mb < M; mb += GRAD_ROWS) {
         const int64_t me = mb + GRAD_ROWS < M ? mb + GRAD_ROWS : M;
-        // count per list, then fill, by the events only (spk::for_set_bits, spk::for_nonzero_bytes): the cost
-        // follows the spikes, not M * K
+        // count per k, then fill, by the events only (spk::for_set_bits, spk::for_nonzero_bytes): the cost follows
+        // the spikes, not M * K
         std::fill(start.begin(), start.end(), 0);
         for (int64_t m = mb; m < me; ++m) {
             const uint8_t* row = data + m * bytes;
             if (BITS)
                 spk::for_set_bits(row, k0, k1, [&](int64_t k) { ++start[k - k0 + 1]; });
             else
-                spk::for_nonzero_bytes(row, k0, k1, [&](int64_t k, uint32_t c) {
-                    for (int p = 0; p < P; ++p) start[(k - k0) * P + p + 1] += (c >> p) & 1u;
-                });
+                for (int64_t k = k0; k < k1; ++k) start[k - k0 + 1] += row[k] != 0;
         }
-        for (int64_t j = 0; j < nk * P; ++j) start[j + 1] += start[j];
-        rows.resize(start[nk * P]);
-        for (int64_t j = 0; j < nk * P; ++j) cursor[j] = start[j];
+        for (int64_t j = 0; j < nk; ++j) start[j + 1] += start[j];
+        rows.resize(start[nk]);
+        if (!BITS) vals.resize(start[nk]);
+        for (int64_t j = 0; j < nk; ++j) cursor[j] = start[j];
         for (int64_t m = mb; m < me; ++m) {
             const uint8_t* row = data + m * bytes;
             const int32_t r = static_cast<int32_t>(m - mb);
-            if (BITS)
+            if (BITS) {
                 spk::for_set_bits(row, k0, k1, [&](int64_t k) { rows[cursor[k - k0]++] = r; });
-            else
+            } else {
                 spk::for_nonzero_bytes(row, k0, k1, [&](int64_t k, uint32_t c) {
-                    for (int p = 0; p < P; ++p)
-                        if ((c >> p) & 1u) rows[cursor[(k - k0) * P + p]++] = r;
+                    int64_t& at = cursor[k - k0];
+                    rows[at] = r;
+                    vals[at++] = static_cast<S>(c);
                 });
+            }
         }
         const S* gb = g + mb * N;
+        const S* val = vals.data();  // empty for bits
         for (int64_t c0 = 0; c0 < n_full; c0 += TILE)
             for (int64_t j = 0; j < nk; ++j) {
                 S* out = gwt + (k0 + j) * N + c0;
                 V acc[VECS];
-                for (int v = 0; v < VECS; ++v) acc[v] = P == 1 ? vload(out + v * L) : V{};
-                for (int p = P - 1; p >= 0; --p) {
-                    if (p < P - 1)
-                        for (int v = 0; v < VECS; ++v) acc[v] += acc[v];
-                    for (int64_t e = start[j * P + p]; e < cursor[j * P + p]; ++e)
-                        add_row<S>(acc, gb + static_cast<int64_t>(rows[e]) * N + c0);
-                }
-                if (P > 1)
-                    for (int v = 0; v < VECS; ++v) acc[v] += vload(out + v * L);
+                for (int v = 0; v < VECS; ++v) acc[v] = vload(out + v * L);
+                for (int64_t e = start[j]; e < cursor[j]; ++e)
+                    add_row<S, BITS>(acc, gb + static_cast<int64_t>(rows[e]) * N + c0, val, e);
                 for (int v = 0; v < VECS; ++v) vstore(out + v * L, acc[v]);
             }
-        for (int64_t j = 0; j < nk && n_full < N; ++j) {  // the last columns, fewer than a tile
-            S* out = gwt + (k0 + j) * N;
-            for (int64_t c = n_full; c < N; ++c) {
-                S acc = 0;
-                for (int p = P - 1; p >= 0; --p) {
-                    acc += acc;
-                    for (int64_t e = start[j * P + p]; e < cursor[j * P + p]; ++e)
-                        acc += gb[static_cast<int64_t>(rows[e]) * N + c];
-                }
-                out[c] += acc;
+        for (int64_t j = 0; j < nk && n_full < N; ++j)  // the last columns, fewer than a tile
+            for (int64_t e = start[j]; e < cursor[j]; ++e) {
+                const S s = BITS ? S(1) : val[e];
+                const S* gr = gb + static_cast<int64_t>(rows[e]) * N;
+                S* out = gwt + (k0 + j) * N;
+                for (int64_t c = n_full; c < N; ++c) out[c] += s * gr[c];
             }
-        }
     }
 }
 
@@ -443,8 +413,8 @@ int64_t spk_pack_bits(int is_double, const void* x, int64_t n, uint8_t* bits, in
     return bad.load() ? -1 : events.load();
 }
 
-// x: n contiguous values; out: n bytes. Returns how many bits of the values are set when every value is an integer
-// in [0, 255] (out then holds them), -1 if not.
+// x: n contiguous values; out: n bytes. Returns how many values are not zero when every value is an integer in
+// [0, 255] (out then holds them), -1 if not.
 int64_t spk_pack_u8(int is_double, const void* x, int64_t n, uint8_t* out, int nthreads) {
     std::atomic<int> bad{0};
     std::atomic<int64_t> events{0};
