@@ -216,3 +216,28 @@ def test_a_trial_that_fails_leaves_the_fixed_rule(caplog):
     with kernel_config(calibrate=True), calibration.using_calibration(cal):
         assert calibration.break_even("linear/bits/float32/K8/N8/M8", trial, 0.25) == 0.25
     assert cal.entries == {} and "out of memory in the trial" in caplog.text
+
+
+def test_processes_that_start_together_take_the_first_decision(tmp_path):
+    """Two runs started at once (a run and its resumption, or two trainings) each open the cache before either has
+    written it; the second to reach a shape takes the first one's decision instead of timing its own (a timing under
+    load could differ, and with it the float rounding of every later step), and neither loses the other's keys."""
+    path = tmp_path / "calibration.json"
+    first, second = calibration.Calibration(path), calibration.Calibration(path)  # both see an empty cache
+    assert first._settle("linear/a", lambda: 0.25) == 0.25
+    timed = []
+    assert second._settle("linear/a", lambda: timed.append(1) or 0.5) == 0.25 and not timed
+    assert second._settle("linear/b", lambda: 0.4) == 0.4
+    assert first._settle("linear/a", lambda: 0.9) == 0.25  # a decision a process took stays
+    entries = json.loads(path.read_text())["entries"]
+    assert entries == {"linear/a": 0.25, "linear/b": 0.4}
+
+
+def test_a_trial_leaves_the_random_numbers_of_the_run_alone(tmp_path):
+    """Timing a shape draws random trial inputs; the run's own random stream must not see it, or a run that timed a
+    shape and one that read the decision from the cache (a resumed run) would go on with other random numbers."""
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    calibration.Calibration(tmp_path / "c.json")._settle("linear/x", lambda: float(torch.rand(100).sum() > 0))
+    assert torch.equal(torch.rand(3), expected)

@@ -27,6 +27,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock between processes
+    fcntl = None  # type: ignore[assignment]
+
 import torch
 
 from . import cpp
@@ -119,17 +124,41 @@ class Calibration:
         except OSError as exc:  # a read-only cache costs a calibration per process, nothing else
             log.debug("spikformers: calibration not cached (%s)", exc)
 
+    @contextmanager
+    def _machine_lock(self) -> Iterator[None]:
+        """Hold the cache's lock file against other processes (POSIX; elsewhere, or unwritable, no lock): processes
+        that start together then time each shape once, and all take the first one's decision, so two runs of one
+        configuration (a run and its resumption, say) take the same paths and give the same numbers."""
+        handle = None
+        if self.path is not None and fcntl is not None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                handle = open(self.path.with_name(self.path.name + ".lock"), "a")  # noqa: SIM115 - held for the block
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            except OSError:
+                handle = None
+        try:
+            yield
+        finally:
+            if handle is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                handle.close()
+
     def _settle(self, key: str, measure: Callable[[], Any]) -> Any:
         hit = self.entries.get(key)
         if hit is not None:
             return hit
-        with self._lock:
+        with self._lock, self._machine_lock():
+            if key not in self.entries and self.path is not None:  # another process may have timed it meanwhile
+                self.entries = {**self._read(self.path), **self.entries}  # a decision taken here stays
             if key not in self.entries:
                 if not self.entries:
                     where = self.path if self.path is not None else "memory"
                     log.info("spikformers: timing event-driven vs dense kernels for this CPU, once per shape "
                              "(cached in %s)", where)
-                with torch.no_grad():
+                # the trial's random inputs come from a forked generator: a run that times a shape and one that
+                # reads the decision from the cache go on with the same random numbers
+                with torch.no_grad(), torch.random.fork_rng(devices=[]):
                     self.entries[key] = measure()
                 self._write()
             return self.entries[key]
