@@ -261,8 +261,8 @@ def backward(grad: torch.Tensor, saved: torch.Tensor, kind: str, p: NeuronParams
 def _pack(x: torch.Tensor, fn: str, size: int) -> tuple[torch.Tensor, int] | None:
     lib = _loaded()
     out = torch.empty(size, dtype=torch.uint8)
-    events = getattr(lib, fn)(int(x.dtype == torch.float64), _ptr(x), x.numel(), _ptr(out), torch.get_num_threads())
-    return None if events < 0 else (out, events)
+    nonzero = getattr(lib, fn)(int(x.dtype == torch.float64), _ptr(x), x.numel(), _ptr(out), torch.get_num_threads())
+    return None if nonzero < 0 else (out, nonzero)
 
 
 def pack_bits(x: torch.Tensor) -> tuple[torch.Tensor, int] | None:

@@ -47,7 +47,7 @@ class Packed(NamedTuple):
     form: str
     shape: tuple[int, ...]
     dtype: torch.dtype
-    events: int = -1  # elements that are not zero, where packing counted them (the C++ path)
+    nonzero: int = -1  # how many elements are not zero, where packing counted them (the C++ path)
 
 
 def _weights(device: torch.device) -> torch.Tensor:
@@ -63,7 +63,7 @@ def _fast(dtype: torch.dtype, device: torch.device) -> bool:
 
 
 def _pack_compiled(x: torch.Tensor) -> Packed | None:
-    """``x`` as bits, else as bytes, each tried in one C++ pass that also counts the events; None if neither fits.
+    """``x`` as bits, else as bytes, each tried in one C++ pass that also counts the non-zeros; None if neither fits.
 
     Needs ``_fast`` and a contiguous ``x``. Caches nothing (works on inference-mode tensors too).
     """
@@ -142,9 +142,9 @@ def _event_driven_allowed(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def _rate(x: torch.Tensor, px: Packed | None) -> float:
     """The non-zero fraction of ``x`` that packing ``px`` counted (the firing rate of spikes; for counts, the
     entries the event-driven kernels visit); 1 when it was not packed as bits or bytes."""
-    if px is None or px.form not in ("bits", "u8") or px.events < 0 or x.numel() == 0:
+    if px is None or px.form not in ("bits", "u8") or px.nonzero < 0 or x.numel() == 0:
         return 1.0
-    return px.events / x.numel()
+    return px.nonzero / x.numel()
 
 
 def _bucket(n: int) -> int:

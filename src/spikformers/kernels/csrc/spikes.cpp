@@ -27,8 +27,7 @@ namespace {
 
 // ---------------------------------------------------------------------------------------------- packing
 // Packing checks in the same pass that every value fits the format and gives up at the first chunk that does not,
-// so a tensor of another kind costs little. It also counts the events, the work of an event-driven linear: the
-// values that are not zero.
+// so a tensor of another kind costs little. It also counts the non-zero values (the firing rate).
 constexpr int64_t PACK_CHUNK = 64;  // bytes of bits per chunk: 512 elements
 
 // Eight float32 values at a time where the CPU has AVX (one compare and movemask per byte of bits; 32 values to 32
@@ -55,8 +54,8 @@ inline __m256i to_int8x(const float* x, uint32_t& fits, uint32_t& nonzero) {
     return i;
 }
 
-// 32 floats to 32 bytes; returns whether all fit, adds how many are not zero to `events`.
-inline bool pack_u8_32(const float* x, uint8_t* out, int64_t& events) {
+// 32 floats to 32 bytes; returns whether all fit, adds how many are not zero to `nonzero`.
+inline bool pack_u8_32(const float* x, uint8_t* out, int64_t& nonzero) {
     uint32_t fits = 0xFF, f, z;
     int64_t nz = 0;
     __m256i i[4];
@@ -70,14 +69,14 @@ inline bool pack_u8_32(const float* x, uint8_t* out, int64_t& events) {
         _mm256_packus_epi16(_mm256_packus_epi32(i[0], i[1]), _mm256_packus_epi32(i[2], i[3])),
         _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), b);
-    events += nz;
+    nonzero += nz;
     return fits == 0xFF;
 }
 #endif
 
 template <typename S>
 void pack_bits_range(const S* __restrict x, int64_t n, uint8_t* __restrict bits, int64_t begin, int64_t end,
-                     std::atomic<int>& bad, std::atomic<int64_t>& events) {
+                     std::atomic<int>& bad, std::atomic<int64_t>& nonzero) {
     int64_t count = 0;
     for (int64_t c0 = begin; c0 < end; c0 += PACK_CHUNK) {
         if (bad.load(std::memory_order_relaxed)) break;
@@ -106,13 +105,12 @@ void pack_bits_range(const S* __restrict x, int64_t n, uint8_t* __restrict bits,
         }
         if (!ok) bad.store(1, std::memory_order_relaxed);
     }
-    events.fetch_add(count, std::memory_order_relaxed);
+    nonzero.fetch_add(count, std::memory_order_relaxed);
 }
 
-// Bytes of integer values in [0, 255]; `events` gets how many are not zero.
 template <typename S>
 void pack_u8_range(const S* __restrict x, uint8_t* __restrict out, int64_t begin, int64_t end, std::atomic<int>& bad,
-                   std::atomic<int64_t>& events) {
+                   std::atomic<int64_t>& nonzero) {
     int64_t count = 0;
     for (int64_t c0 = begin; c0 < end; c0 += 8 * PACK_CHUNK) {
         if (bad.load(std::memory_order_relaxed)) break;
@@ -133,7 +131,7 @@ void pack_u8_range(const S* __restrict x, uint8_t* __restrict out, int64_t begin
         }
         if (!ok) bad.store(1, std::memory_order_relaxed);
     }
-    events.fetch_add(count, std::memory_order_relaxed);
+    nonzero.fetch_add(count, std::memory_order_relaxed);
 }
 
 template <typename S>
@@ -403,28 +401,28 @@ void spk_maxpool3s2_backward(int is_double, const uint8_t* bits, const void* gy,
 // (bits then hold them), -1 if not.
 int64_t spk_pack_bits(int is_double, const void* x, int64_t n, uint8_t* bits, int nthreads) {
     std::atomic<int> bad{0};
-    std::atomic<int64_t> events{0};
+    std::atomic<int64_t> nonzero{0};
     spk::parallel((n + 7) / 8, 8, nthreads, [&](int64_t b, int64_t e) {
         if (is_double)
-            pack_bits_range<double>(static_cast<const double*>(x), n, bits, b, e, bad, events);
+            pack_bits_range<double>(static_cast<const double*>(x), n, bits, b, e, bad, nonzero);
         else
-            pack_bits_range<float>(static_cast<const float*>(x), n, bits, b, e, bad, events);
+            pack_bits_range<float>(static_cast<const float*>(x), n, bits, b, e, bad, nonzero);
     });
-    return bad.load() ? -1 : events.load();
+    return bad.load() ? -1 : nonzero.load();
 }
 
 // x: n contiguous values; out: n bytes. Returns how many values are not zero when every value is an integer in
 // [0, 255] (out then holds them), -1 if not.
 int64_t spk_pack_u8(int is_double, const void* x, int64_t n, uint8_t* out, int nthreads) {
     std::atomic<int> bad{0};
-    std::atomic<int64_t> events{0};
+    std::atomic<int64_t> nonzero{0};
     spk::parallel(n, 1, nthreads, [&](int64_t b, int64_t e) {
         if (is_double)
-            pack_u8_range<double>(static_cast<const double*>(x), out, b, e, bad, events);
+            pack_u8_range<double>(static_cast<const double*>(x), out, b, e, bad, nonzero);
         else
-            pack_u8_range<float>(static_cast<const float*>(x), out, b, e, bad, events);
+            pack_u8_range<float>(static_cast<const float*>(x), out, b, e, bad, nonzero);
     });
-    return bad.load() ? -1 : events.load();
+    return bad.load() ? -1 : nonzero.load();
 }
 
 // Inverse of spk_pack_bits: out gets n values 0 or 1.
